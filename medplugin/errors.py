@@ -1,0 +1,25 @@
+"""Errors raised by medplugin for bad input, each naming the file and the reason."""
+
+from __future__ import annotations
+
+import os
+
+
+class BadInputError(ValueError):
+    """An input file (image, volume, CSV, datalist) that cannot be used.
+
+    The message always has the form ``"<path>: <reason>"`` so a user can find the file.
+
+    Args:
+        path: the offending file (or folder).
+        reason: what is wrong with it, in words a user can act on.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, reason: str):
+        self.path = str(path) if path is not None else "<unknown>"
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):
+        # keep the exception picklable across DataLoader worker processes
+        return (self.__class__, (self.path, self.reason))

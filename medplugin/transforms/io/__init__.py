@@ -1,0 +1,1 @@
+"""medplugin.transforms.io."""
