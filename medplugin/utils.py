@@ -1,0 +1,89 @@
+"""Small shared utilities: atomic writes, run folders, safe file names."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_write", "write_json", "new_run_dir", "safe_name"]
+
+
+def atomic_write(path: str | os.PathLike, writer: Callable[[str], Any]) -> Path:
+    """Write a file atomically: ``writer(tmp_path)`` fills a temporary file that is then renamed to ``path``.
+
+    A crash while writing leaves any earlier ``path`` intact (never a truncated file in its place).
+
+    Args:
+        path: the destination file.
+        writer: called with the temporary file's path; it must write the whole content there.
+
+    Returns:
+        the destination path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+
+    def _w(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, default=_json_default)
+            f.write("\n")
+
+    return atomic_write(path, _w)
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot write a {type(o).__name__} to JSON: {o!r}")
+
+
+def new_run_dir(base: str | os.PathLike, prefix: str) -> str:
+    """Return a new, not yet existing folder ``base/<prefix>_<YYYYmmdd_HHMMSS>[_N]`` (it is not created).
+
+    Used as the default ``output_dir`` of a bundle run, so a run never writes over an earlier one.
+    """
+    stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
+    candidate = Path(base) / f"{prefix}_{stamp}"
+    n = 1
+    while candidate.exists():
+        candidate = Path(base) / f"{prefix}_{stamp}_{n}"
+        n += 1
+    return str(candidate)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(name: str, max_len: int = 150) -> str:
+    """Turn ``name`` (a relative input path, a DICOM tag value) into one safe file-name component.
+
+    Path separators, ``..``, control and other unusual characters become ``_``; the result never starts
+    with a dot and is never empty.
+    """
+    text = str(name).replace("\\", "/")
+    parts = [p for p in text.split("/") if p not in ("", ".", "..")]
+    cleaned = "__".join(_UNSAFE.sub("_", p) for p in parts)
+    cleaned = cleaned.lstrip(".") or "unnamed"
+    return cleaned[:max_len]
