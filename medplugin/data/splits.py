@@ -22,9 +22,10 @@ def patient_level_split(
 ) -> dict[str, list[dict]]:
     """Split ``items`` into named parts so that no patient appears in two parts.
 
-    Patients are grouped by their most frequent ``stratify_key`` value (when given) and each group is
-    shuffled with a local generator seeded by ``seed`` (no global random state is touched), then cut so
-    that every part receives about its fraction of the images of each group.
+    Patients are grouped by their most frequent ``stratify_key`` value (when given); each group is shuffled
+    with a local generator seeded by ``seed`` (no global random state is touched) and cut so that every
+    part receives its fraction of the group's patients (largest remainder), and at least one patient when
+    the group has as many patients as there are parts.
 
     Args:
         items: datalist entries; each must hold ``patient_key``.
@@ -75,17 +76,9 @@ def patient_level_split(
     names = list(fractions)
     assignment: dict[Hashable, str] = {}
     for stratum in sorted(strata, key=str):
-        pids = strata[stratum]
-        order = rng.permutation(len(pids))
-        n_images = sum(len(by_patient[p]) for p in pids)
-        targets = {n: float(fractions[n]) * n_images for n in names}
-        counts = dict.fromkeys(names, 0)
-        for j in order:
-            pid = pids[j]
-            # give the patient to the part furthest below its target (ties: the order of ``fractions``)
-            name = max(names, key=lambda n: (targets[n] - counts[n], -names.index(n)))
+        pids = [strata[stratum][j] for j in rng.permutation(len(strata[stratum]))]
+        for pid, name in zip(pids, _allocate(len(pids), [float(fractions[n]) for n in names], names)):
             assignment[pid] = name
-            counts[name] += len(by_patient[pid])
 
     parts: dict[str, list[dict]] = {n: [] for n in names}
     for i, item in enumerate(items):
@@ -96,6 +89,22 @@ def patient_level_split(
         ", ".join(f"{n}={len(v)} images" for n, v in parts.items()),
     )
     return parts
+
+
+def _allocate(n: int, fractions: list[float], names: list[str]) -> list[str]:
+    """Names for ``n`` patients in proportion to ``fractions`` (largest remainder); every part gets at least
+    one patient when there are at least as many patients as parts."""
+    exact = [f * n for f in fractions]
+    counts = [int(np.floor(e)) for e in exact]
+    for i in sorted(range(len(names)), key=lambda i: exact[i] - counts[i], reverse=True)[: n - sum(counts)]:
+        counts[i] += 1
+    if n >= len(names):
+        for i in range(len(names)):
+            while counts[i] == 0:
+                donor = int(np.argmax(counts))
+                counts[donor] -= 1
+                counts[i] += 1
+    return [name for name, c in zip(names, counts) for _ in range(c)]
 
 
 def assert_disjoint_patients(parts: dict[str, Sequence[dict]], patient_key: str = "patient_id") -> None:

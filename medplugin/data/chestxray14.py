@@ -1,0 +1,478 @@
+"""NIH ChestX-ray14 indexer: the release's CSV and image folders -> a MONAI datalist with patient-level splits.
+
+Release layout (Wang et al., "ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks on
+Weakly-Supervised Classification and Localization of Common Thorax Diseases", CVPR 2017)::
+
+    root/
+      Data_Entry_2017.csv  (or Data_Entry_2017_v2020.csv)
+      BBox_List_2017.csv   (optional: boxes for about 1,000 images)
+      train_val_list.txt, test_list.txt   (optional: the official patient-disjoint split)
+      images/00000001_000.png ...   or   images_001/images/... images_012/images/...
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from medplugin.data.splits import assert_disjoint_patients, patient_level_split
+from medplugin.errors import BadInputError
+from medplugin.utils import write_json
+
+__all__ = [
+    "FINDINGS",
+    "CSV_NAMES",
+    "index_chestxray14",
+    "read_bbox_list",
+    "write_datalist",
+]
+
+logger = logging.getLogger(__name__)
+
+FINDINGS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
+"""The 14 findings, in the fixed order of every ``label`` vector this module writes."""
+
+NO_FINDING = "No Finding"
+CSV_NAMES: tuple[str, ...] = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
+"""CSV file names looked for, in order of preference (the 2020 revision first)."""
+
+_SHOW = 5  # names shown in a message about many missing/bad items
+_LOG_ROWS = 10  # bad rows logged one by one before only counting
+
+
+def _norm(text: str) -> str:
+    """Normalise a header cell or label: lower case, only letters and digits."""
+    return re.sub(r"[^a-z0-9]", "", str(text).lower())
+
+
+# finding name as written anywhere (ChestX-ray14 CSV, BBox list's "Infiltrate", spaces) -> canonical name
+_FINDING_ALIASES: dict[str, str] = {_norm(f): f for f in FINDINGS}
+_FINDING_ALIASES[_norm("Infiltrate")] = "Infiltration"
+_INDEX = {f: i for i, f in enumerate(FINDINGS)}
+
+_REQUIRED = {
+    "image": "Image Index",
+    "labels": "Finding Labels",
+    "patient": "Patient ID",
+    "view": "View Position",
+}
+
+
+def _find_columns(header: Sequence[str], wanted: dict[str, str], csv_path: Path) -> dict[str, int]:
+    """Column index of each wanted column, matching names by :func:`_norm` (tolerates spacing, case, '#')."""
+    normed = [_norm(h) for h in header]
+    found: dict[str, int] = {}
+    missing = []
+    for key, name in wanted.items():
+        try:
+            found[key] = normed.index(_norm(name))
+        except ValueError:
+            missing.append(name)
+    if missing:
+        raise BadInputError(
+            csv_path,
+            f"line 1: missing required column(s) {missing}; the header has {[h for h in header if h.strip()]}",
+        )
+    return found
+
+
+def _scan_images(root: Path) -> dict[str, str]:
+    """Map PNG file name -> absolute path for ``root/images`` and ``root/images_*/images`` (or ``images_*``)."""
+    folders: list[Path] = []
+    with os.scandir(root) as it:
+        subdirs = sorted((e.name, e.path) for e in it if e.is_dir())
+    for name, path in subdirs:
+        if name == "images" or re.fullmatch(r"images_\d+", name):
+            inner = Path(path) / "images"
+            folders.append(inner if inner.is_dir() else Path(path))
+    names: dict[str, str] = {}
+    duplicates = []
+    for folder in folders:
+        with os.scandir(folder) as it:
+            for e in it:
+                if not e.name.lower().endswith(".png") or not e.is_file():
+                    continue
+                if e.name in names:
+                    duplicates.append(e.name)
+                    continue
+                names[e.name] = os.path.abspath(e.path)
+    if duplicates:
+        logger.warning(
+            "%s: %d image name(s) found in more than one image folder, keeping the first: %s",
+            root,
+            len(duplicates),
+            ", ".join(duplicates[:_SHOW]),
+        )
+    return names
+
+
+def _read_name_list(path: Path) -> list[str]:
+    """Names of a one-name-per-line text file (blank lines and ``#`` comments ignored)."""
+    if not path.is_file():
+        raise BadInputError(path, "file not found")
+    out = []
+    with open(path, encoding="utf-8-sig") as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                out.append(os.path.basename(line))
+    return out
+
+
+def _parse_labels(text: str) -> list[float] | str:
+    """The 14-float label vector of a ``Finding Labels`` cell, or the offending value as a string."""
+    parts = [p.strip() for p in str(text).split("|")]
+    if not parts or any(not p for p in parts):
+        return repr(text)
+    if len(parts) == 1 and _norm(parts[0]) == _norm(NO_FINDING):
+        return [0.0] * len(FINDINGS)
+    label = [0.0] * len(FINDINGS)
+    for p in parts:
+        name = _FINDING_ALIASES.get(_norm(p))
+        if name is None:
+            return repr(p)
+        label[_INDEX[name]] = 1.0
+    return label
+
+
+class _BadRows:
+    """Collects bad-row messages: raises at once (``fail``) or logs the first few and counts (``skip``)."""
+
+    def __init__(self, path: Path, on_bad_input: str):
+        self.path, self.on_bad_input, self.count = path, on_bad_input, 0
+
+    def __call__(self, reason: str) -> None:
+        if self.on_bad_input == "fail":
+            raise BadInputError(self.path, reason)
+        self.count += 1
+        if self.count <= _LOG_ROWS:
+            logger.warning("%s: %s; row skipped", self.path, reason)
+
+    def summary(self) -> None:
+        if self.count:
+            logger.warning("%s: %d bad row(s) skipped in all", self.path, self.count)
+
+
+def _check_choice(name: str, value: Any, allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
+
+
+def _check_fraction(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.") from None
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
+    return v
+
+
+def _split(entries: list[dict], fractions: dict[str, float], seed: int) -> dict[str, list[dict]]:
+    """Patient-level split of ``entries`` over the parts with a positive fraction, stratified by any-finding."""
+    parts = {k: v for k, v in fractions.items() if v > 0}
+    out: dict[str, list[dict]] = {k: [] for k in fractions}
+    if not entries:
+        return out
+    # light proxies keep the entries themselves free of helper keys
+    proxies = [
+        {"patient_id": e["patient_id"], "any": int(any(e["label"])), "i": i} for i, e in enumerate(entries)
+    ]
+    for name, part in patient_level_split(proxies, parts, seed=seed, stratify_key="any").items():
+        out[name] = [entries[p["i"]] for p in part]
+    return out
+
+
+def index_chestxray14(
+    root: str | os.PathLike,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    views: Sequence[str] | None = ("PA", "AP"),
+    exclude_file: str | os.PathLike | None = None,
+    on_bad_input: str = "fail",
+    csv_name: str | None = None,
+    test_fraction: float = 0.2,
+) -> dict[str, list[dict]]:
+    """Index an NIH ChestX-ray14 release into a MONAI datalist with patient-level splits.
+
+    Reads ``Data_Entry_2017_v2020.csv`` or ``Data_Entry_2017.csv`` (the 2020 revision when both exist), tolerant
+    of the real header's quirks (``OriginalImage[Width,Height]`` split over two columns, a trailing empty
+    column, spacing and case of names): only ``Image Index``, ``Finding Labels``, ``Patient ID`` and ``View
+    Position`` are used. Images are found once by scanning ``images/`` and ``images_NNN/images/``.
+
+    Splits: when ``train_val_list.txt`` and ``test_list.txt`` exist, the official split is used (rows in
+    neither list are dropped, counted in a warning) and the validation part is carved from train_val by
+    patient. Otherwise patients are split ``1 - val_fraction - test_fraction`` / ``val_fraction`` /
+    ``test_fraction`` (by default 70/10/20). Both splits are stratified on "any finding" and seeded by ``seed``;
+    no patient is in two parts.
+
+    Args:
+        root: the release folder.
+        val_fraction: fraction of images (of train_val, with the official split) for validation, in [0, 1).
+        seed: seed of the split (a local generator: no global random state is touched).
+        views: ``View Position`` values to keep (e.g. ``("PA",)``), or ``None`` for all.
+        exclude_file: optional text file of image names to leave out, one per line.
+        on_bad_input: ``"fail"`` raises :class:`BadInputError` at the first bad row or on missing images;
+            ``"skip"`` logs a warning, drops the row and counts.
+        csv_name: the CSV file name inside ``root`` (default: the first of :data:`CSV_NAMES` present).
+        test_fraction: fraction of images for the test part when there is no official split, in [0, 1).
+
+    Returns:
+        ``{"training": [...], "validation": [...], "test": [...]}``, entries
+        ``{"image": absolute path, "label": 14 floats 0/1 in FINDINGS order, "patient_id": str, "view": str}``.
+
+    Raises:
+        ValueError: for invalid arguments.
+        BadInputError: for a missing root/CSV/list file, a missing required column, a bad row (unknown finding
+            label, empty value, duplicate image; the message names the CSV, the line and the value), missing
+            images (count and the first names), or when no image is left.
+    """
+    _check_choice("on_bad_input", on_bad_input, ("fail", "skip"))
+    val_fraction = _check_fraction("val_fraction", val_fraction)
+    test_fraction = _check_fraction("test_fraction", test_fraction)
+    if views is not None:
+        if isinstance(views, str) or not all(isinstance(v, str) and v.strip() for v in views) or not views:
+            raise ValueError(f"views must be None or a non-empty sequence of view names like ('PA', 'AP'), got {views!r}.")
+        keep_views = {v.strip().upper() for v in views}
+    else:
+        keep_views = None
+
+    root = Path(root)
+    if not root.is_dir():
+        raise BadInputError(root, "ChestX-ray14 folder not found")
+    if csv_name is not None:
+        csv_path = root / csv_name
+        if not csv_path.is_file():
+            raise BadInputError(csv_path, "file not found")
+    else:
+        present = [root / n for n in CSV_NAMES if (root / n).is_file()]
+        if not present:
+            raise BadInputError(root, f"no ChestX-ray14 CSV found: expected one of {list(CSV_NAMES)}")
+        csv_path = present[0]
+    logger.info("ChestX-ray14: reading %s", csv_path)
+
+    train_val_path, test_path = root / "train_val_list.txt", root / "test_list.txt"
+    official = train_val_path.is_file() and test_path.is_file()
+    if official != (train_val_path.is_file() or test_path.is_file()):
+        logger.warning(
+            "%s: only one of train_val_list.txt / test_list.txt exists; ignoring it and splitting by patient", root
+        )
+    excluded = set(_read_name_list(Path(exclude_file))) if exclude_file is not None else set()
+
+    images = _scan_images(root)
+    bad = _BadRows(csv_path, on_bad_input)
+    rows: list[dict] = []
+    seen: dict[str, int] = {}
+    n_excluded = n_other_view = 0
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise BadInputError(csv_path, "empty CSV (no header)") from None
+        cols = _find_columns(header, _REQUIRED, csv_path)
+        need = max(cols.values()) + 1
+        for row in reader:
+            line = reader.line_num
+            if not any(c.strip() for c in row):
+                continue
+            if len(row) < need:
+                bad(f"line {line}: {len(row)} value(s), expected at least {need} ({row!r})")
+                continue
+            name = os.path.basename(row[cols["image"]].strip())
+            patient = row[cols["patient"]].strip()
+            view = row[cols["view"]].strip().upper()
+            if not name:
+                bad(f"line {line}: empty 'Image Index'")
+                continue
+            if not patient:
+                bad(f"line {line}: empty 'Patient ID' for image {name!r}")
+                continue
+            if not view:
+                bad(f"line {line}: empty 'View Position' for image {name!r}")
+                continue
+            label = _parse_labels(row[cols["labels"]])
+            if isinstance(label, str):
+                bad(
+                    f"line {line}: unknown finding label {label} in 'Finding Labels' {row[cols['labels']]!r} "
+                    f"(expected '|'-separated names from {list(FINDINGS)} or {NO_FINDING!r})"
+                )
+                continue
+            if name in seen:
+                bad(f"line {line}: duplicate image {name!r} (first on line {seen[name]})")
+                continue
+            seen[name] = line
+            if name in excluded:
+                n_excluded += 1
+                continue
+            if keep_views is not None and view not in keep_views:
+                n_other_view += 1
+                continue
+            rows.append({"name": name, "label": label, "patient_id": patient, "view": view})
+    bad.summary()
+    if n_excluded or excluded:
+        logger.info("%s: %d image(s) excluded by %s", csv_path, n_excluded, exclude_file)
+    if n_other_view:
+        logger.info("%s: %d image(s) with a view other than %s left out", csv_path, n_other_view, sorted(keep_views))
+
+    missing = [r["name"] for r in rows if r["name"] not in images]
+    if missing:
+        reason = (
+            f"{len(missing)} image(s) listed in {csv_path.name} not found under images/ or images_NNN/images/: "
+            f"{', '.join(missing[:_SHOW])}{' ...' if len(missing) > _SHOW else ''}"
+        )
+        if on_bad_input == "fail":
+            raise BadInputError(root, reason)
+        logger.warning("%s: %s; dropped", root, reason)
+    entries = [
+        {"image": images[r["name"]], "label": r["label"], "patient_id": r["patient_id"], "view": r["view"], "_n": r["name"]}
+        for r in rows
+        if r["name"] in images
+    ]
+    if not entries:
+        raise BadInputError(root, f"no usable images: {len(rows)} row(s) kept from {csv_path.name}, none found on disk")
+
+    if official:
+        train_val_names = set(_read_name_list(train_val_path))
+        test_names = set(_read_name_list(test_path))
+        both = train_val_names & test_names
+        if both:
+            raise BadInputError(
+                test_path, f"{len(both)} image(s) are also in train_val_list.txt: {', '.join(sorted(both)[:_SHOW])}"
+            )
+        train_val = [e for e in entries if e["_n"] in train_val_names]
+        test = [e for e in entries if e["_n"] in test_names]
+        unlisted = len(entries) - len(train_val) - len(test)
+        if unlisted:
+            logger.warning("%s: %d image(s) in neither train_val_list.txt nor test_list.txt; dropped", root, unlisted)
+        try:
+            assert_disjoint_patients({"train_val": train_val, "test": test})
+        except ValueError as e:
+            raise BadInputError(test_path, f"the official split is not patient-disjoint: {e}") from e
+        parts = _split(train_val, {"training": 1.0 - val_fraction, "validation": val_fraction}, seed)
+        parts["test"] = test
+    else:
+        train_fraction = 1.0 - val_fraction - test_fraction
+        if train_fraction <= 0:
+            raise ValueError(
+                f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}."
+            )
+        parts = _split(
+            entries, {"training": train_fraction, "validation": val_fraction, "test": test_fraction}, seed
+        )
+    for part in parts.values():
+        for e in part:
+            e.pop("_n", None)
+    result = {k: parts[k] for k in ("training", "validation", "test")}
+    assert_disjoint_patients(result)
+    logger.info(
+        "ChestX-ray14 (%s split): %s",
+        "official" if official else "patient-level",
+        ", ".join(f"{k}={len(v)}" for k, v in result.items()),
+    )
+    return result
+
+
+def read_bbox_list(
+    path: str | os.PathLike, on_bad_input: str = "fail"
+) -> dict[str, list[tuple[str, float, float, float, float]]]:
+    """Read ``BBox_List_2017.csv``: image name -> list of ``(finding, x, y, w, h)`` in the image's pixels.
+
+    The real header is ``Image Index,Finding Label,Bbox [x,y,w,h],,,`` with x, y, w, h in the four columns
+    from ``Bbox [x``; a header with separate ``x, y, w, h`` columns is read as well. The release writes
+    ``Infiltrate`` where the Data_Entry CSV writes ``Infiltration``: names are mapped onto :data:`FINDINGS`.
+
+    Args:
+        path: the CSV file.
+        on_bad_input: ``"fail"`` raises on a bad row; ``"skip"`` logs a warning and drops it.
+
+    Returns:
+        image name -> boxes, in file order.
+
+    Raises:
+        ValueError: for an invalid ``on_bad_input``.
+        BadInputError: for a missing file or column, an unknown finding, or a non-numeric or negative box value
+            (naming the line and the value).
+    """
+    _check_choice("on_bad_input", on_bad_input, ("fail", "skip"))
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(path, "file not found")
+    bad = _BadRows(path, on_bad_input)
+    out: dict[str, list[tuple[str, float, float, float, float]]] = {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise BadInputError(path, "empty CSV (no header)") from None
+        cols = _find_columns(header, {"image": "Image Index", "finding": "Finding Label"}, path)
+        normed = [_norm(h) for h in header]
+        if all(k in normed for k in ("x", "y", "w", "h")):
+            box_cols = [normed.index(k) for k in ("x", "y", "w", "h")]
+        else:
+            starts = [i for i, h in enumerate(normed) if h.startswith("bbox")]
+            if not starts:
+                raise BadInputError(path, f"line 1: no 'Bbox [x,y,w,h]' column in the header {header}")
+            box_cols = list(range(starts[0], starts[0] + 4))
+        need = max(box_cols + list(cols.values())) + 1
+        for row in reader:
+            line = reader.line_num
+            if not any(c.strip() for c in row):
+                continue
+            if len(row) < need:
+                bad(f"line {line}: {len(row)} value(s), expected at least {need} ({row!r})")
+                continue
+            name = os.path.basename(row[cols["image"]].strip())
+            finding = _FINDING_ALIASES.get(_norm(row[cols["finding"]]))
+            if not name:
+                bad(f"line {line}: empty 'Image Index'")
+                continue
+            if finding is None:
+                bad(f"line {line}: unknown finding label {row[cols['finding']]!r} (expected one of {list(FINDINGS)})")
+                continue
+            try:
+                x, y, w, h = (float(row[i]) for i in box_cols)
+            except ValueError:
+                bad(f"line {line}: box values {[row[i] for i in box_cols]} are not all numbers")
+                continue
+            if not all(map(lambda v: v == v and v >= 0, (x, y, w, h))):
+                bad(f"line {line}: box values {(x, y, w, h)} must be non-negative numbers")
+                continue
+            out.setdefault(name, []).append((finding, x, y, w, h))
+    bad.summary()
+    return out
+
+
+def write_datalist(datalist: dict, path: str | os.PathLike) -> Path:
+    """Write a datalist (e.g. from :func:`index_chestxray14`) as indented JSON, atomically.
+
+    Args:
+        datalist: the datalist dict.
+        path: the JSON file to write.
+
+    Returns:
+        the written path.
+    """
+    return write_json(path, datalist)

@@ -1,0 +1,59 @@
+"""Datasets for batch jobs that must go on when one input is bad."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import torch
+from monai.data import Dataset
+
+from medplugin.errors import BadInputError
+
+__all__ = ["TolerantDataset"]
+
+logger = logging.getLogger(__name__)
+
+
+class TolerantDataset(Dataset):
+    """A MONAI ``Dataset`` whose items never raise: a failing item becomes an error record.
+
+    An item whose transform fails returns ``{image_key: zeros(fallback_shape), "error": message, ...}`` with
+    the entry's string fields (``path``, ``name``) kept, so a batch job writes an error row for it and goes on
+    with the rest. Good items get ``"error": ""``. Tensors are returned without MONAI metadata so good and
+    bad items collate together.
+
+    Args:
+        data: datalist entries.
+        transform: the preprocessing.
+        fallback_shape: shape of the placeholder image, e.g. ``[1, 224, 224]``.
+        image_key: key of the image.
+    """
+
+    def __init__(self, data: Sequence[dict], transform: Callable | None, fallback_shape: Sequence[int],
+                 image_key: str = "image") -> None:
+        super().__init__(data=data, transform=transform)
+        self.fallback_shape = tuple(int(s) for s in fallback_shape)
+        self.image_key = image_key
+
+    def _transform(self, index: int) -> dict:
+        entry = self.data[index]
+        try:
+            out = dict(super()._transform(index))
+            out["error"] = ""
+        except Exception as e:  # every failure becomes a per-item error row
+            cause = e
+            while cause.__cause__ is not None and not isinstance(cause, BadInputError):
+                cause = cause.__cause__
+            msg = str(cause) if isinstance(cause, BadInputError) else f"{entry.get('path', entry.get(self.image_key))}: {type(e).__name__}: {e}"
+            logger.warning("skipping input: %s", msg.splitlines()[0])
+            out = {k: v for k, v in entry.items() if isinstance(v, str)}
+            out[self.image_key] = torch.zeros(self.fallback_shape)
+            out["error"] = msg.splitlines()[0]
+        img = out[self.image_key]
+        if hasattr(img, "as_tensor"):
+            out[self.image_key] = img.as_tensor()
+        if tuple(out[self.image_key].shape) != self.fallback_shape and not out["error"]:
+            out[self.image_key] = torch.zeros(self.fallback_shape)
+            out["error"] = f"{entry.get('path')}: preprocessing gave shape {tuple(img.shape)}, expected {self.fallback_shape}"
+        return out

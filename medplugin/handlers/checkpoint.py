@@ -1,0 +1,126 @@
+"""Saving the best model with what it needs to be used again, and loading it back safely."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+
+from medplugin.errors import BadInputError
+from medplugin.handlers._engine import is_main_process
+from medplugin.networks.pretrained import read_state_dict
+from medplugin.utils import atomic_write, write_json
+
+__all__ = ["BestModelSaver", "ModelLoader"]
+
+logger = logging.getLogger(__name__)
+
+
+def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    return network.module if hasattr(network, "module") and isinstance(network.module, torch.nn.Module) else network
+
+
+class BestModelSaver:
+    """Save the network's state dict to ``ckpt_dir/model.pt`` whenever the key metric improves.
+
+    Written atomically (temporary file, then rename), by rank 0 only, with ``model.json`` beside it that
+    records what the weights need (architecture, input size, channels, class names, normalisation) and the
+    metric that chose them. A ``model.pt`` that existed before this run is kept as
+    ``model.<its modification time>.pt``, never overwritten.
+
+    Args:
+        network: the trained network (DDP-wrapped is fine).
+        ckpt_dir: destination folder.
+        key_metric: name in ``engine.state.metrics`` (higher is better).
+        model_meta: what to record in ``model.json``.
+        filename: the weights file name.
+    """
+
+    def __init__(self, network: torch.nn.Module, ckpt_dir: str, key_metric: str, model_meta: dict | None = None,
+                 filename: str = "model.pt") -> None:
+        self.network = network
+        self.path = Path(ckpt_dir) / filename
+        self.key_metric = key_metric
+        self.model_meta = dict(model_meta or {})
+        self.best = -float("inf")
+        self._checked_previous = False
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _keep_previous(self) -> None:
+        self._checked_previous = True
+        if self.path.exists():
+            stamp = datetime.datetime.fromtimestamp(self.path.stat().st_mtime).strftime("%Y%m%d_%H%M%S")
+            kept = self.path.with_name(f"{self.path.stem}.{stamp}{self.path.suffix}")
+            os.replace(self.path, kept)
+            meta = self.path.with_suffix(".json")
+            if meta.exists():
+                os.replace(meta, kept.with_suffix(".json"))
+            logger.info("kept the earlier %s as %s", self.path.name, kept.name)
+
+    def __call__(self, engine: Engine) -> None:
+        if self.key_metric not in engine.state.metrics:
+            raise KeyError(f"key metric {self.key_metric!r} not in {sorted(engine.state.metrics)}.")
+        value = float(engine.state.metrics[self.key_metric])
+        if not value > self.best or not is_main_process():
+            self.best = max(self.best, value)
+            return
+        self.best = value
+        if not self._checked_previous:
+            self._keep_previous()
+        state = {k: v.detach().cpu() for k, v in _unwrap(self.network).state_dict().items()}
+        atomic_write(self.path, lambda tmp: torch.save(state, tmp))
+        write_json(self.path.with_suffix(".json"), {**self.model_meta, self.key_metric: value,
+                                                   "saved": datetime.datetime.now().isoformat(timespec="seconds")})
+        logger.info("saved %s (%s = %.4f)", self.path, self.key_metric, value)
+
+
+class ModelLoader:
+    """Load ``model.pt`` into the network when the engine starts, refusing unsafe or mismatched files.
+
+    Weights are read with ``torch.load(weights_only=True)``. When ``model.json`` sits beside them, every key of
+    ``expected`` it also records must agree (e.g. a model trained at ``image_size`` 64 run at 224), with an
+    error that says which override fixes it.
+
+    Args:
+        network: the network to fill.
+        path: the weights file.
+        expected: the run's values of the recorded keys (``arch``, ``image_size``, ``class_names``, ...).
+    """
+
+    def __init__(self, network: torch.nn.Module, path: str, expected: dict | None = None) -> None:
+        self.network = network
+        self.path = str(path)
+        self.expected = dict(expected or {})
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        if not os.path.isfile(self.path):
+            raise BadInputError(self.path, "no trained model here: train the bundle first, or set --ckpt_dir")
+        meta_path = Path(self.path).with_suffix(".json")
+        if meta_path.exists():
+            meta = json.loads(meta_path.read_text())
+            diffs = {k: (meta[k], v) for k, v in self.expected.items()
+                     if k in meta and _norm(meta[k]) != _norm(v)}
+            if diffs:
+                fixes = " ".join(f"--{k} {json.dumps(m)}" for k, (m, _) in diffs.items())
+                detail = ", ".join(f"{k}: model {m!r} vs run {r!r}" for k, (m, r) in diffs.items())
+                raise BadInputError(self.path, f"the model was trained with other settings ({detail}); run with {fixes}")
+        state = read_state_dict(self.path)
+        try:
+            _unwrap(self.network).load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise BadInputError(self.path, f"weights do not fit this network ({str(e).splitlines()[0]})") from e
+        logger.info("loaded %s", self.path)
+
+
+def _norm(v):
+    return list(v) if isinstance(v, (list, tuple)) else v

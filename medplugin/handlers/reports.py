@@ -1,0 +1,195 @@
+"""Evaluation outputs: metrics.json with plots, per-file predictions, CAM overlays."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from medplugin.handlers._engine import is_main_process, iter_samples
+from medplugin.io.image2d import read_image_2d
+from medplugin.metrics.classification import classification_report
+from medplugin.utils import atomic_write, safe_name, write_json
+from medplugin.visualize.overlay import overlay_cam, save_png
+from medplugin.visualize.plots import plot_confusion_matrix, plot_roc
+
+__all__ = ["ClassificationReportWriter", "PredictionWriter", "CAMOverlaySaver"]
+
+logger = logging.getLogger(__name__)
+
+
+def _probs(output_item: dict, key: str) -> np.ndarray:
+    return torch.as_tensor(output_item[key]).detach().float().cpu().numpy().reshape(-1)
+
+
+class ClassificationReportWriter:
+    """At the end of an evaluation, write ``metrics.json``, ``confusion_matrix.png`` and ``roc.png``.
+
+    ``metrics.json`` holds accuracy, misclassification rate, macro one-vs-rest AUC, per-class sensitivity,
+    specificity, precision and AUC, the confusion matrix, and the misclassified files.
+
+    Args:
+        output_dir: destination folder.
+        class_names: class names in output order.
+        pred_key: output key of the class probabilities.
+        label_key: batch key of the true class index.
+    """
+
+    def __init__(self, output_dir: str, class_names: Sequence[str], pred_key: str = "pred",
+                 label_key: str = "label") -> None:
+        self.output_dir = Path(output_dir)
+        self.class_names = list(class_names)
+        self.pred_key, self.label_key = pred_key, label_key
+        self._probs: list[np.ndarray] = []
+        self._labels: list[int] = []
+        self._paths: list[str] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda e: self.__init__(self.output_dir, self.class_names,
+                                                                          self.pred_key, self.label_key))
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def collect(self, engine: Engine) -> None:
+        for b, o in iter_samples(engine):
+            self._probs.append(_probs(o, self.pred_key))
+            self._labels.append(int(torch.as_tensor(b[self.label_key]).reshape(-1)[0]))
+            self._paths.append(str(b.get("path", b.get("image_path", ""))) if isinstance(b.get("path"), str) else "")
+
+    def write(self, engine: Engine | None = None) -> dict:
+        probs, labels = np.stack(self._probs), np.asarray(self._labels)
+        report = classification_report(probs, labels, self.class_names)
+        preds = probs.argmax(1)
+        report["misclassified"] = [
+            {"file": p, "true": self.class_names[t], "pred": self.class_names[q]}
+            for p, t, q in zip(self._paths, labels, preds) if t != q
+        ]
+        if is_main_process():
+            write_json(self.output_dir / "metrics.json", report)
+            plot_confusion_matrix(np.asarray(report["confusion_matrix"]), self.class_names,
+                                  self.output_dir / "confusion_matrix.png")
+            onehot = np.eye(len(self.class_names), dtype=bool)[labels]
+            plot_roc(probs, onehot, self.class_names, self.output_dir / "roc.png")
+            logger.info("accuracy %.4f, misclassification rate %.4f, macro AUC %.4f on %d images -> %s",
+                        report["accuracy"], report["misclassification_rate"], report["macro_auc"], report["n"],
+                        self.output_dir)
+        if engine is not None:
+            engine.state.metrics.update({"accuracy": report["accuracy"], "macro_auc": report["macro_auc"]})
+        return report
+
+
+class PredictionWriter:
+    """Write ``predictions.csv``: file, predicted class, one probability column per class, and error.
+
+    A row whose input could not be read carries the error (from ``TolerantDataset``) and empty predictions.
+    The file is written atomically at the end of the run.
+
+    Args:
+        output_dir: destination folder.
+        class_names: class names in output order.
+        pred_key: output key of the class probabilities.
+        filename: CSV name.
+    """
+
+    def __init__(self, output_dir: str, class_names: Sequence[str], pred_key: str = "pred",
+                 filename: str = "predictions.csv") -> None:
+        self.path = Path(output_dir) / filename
+        self.class_names = list(class_names)
+        self.pred_key = pred_key
+        self.rows: list[list] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda e: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def collect(self, engine: Engine) -> None:
+        for b, o in iter_samples(engine):
+            err = b.get("error", "")
+            if err:
+                self.rows.append([b.get("path", ""), "", *[""] * len(self.class_names), err])
+                continue
+            p = _probs(o, self.pred_key)
+            self.rows.append([b.get("path", ""), self.class_names[int(p.argmax())], *[f"{v:.6f}" for v in p], ""])
+
+    def write(self, engine: Engine | None = None) -> None:
+        if not is_main_process():
+            return
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["file", "prediction", *[f"prob_{c}" for c in self.class_names], "error"])
+        w.writerows(self.rows)
+        atomic_write(self.path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+        n_err = sum(1 for r in self.rows if r[-1])
+        logger.info("wrote %d predictions (%d errors) to %s", len(self.rows), n_err, self.path)
+
+
+class CAMOverlaySaver:
+    """Save a Grad-CAM overlay PNG per image, at the image's own resolution.
+
+    Needs the evaluator's inferer to be a :class:`medplugin.inferers.GradCAMInferer`. The map is of the
+    predicted class. File names come from the entry's ``name`` (sanitised), never from file contents.
+
+    Args:
+        inferer: the evaluator's ``GradCAMInferer``.
+        output_dir: overlays go to ``output_dir/<subdir>``.
+        class_names: class names in output order.
+        only_misclassified: keep only images whose prediction differs from their ``label``.
+        subdir: sub-folder name.
+        alpha: heat-map weight.
+        pred_key: output key of the class probabilities.
+        enabled: ``False`` turns the handler off (e.g. ``save_cams: false``).
+    """
+
+    def __init__(self, inferer, output_dir: str, class_names: Sequence[str], only_misclassified: bool = False,
+                 subdir: str = "cams", alpha: float = 0.4, pred_key: str = "pred", enabled: bool = True) -> None:
+        self.inferer = inferer
+        self.enabled = enabled
+        self.dir = Path(output_dir) / subdir
+        self.class_names = list(class_names)
+        self.only_misclassified = only_misclassified
+        self.alpha = alpha
+        self.pred_key = pred_key
+        self.saved = 0
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled:
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        samples = list(iter_samples(engine))
+        preds = [int(_probs(o, self.pred_key).argmax()) for _, o in samples]
+        wanted = []
+        for i, (b, _) in enumerate(samples):
+            if b.get("error"):
+                continue
+            if self.only_misclassified:
+                if "label" not in b or int(torch.as_tensor(b["label"]).reshape(-1)[0]) == preds[i]:
+                    continue
+            wanted.append(i)
+        if not wanted:
+            self.inferer.cams() if self.inferer._last is not None else None  # free the graph
+            return
+        maps = self.inferer.cams(preds).cpu()
+        if not is_main_process():
+            return
+        for i in wanted:
+            b = samples[i][0]
+            path = b.get("path") or ""
+            name = safe_name(b.get("name") or Path(path).stem or f"item{self.saved}")
+            try:
+                original, _ = read_image_2d(path, channels=None) if path else (None, None)
+            except Exception as e:  # the overlay is a by-product: log and go on
+                logger.warning("no CAM overlay for %s: %s", path, e)
+                continue
+            suffix = f"_pred-{self.class_names[preds[i]]}"
+            if self.only_misclassified:
+                suffix = f"_true-{self.class_names[int(torch.as_tensor(b['label']).reshape(-1)[0])]}{suffix}"
+            save_png(self.dir / f"{name}{suffix}_gradcam.png", overlay_cam(original, maps[i, 0].numpy(), self.alpha))
+            self.saved += 1

@@ -1,0 +1,67 @@
+"""Evaluation plots: confusion matrix and one-vs-rest ROC curves."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from medplugin.metrics.classification import roc_auc, roc_curve
+from medplugin.utils import atomic_write
+
+__all__ = ["plot_confusion_matrix", "plot_roc"]
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, title: str = "") -> None:
+    """Save a confusion matrix (rows true, columns predicted) with counts and row percentages as PNG."""
+    plt = _figure()
+    cm = np.asarray(cm)
+    rows = cm.sum(axis=1, keepdims=True).clip(min=1)
+    fig, ax = plt.subplots(figsize=(1.2 * len(class_names) + 2.5, 1.1 * len(class_names) + 2))
+    ax.imshow(cm / rows, cmap="Blues", vmin=0, vmax=1)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            frac = cm[i, j] / rows[i, 0]
+            ax.text(j, i, f"{cm[i, j]}\n{100 * frac:.1f}%", ha="center", va="center",
+                    color="white" if frac > 0.5 else "black", fontsize=9)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or f"confusion matrix (n={int(cm.sum())})")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def plot_roc(scores: np.ndarray, positives: np.ndarray, class_names: Sequence[str], path: str | os.PathLike,
+             title: str = "ROC, one vs rest") -> None:
+    """Save one ROC curve per class (``scores`` and ``positives`` are ``(N, C)``) with AUCs in the legend."""
+    plt = _figure()
+    scores, positives = np.asarray(scores), np.asarray(positives).astype(bool)
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    for c, name in enumerate(class_names):
+        if positives[:, c].all() or not positives[:, c].any():
+            continue
+        fpr, tpr, _ = roc_curve(scores[:, c], positives[:, c])
+        ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUC {roc_auc(scores[:, c], positives[:, c]):.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("1 - specificity (false positive rate)")
+    ax.set_ylabel("sensitivity (true positive rate)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
