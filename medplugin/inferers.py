@@ -48,4 +48,5 @@ class GradCAMInferer(Inferer):
             raise RuntimeError("no batch to explain: call the inferer first (with enabled=True).")
         logits, activation, size = self._last
         self._last = None
-        return grad_cam_from_activations(logits, activation, class_idx, output_size=size)
+        with torch.enable_grad():  # handlers may run inside the evaluator's no_grad context
+            return grad_cam_from_activations(logits, activation, class_idx, output_size=size)

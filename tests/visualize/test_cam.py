@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from medplugin.inferers import GradCAMInferer
+from medplugin.visualize import GradCAM, overlay_cam
+
+
+def _planted(n, size=32, seed=0):
+    """Class 1: a bright 6x6 square somewhere; class 0: a dark one. Returns images, labels, square centres."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, size, size, generator=g) * 0.3
+    y = torch.randint(0, 2, (n,), generator=g)
+    centres = torch.randint(5, size - 5, (n, 2), generator=g)
+    for i in range(n):
+        r, c = centres[i].tolist()
+        x[i, 0, r - 3:r + 3, c - 3:c + 3] = 1.0 if y[i] == 1 else -0.5
+    return x, y, centres
+
+
+def _net():
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(32, 2),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    net = _net()
+    x, y, _ = _planted(160)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(50):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    return net
+
+
+def test_network_learned_the_task(trained):
+    x, y, _ = _planted(128, seed=1)
+    trained.eval()
+    acc = (trained(x).argmax(1) == y).float().mean().item()
+    assert acc >= 0.95
+
+
+def test_gradcam_peaks_inside_the_planted_lesion(trained):
+    x, y, centres = _planted(64, seed=2)
+    maps, logits = GradCAM(trained, "6")(x, class_idx=1)  # the last conv's ReLU
+    assert maps.shape == (64, 1, 32, 32) and float(maps.min()) >= 0 and float(maps.max()) <= 1
+    hits = 0
+    positives = (y == 1).nonzero().flatten().tolist()
+    for i in positives:
+        r, c = np.unravel_index(int(maps[i, 0].argmax()), (32, 32))
+        cr, cc = centres[i].tolist()
+        hits += abs(r - cr) <= 4 and abs(c - cc) <= 4
+    assert hits / len(positives) >= 0.9
+
+
+def test_hooks_are_removed_and_mode_restored(trained):
+    trained.train()
+    n_hooks = sum(len(m._forward_hooks) for m in trained.modules())
+    GradCAM(trained, "6")(torch.rand(2, 1, 32, 32))
+    assert sum(len(m._forward_hooks) for m in trained.modules()) == n_hooks
+    assert trained.training
+    with pytest.raises(ValueError, match="layer 'nope' not found"):
+        GradCAM(trained, "nope")
+
+
+def test_inferer_gives_the_same_maps_under_no_grad(trained):
+    trained.eval()
+    x, _, _ = _planted(8, seed=3)
+    expected, logits = GradCAM(trained, "6")(x)
+    inf = GradCAMInferer("6")
+    with torch.no_grad():  # as inside a MONAI evaluator
+        out = inf(x, trained)
+        maps = inf.cams()
+    torch.testing.assert_close(out, logits)
+    torch.testing.assert_close(maps, expected)
+    with pytest.raises(RuntimeError, match="no batch to explain"):
+        inf.cams()
+
+
+def test_gradcam_works_on_a_frozen_backbone():
+    from medplugin.networks import classifier
+
+    net = classifier("resnet18", in_channels=1, num_classes=2, freeze_backbone=True).eval()
+    maps, _ = GradCAM(net, "layer4")(torch.rand(1, 1, 64, 64))
+    assert maps.shape == (1, 1, 64, 64) and torch.isfinite(maps).all()
+
+
+def test_overlay_is_rgb_at_image_resolution():
+    img = np.random.default_rng(0).random((50, 70)) * 255
+    rgb = overlay_cam(img, np.ones((7, 7)) * 0.5)
+    assert rgb.shape == (50, 70, 3) and rgb.dtype == np.uint8
+    with pytest.raises(ValueError, match="alpha must be in"):
+        overlay_cam(img, np.ones((7, 7)), alpha=2)
