@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "write_json", "new_run_dir", "safe_name"]
+__all__ = ["atomic_write", "write_json", "new_run_dir", "safe_name", "summary_writer"]
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], Any]) -> Path:
@@ -87,3 +87,22 @@ def safe_name(name: str, max_len: int = 150) -> str:
     cleaned = "__".join(_UNSAFE.sub("_", p) for p in parts)
     cleaned = cleaned.lstrip(".") or "unnamed"
     return cleaned[:max_len]
+
+
+class _NullWriter:
+    """Stands in for a ``SummaryWriter`` on ranks other than 0: every method does nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+def summary_writer(log_dir: str | os.PathLike):
+    """A TensorBoard ``SummaryWriter`` on rank 0 (or outside distributed runs); a no-op writer elsewhere,
+    so handlers can be listed once and only rank 0 writes event files."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return _NullWriter()
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(log_dir))

@@ -60,9 +60,12 @@ _SHOW = 5  # names shown in a message about many missing/bad items
 _LOG_ROWS = 10  # bad rows logged one by one before only counting
 
 
+_NOT_ALNUM = re.compile(r"[^a-z0-9]")
+
+
 def _norm(text: str) -> str:
     """Normalise a header cell or label: lower case, only letters and digits."""
-    return re.sub(r"[^a-z0-9]", "", str(text).lower())
+    return _NOT_ALNUM.sub("", str(text).lower())
 
 
 # finding name as written anywhere (ChestX-ray14 CSV, BBox list's "Infiltrate", spaces) -> canonical name
@@ -251,12 +254,17 @@ def index_chestxray14(
     _check_choice("on_bad_input", on_bad_input, ("fail", "skip"))
     val_fraction = _check_fraction("val_fraction", val_fraction)
     test_fraction = _check_fraction("test_fraction", test_fraction)
+    keep_views = None
     if views is not None:
-        if isinstance(views, str) or not all(isinstance(v, str) and v.strip() for v in views) or not views:
-            raise ValueError(f"views must be None or a non-empty sequence of view names like ('PA', 'AP'), got {views!r}.")
+        if (
+            not isinstance(views, (list, tuple, set, frozenset))
+            or not views
+            or not all(isinstance(v, str) and v.strip() for v in views)
+        ):
+            raise ValueError(
+                f"views must be None or a non-empty sequence of view names like ('PA', 'AP'), got {views!r}."
+            )
         keep_views = {v.strip().upper() for v in views}
-    else:
-        keep_views = None
 
     root = Path(root)
     if not root.is_dir():
@@ -284,6 +292,7 @@ def index_chestxray14(
     bad = _BadRows(csv_path, on_bad_input)
     rows: list[dict] = []
     seen: dict[str, int] = {}
+    label_cache: dict[str, list[float] | str] = {}
     n_excluded = n_other_view = 0
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
@@ -312,7 +321,12 @@ def index_chestxray14(
             if not view:
                 bad(f"line {line}: empty 'View Position' for image {name!r}")
                 continue
-            label = _parse_labels(row[cols["labels"]])
+            text = row[cols["labels"]]
+            label = label_cache.get(text)
+            if label is None:  # about 800 distinct values in the real CSV: parse each once
+                label = label_cache[text] = _parse_labels(text)
+            if not isinstance(label, str):
+                label = list(label)
             if isinstance(label, str):
                 bad(
                     f"line {line}: unknown finding label {label} in 'Finding Labels' {row[cols['labels']]!r} "
@@ -346,7 +360,13 @@ def index_chestxray14(
             raise BadInputError(root, reason)
         logger.warning("%s: %s; dropped", root, reason)
     entries = [
-        {"image": images[r["name"]], "label": r["label"], "patient_id": r["patient_id"], "view": r["view"], "_n": r["name"]}
+        {
+            "image": images[r["name"]],
+            "label": r["label"],
+            "patient_id": r["patient_id"],
+            "view": r["view"],
+            "_n": r["name"],
+        }
         for r in rows
         if r["name"] in images
     ]
@@ -375,9 +395,7 @@ def index_chestxray14(
     else:
         train_fraction = 1.0 - val_fraction - test_fraction
         if train_fraction <= 0:
-            raise ValueError(
-                f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}."
-            )
+            raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}.")
         parts = _split(
             entries, {"training": train_fraction, "validation": val_fraction, "test": test_fraction}, seed
         )

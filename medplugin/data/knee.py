@@ -58,9 +58,11 @@ def _check_fraction(name: str, value: float) -> None:
 def _read_mrnet_csv(csv_path: Path) -> list[tuple[int, str, int]]:
     """Rows ``(row_number, exam_id, label)`` of an MRNet label CSV (``id,label``, no header)."""
     if not csv_path.is_file():
-        raise BadInputError(csv_path, "label CSV not found; the MRNet layout has <split>-<task>.csv beside train/ and valid/")
+        raise BadInputError(
+            csv_path, "label CSV not found; the MRNet layout has <split>-<task>.csv beside train/ and valid/"
+        )
     out = []
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
         for n, row in enumerate(csv.reader(f), start=1):
             if not row or all(not c.strip() for c in row):
                 continue
@@ -213,7 +215,7 @@ def index_knee(
         raise BadInputError(images, "exam folder not found (one NIfTI file or DICOM series folder per exam)")
     masks = root / mask_dir if mask_dir is not None else None
     entries, seen = [], {}
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         missing = [c for c in ("exam", "label") if c not in columns]

@@ -5,7 +5,6 @@ build it, the layer Grad-CAM hooks, the intensity normalisation its ImageNet wei
 torchvision-layout weight names map onto it.
 """
 
-from __future__ import annotations
 
 import logging
 import re

@@ -25,7 +25,9 @@ logger = logging.getLogger(__name__)
 MRNET_BACKBONES = ("alexnet", "resnet18", "densenet121", "vgg16")
 
 # torchvision's DenseNet files from the model zoo name some layers "norm.1" instead of "norm1"
-_DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_DENSENET_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
 
 
 def _torchvision_models():
@@ -43,8 +45,15 @@ def _build_backbone(name: str) -> tuple[nn.Module, int, str, str, Callable[[str]
     """
     models = _torchvision_models()
     if name in ("alexnet", "vgg16"):
-        net = getattr(models, name)(weights=None)
-        features = net.features
+        if name == "vgg16":
+            # only the features: building torchvision's VGG-16 would also initialise 120 M classifier weights
+            features = models.vgg.make_layers(models.vgg.cfgs["D"], batch_norm=False)
+            for m in features.modules():
+                if isinstance(m, nn.Conv2d):  # torchvision VGG's initialisation
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                    nn.init.zeros_(m.bias)
+        else:
+            features = models.alexnet(weights=None).features
         last_relu = max(i for i, m in enumerate(features) if isinstance(m, nn.ReLU))
         num = [m for m in features if isinstance(m, nn.Conv2d)][-1].out_channels
 

@@ -170,7 +170,8 @@ def synthetic_chest_xray(
         elif finding == "Mass":
             py, px = point_in(side, (-0.3, 0.3), (-0.2, 0.2))
             r = max(0.06, 4 * r_px)
-            m = _ellipse(yy, xx, py, px, r, r) | _ellipse(yy, xx, py + 0.5 * r, px + 0.6 * r * outward, 0.7 * r, 0.7 * r)
+            lobe = _ellipse(yy, xx, py + 0.5 * r, px + 0.6 * r * outward, 0.7 * r, 0.7 * r)
+            m = _ellipse(yy, xx, py, px, r, r) | lobe
             d = ndimage.distance_transform_edt(m)
             img[m] += 0.2 + 0.25 * np.clip(d[m] / max(d.max(), 1), 0, 1)
         elif finding == "Effusion":
@@ -179,9 +180,9 @@ def synthetic_chest_xray(
             m = lung & (yy > meniscus)
             img[m] = 0.6 + 0.02 * markings[m]
         elif finding == "Pneumothorax":
-            inner = _ellipse(yy, xx, cy + 0.08 * ry, cx - outward * 0.22 * rx, ry * 0.95, rx * 0.8)
+            inner = _ellipse(yy, xx, cy + 0.12 * ry, cx - outward * 0.3 * rx, ry * 0.9, rx * 0.7)
             m = lung & ~inner & (yy < cy + 0.1 * ry)
-            img[m] = 0.1  # no markings, no ribs: free air
+            img[m] = 0.05  # no markings, no ribs: free air
         elif finding == "Cardiomegaly":
             m = heart_mask
         elif finding == "Atelectasis":
@@ -195,18 +196,18 @@ def synthetic_chest_xray(
             py, px = point_in(side, (-0.2, 0.3), (-0.2, 0.2))
             r = max(0.08, 5 * r_px)
             region = _ellipse(yy, xx, py, px, r, r) & lung
-            blotches = _smooth_noise(g, (n, n), max(n / 96, 0.7)) > 0.3
+            blotches = _smooth_noise(g, (n, n), max(n / 96, 0.7)) > -0.2
             m = region & blotches
             if not m.any():
                 m = region
-            img[m] += 0.22
+            img[m] += 0.276
         elif finding == "Pneumonia":
             py, px = point_in(side, (0.1, 0.35), (-0.15, 0.15))
             r = max(0.09, 5 * r_px)
             prof = np.exp(-(((yy - py) ** 2 + (xx - px) ** 2) / (2 * (0.5 * r) ** 2)))
             fluff = 0.5 + 0.5 * np.clip(_smooth_noise(g, (n, n), max(n / 128, 0.6)), -1, 1)
-            m = (prof > 0.15) & lung
-            img[m] += (0.38 * prof * fluff)[m]
+            m = (prof > 0.25) & lung
+            img[m] += (0.45 * prof * (0.5 + 0.5 * fluff))[m]
         elif finding == "Consolidation":
             py, px = point_in(side, (-0.05, 0.25), (-0.1, 0.1))
             h = max(0.1, 6 * r_px)
@@ -220,8 +221,8 @@ def synthetic_chest_xray(
                 scy, scx, sry, srx = lungs[s]
                 hy, hx = scy + 0.1 * sry, scx - (-1.0 if s == "right" else 1.0) * 0.45 * srx  # near the hilum
                 prof = np.exp(-(((yy - hy) / (0.45 * sry)) ** 2 + ((xx - hx) / (0.7 * srx)) ** 2))
-                mm = (prof > 0.2) & lung_masks[s]
-                img[mm] += (0.22 * prof)[mm]
+                mm = (prof > 0.3) & lung_masks[s]
+                img[mm] += (0.3 * prof)[mm]
                 ms.append(mm)
             m = ms[0] | ms[1]
         elif finding == "Emphysema":
@@ -243,7 +244,7 @@ def synthetic_chest_xray(
             m = region & net
             if not m.any():
                 m = region
-            img[m] += 0.2
+            img[m] += 0.27
         elif finding == "Pleural_Thickening":
             shell = lung & ~ndimage.binary_erosion(lung, iterations=max(1, round(0.025 * n)))
             lateral = (xx - cx) * outward > 0.35 * rx
@@ -373,7 +374,8 @@ def make_chestxray14_demo(
             entries.append([name, labels, fu, pid, age + fu // 2, gender, view, size, size, spacing, spacing])
             for f in found:
                 x, y, w, h = sample["boxes"][f]
-                bbox_rows.append([name, "Infiltrate" if f == "Infiltration" else f, float(x), float(y), float(w), float(h)])
+                written = "Infiltrate" if f == "Infiltration" else f  # the release's spelling in this file
+                bbox_rows.append([name, written, float(x), float(y), float(w), float(h)])
             (test if pid in test_patients else train_val).append(name)
 
     def _csv(header: str, rows: list[list]) -> str:

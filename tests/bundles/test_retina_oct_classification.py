@@ -1,0 +1,198 @@
+"""The retinal OCT bundle, run through MONAI's bundle runner on tiny synthetic OCT2017-layout data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.bundles._runner import REPO, SMOKE, bundle_dir, monai_bundle, run_bundle
+
+NAME = "retina_oct_classification"
+B = bundle_dir(NAME)
+SCHEMA = REPO / "schemas" / "meta_schema_20240725.json"
+
+
+@pytest.fixture(scope="module")
+def trained(oct_demo, tmp_path_factory):
+    """One smoke training run shared by the tests below: (ckpt_dir, train output_dir)."""
+    tmp = tmp_path_factory.mktemp("oct_bundle")
+    ckpt, out = tmp / "models", tmp / "train"
+    run_bundle(NAME, "train.yaml", SMOKE, dataset_dir=oct_demo, ckpt_dir=ckpt, output_dir=out)
+    return ckpt, out
+
+
+def test_metadata_validates_against_the_shipped_schema():
+    proc = monai_bundle("verify_metadata", "--meta_file", str(B / "configs" / "metadata.json"),
+                        "--filepath", str(SCHEMA))
+    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+
+
+def test_network_in_and_out_shapes():
+    proc = monai_bundle("verify_net_in_out", "network_def", "--meta_file", str(B / "configs" / "metadata.json"),
+                        "--config_file", str(B / "configs" / "inference.yaml"), "--bundle_root", str(B))
+    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("config, workflow", [("train.yaml", "train"), ("inference.yaml", "infer"),
+                                              ("evaluate.yaml", "infer")])
+def test_workflow_properties(config, workflow, oct_demo, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(config_file=str(B / "configs" / config), meta_file=str(B / "configs" / "metadata.json"),
+                        logging_file=str(B / "configs" / "logging.conf"), workflow_type=workflow,
+                        bundle_root=str(B), dataset_dir=str(oct_demo), output_dir=str(tmp_path))
+    wf.initialize()
+    assert wf.check_properties() == []
+
+
+def test_task_definition_is_identical_in_every_config():
+    """Labels, input and weights are defined once per bundle: the configs must not drift apart."""
+    keys = ("class_names", "in_channels", "normalization", "cam_layer", "model_meta", "network_def", "preprocessing",
+            "postprocessing", "device", "ckpt_dir")
+    cfg = {c: yaml.safe_load((B / "configs" / c).read_text()) for c in ("train.yaml", "evaluate.yaml", "inference.yaml")}
+    for k in keys:
+        assert cfg["train.yaml"][k] == cfg["evaluate.yaml"][k] == cfg["inference.yaml"][k], k
+    for k in ("batch_size", "image_size", "num_workers", "arch"):  # same hyperparameter names everywhere
+        assert all(k in c for c in cfg.values()), k
+
+
+def test_train_writes_checkpoint_metadata_and_tensorboard(trained):
+    ckpt, out = trained
+    state = torch.load(ckpt / "model.pt", weights_only=True)
+    assert "fc.weight" in state and state["fc.weight"].shape == (4, 2048)
+    meta = json.loads((ckpt / "model.json").read_text())
+    assert meta["arch"] == "resnet50" and meta["image_size"] == 32
+    assert meta["class_names"] == ["CNV", "DME", "DRUSEN", "NORMAL"]
+    dl = json.loads((out / "datalist.json").read_text())
+    patients = [{e["patient_id"] for e in dl[s]} for s in ("training", "validation", "test")]
+    assert not (patients[0] & patients[1]) and not (patients[0] & patients[2]) and not (patients[1] & patients[2])
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    assert {"train_loss", "learning_rate", "val_accuracy", "val_macro_auc", "val_CNV_sensitivity",
+            "val_NORMAL_specificity"} <= scalars
+    assert any(t.startswith("gradcam/") for t in acc.Tags()["images"])
+
+
+def test_evaluate_writes_metrics_plots_and_misclassified_cams(trained, oct_demo, tmp_path):
+    ckpt, _ = trained
+    out = tmp_path / "eval"
+    run_bundle(NAME, "evaluate.yaml", SMOKE, dataset_dir=oct_demo, ckpt_dir=ckpt, output_dir=out)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 8
+    assert set(m["per_class"]) == {"CNV", "DME", "DRUSEN", "NORMAL"}
+    assert np.asarray(m["confusion_matrix"]).sum() == 8
+    assert m["misclassification_rate"] == pytest.approx(1 - m["accuracy"])
+    for png in ("confusion_matrix.png", "roc.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cams = sorted((out / "misclassified_gradcam").glob("*.png")) if m["misclassified"] else []
+    assert len(cams) == len(m["misclassified"])
+    for c, row in zip(cams, sorted(m["misclassified"], key=lambda r: Path(r["file"]).stem)):
+        assert f"_true-{row['true']}_pred-{row['pred']}" in c.name
+
+
+def test_inference_predicts_every_file_and_reports_the_corrupt_one(trained, oct_demo, tmp_path):
+    ckpt, _ = trained
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    good = sorted((oct_demo / "test" / "CNV").glob("*.jpeg"))
+    shutil.copy(good[0], src / "a.jpeg")
+    shutil.copy(good[1], src / "sub" / "b.jpeg")
+    (src / "broken.jpeg").write_bytes(good[0].read_bytes()[:400])
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    out = tmp_path / "inf"
+    run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=ckpt, output_dir=out)
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert [r["file"] for r in rows] == [str(src / "a.jpeg"), str(src / "broken.jpeg"), str(src / "sub" / "b.jpeg")]
+    bad = rows[1]
+    assert bad["prediction"] == "" and "broken.jpeg" in bad["error"] and "truncated" in bad["error"]
+    for r in (rows[0], rows[2]):
+        assert r["error"] == "" and r["prediction"] in {"CNV", "DME", "DRUSEN", "NORMAL"}
+        assert sum(float(r[f"prob_{c}"]) for c in ("CNV", "DME", "DRUSEN", "NORMAL")) == pytest.approx(1, abs=1e-4)
+    from PIL import Image
+
+    overlays = sorted((out / "cams").glob("*.png"))
+    assert [o.name.split("_pred-")[0] for o in overlays] == ["a", "sub__b"]
+    with Image.open(src / "a.jpeg") as im, Image.open(overlays[0]) as ov:
+        assert ov.size == im.size  # the image's own resolution
+    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before  # input untouched
+
+
+def test_mismatched_settings_are_named(trained, oct_demo, tmp_path):
+    ckpt, _ = trained
+    with pytest.raises(AssertionError, match=r"--image_size 32"):
+        run_bundle(NAME, "inference.yaml", dataset_dir=oct_demo / "test", ckpt_dir=ckpt, output_dir=tmp_path / "x",
+                   num_workers=0, device="$torch.device('cpu')")
+
+
+def test_torchscript_and_onnx_exports_match_pytorch(trained, tmp_path):
+    import onnxruntime as ort
+
+    from medplugin.networks import classifier
+
+    ckpt, _ = trained
+    net = classifier("resnet50", in_channels=1, num_classes=4)
+    net.load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
+    net.eval()
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = net(x).numpy()
+
+    common = ["--meta_file", str(B / "configs" / "metadata.json"), "--config_file", str(B / "configs" / "inference.yaml"),
+              "--bundle_root", str(B), "--ckpt_file", str(ckpt / "model.pt")]
+    ts = tmp_path / "model.ts"
+    monai_bundle("ckpt_export", "network_def", "--filepath", str(ts), *common)
+    scripted = torch.jit.load(str(ts))
+    np.testing.assert_allclose(scripted(x).detach().numpy(), expected, atol=1e-4)
+
+    onnx_path = tmp_path / "model.onnx"
+    monai_bundle("onnx_export", "network_def", "--filepath", str(onnx_path), "--input_shape", "[1, 1, 32, 32]", *common)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    got = np.concatenate([sess.run(None, {name: x[i:i + 1].numpy()})[0] for i in range(2)])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(oct_demo, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    ckpt, out = tmp_path / "models", tmp_path / "ddp"
+    files = json.dumps([str(B / "configs" / "train.yaml"), str(B / "configs" / "multi_gpu_train.yaml"), str(SMOKE)])
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+         "--bundle_root", str(B), "--config_file", files, "--dataset_dir", str(oct_demo), "--ckpt_dir", str(ckpt),
+         "--output_dir", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (ckpt / "model.pt").is_file()
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 only
+
+
+@pytest.mark.slow
+def test_demo_job_learns_the_synthetic_task(tmp_path):
+    """The README's main job: demo data -> train -> evaluate -> inference, >= 95% test accuracy."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "medplugin.cli", "demo", NAME, "--out", str(tmp_path), "--run"],
+                          cwd=REPO, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    m = json.loads((tmp_path / "runs" / "evaluate" / "metrics.json").read_text())
+    assert m["n"] == 64 and m["accuracy"] >= 0.95
+    rows = list(csv.DictReader((tmp_path / "runs" / "inference" / "predictions.csv").open()))
+    assert len(rows) == 64 and all(r["error"] == "" for r in rows)
