@@ -1,0 +1,27 @@
+# medplugin: `make demo` sets up and runs the main job on built-in demo data; `make test` sets up and tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= demo/run_$(shell date +%Y%m%d_%H%M%S)
+
+.PHONY: setup demo test test-fast bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/medplugin demo retina_oct_classification --out $(DEMO_DIR) --run
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+bench: setup
+	$(PY) -m benchmarks

@@ -1,0 +1,89 @@
+"""Training engine vs a plain PyTorch loop, and eager PyTorch vs ONNX Runtime inference, for the OCT bundle's
+network on the same in-memory data, measured in one run (images/s, higher is better)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.handlers import from_engine  # noqa: F401  (same imports as the bundle)
+from torch.utils.data import DataLoader, TensorDataset
+
+from medplugin.networks import classifier
+
+
+def _data(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 1, size, size, generator=g), torch.randint(0, 4, (n,), generator=g)
+
+
+def _plain_loop(net, loader, epochs: int) -> float:
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    net.train()
+    n, t0 = 0, time.perf_counter()
+    for _ in range(epochs):
+        for x, y in loader:
+            opt.zero_grad(set_to_none=True)
+            loss_fn(net(x), y).backward()
+            opt.step()
+            n += x.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def _engine(net, data, batch: int, epochs: int) -> float:
+    x, y = data
+    items = [{"image": x[i], "label": y[i]} for i in range(x.shape[0])]
+    loader = DataLoader(items, batch_size=batch, shuffle=False, num_workers=0)
+    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=epochs, train_data_loader=loader, network=net,
+                                optimizer=torch.optim.Adam(net.parameters(), lr=1e-4),
+                                loss_function=torch.nn.CrossEntropyLoss())
+    t0 = time.perf_counter()
+    trainer.run()
+    return epochs * x.shape[0] / (time.perf_counter() - t0)
+
+
+def _eager_vs_onnx(net, size: int, n: int, batch: int) -> tuple[float, float]:
+    import onnxruntime as ort
+
+    net.eval()
+    x = torch.randn(batch, 1, size, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        torch.onnx.export(net, x, str(path), input_names=["image"], output_names=["pred"],
+                          dynamic_axes={"image": {0: "b"}, "pred": {0: "b"}}, dynamo=False)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess.run(None, {"image": x.numpy()})
+        t0 = time.perf_counter()
+        for _ in range(n):
+            sess.run(None, {"image": x.numpy()})
+        onnx_ips = n * batch / (time.perf_counter() - t0)
+    with torch.no_grad():
+        net(x)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            net(x)
+        eager_ips = n * batch / (time.perf_counter() - t0)
+    return eager_ips, onnx_ips
+
+
+def run(quick: bool = False) -> list[tuple]:
+    size, n, batch, epochs = (32, 32, 8, 1) if quick else (64, 128, 16, 2)
+    data = _data(n, size)
+    rows = []
+    for arch in ("resnet50",):
+        torch.manual_seed(0)
+        net_a = classifier(arch, in_channels=1, num_classes=4)
+        net_b = classifier(arch, in_channels=1, num_classes=4)
+        net_b.load_state_dict(net_a.state_dict())
+        loader = DataLoader(TensorDataset(*data), batch_size=batch, shuffle=False)
+        _plain_loop(classifier(arch, in_channels=1, num_classes=4), loader, 1)  # warm-up
+        plain = _plain_loop(net_a, loader, epochs)
+        engine = _engine(net_b, data, batch, epochs)
+        rows.append((f"train {arch} {size}px, images/s", "MONAI engine", engine, "plain loop", plain))
+        eager, onnx = _eager_vs_onnx(net_a, size, 3 if quick else 10, batch)
+        rows.append((f"inference {arch} {size}px, images/s", "ONNX Runtime", onnx, "eager PyTorch", eager))
+    return rows
