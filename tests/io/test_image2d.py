@@ -66,3 +66,13 @@ def test_transform_pair_returns_metatensor(gray_jpeg):
     torch.testing.assert_close(d["image"][0], torch.as_tensor(arr, dtype=torch.float32))
     with pytest.raises(ValueError, match="channels must be 1, 3 or None, got 2"):
         LoadImage2d(channels=2)
+
+
+def test_dicom_goes_through_the_same_loader():
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("CT_small.dcm")
+    img, meta = read_image_2d(path, channels=1)
+    assert img.shape == (1, 128, 128) and meta["format"] == "DICOM"
+    assert 0 <= img.min() and img.max() <= 255 and img.std() > 1
+    assert "PatientName" not in str(meta) and "CompressedSamples" not in str(meta)
