@@ -534,9 +534,10 @@ def estimate_disc_and_fovea(
     """Estimate the optic disc and the fovea of an RGB fundus image.
 
     The disc is the brightest region of the mean-of-channels image smoothed at a quarter disc diameter. The
-    fovea is the darkest region smoothed at half a disc diameter on the ring 2-3 disc diameters from the disc,
-    within 60 degrees of the direction from the disc to the FOV centre (the macula lies temporal of the disc,
-    towards the middle of a standard 45-degree photograph), and at least half a disc diameter inside the FOV.
+    fovea is the darkest region smoothed at half a disc diameter, relative to its surroundings smoothed at two
+    disc diameters (uneven illumination), on the ring 2-3 disc diameters from the disc,
+    within about 30 degrees of the direction from the disc to the FOV centre (the macula lies temporal of the
+    disc, towards the middle of a standard 45-degree photograph), and at least one disc diameter inside the FOV.
 
     Args:
         rgb: (3, H, W) float array.
@@ -569,17 +570,21 @@ def estimate_disc_and_fovea(
     yy, xx = np.mgrid[0 : sd.shape[0], 0 : sd.shape[1]]
     cy, cx = np.mean(np.nonzero(ms), axis=1)
     ring = np.hypot(yy - dr, xx - dc)
-    cand = inner & (ring >= 2.0 * dds) & (ring <= 3.0 * dds)
+    deep = ndi.distance_transform_edt(ms) > 1.0 * dds
+    cand = deep & (ring >= 2.0 * dds) & (ring <= 3.0 * dds)
     to_c = np.array([cy - dr, cx - dc])
     if np.hypot(*to_c) > 0.25 * dds:
         to_c /= np.hypot(*to_c)
         cosang = ((yy - dr) * to_c[0] + (xx - dc) * to_c[1]) / np.maximum(ring, 1e-6)
-        cand_dir = cand & (cosang >= 0.5)
+        cand_dir = cand & (cosang >= 0.85)
         if cand_dir.any():
             cand = cand_dir
     if not cand.any():
         cand = inner
-    sf = np.where(cand, smooth(lum, max(dds / 2, 0.5)), np.inf)
+    # darkness relative to the surroundings (2 disc diameters), so that the dark rim of an unevenly lit
+    # photograph does not win over the macula
+    local = smooth(lum, max(dds / 2, 0.5)) / np.maximum(smooth(lum, max(2.0 * dds, 1.0)), 1e-3)
+    sf = np.where(cand, local, np.inf)
     fr, fc = np.unravel_index(int(np.argmin(sf)), sf.shape)
     return (float(dr * step), float(dc * step)), (float(fr * step), float(fc * step))
 
