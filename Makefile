@@ -25,3 +25,8 @@ test-fast: setup
 
 bench: setup
 	$(PY) -m benchmarks
+
+# MONAI Label 0.8.5 in its own environment (.venv-monailabel: pydicom<3, torchvision), about 5 minutes once
+.PHONY: monailabel-env
+monailabel-env: setup
+	$(VENV)/bin/medplugin monailabel-env

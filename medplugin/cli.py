@@ -26,7 +26,20 @@ def _datalist_oct2017(args) -> dict:
     return index_oct2017(args.root, val_fraction=args.val_fraction, seed=args.seed, on_bad_input=args.on_bad_input)
 
 
+def _datalist_eyepacs(args) -> dict:
+    from medplugin.data.fundus import index_eyepacs
+
+    return index_eyepacs(args.root, val_fraction=args.val_fraction, seed=args.seed, on_bad_input=args.on_bad_input)
+
+
+def _datalist_aptos(args) -> dict:
+    from medplugin.data.fundus import index_aptos
+
+    return index_aptos(args.root, val_fraction=args.val_fraction, seed=args.seed, on_bad_input=args.on_bad_input)
+
+
 DATALISTS: dict[str, Callable] = {"oct2017": _datalist_oct2017}
+DATALISTS.update({"eyepacs": _datalist_eyepacs, "aptos": _datalist_aptos})  # label = DR grade; "grade" kept
 
 
 def _demo_retina_oct(out: Path, args) -> dict:
@@ -40,6 +53,103 @@ def _demo_retina_oct(out: Path, args) -> dict:
 DEMOS: dict[str, Callable[[Path, argparse.Namespace], dict]] = {"retina_oct_classification": _demo_retina_oct}
 
 
+def _demo_retina_fundus(out: Path, args) -> dict:
+    from medplugin.data.synthetic.fundus import make_eyepacs_demo
+
+    root = out / "eyepacs"
+    info = make_eyepacs_demo(root, n_patients=40, size=128, seed=args.seed, n_test_patients=10)  # 100 eyes
+    return {"dataset_dir": str(root), "inference_dir": str(root / "test"), **info}
+
+
+DEMOS["retina_fundus_classification"] = _demo_retina_fundus
+
+
+def _datalist_kneeseg(args) -> dict:
+    from medplugin.data.knee_segmentation import index_knee_segmentation
+
+    return index_knee_segmentation(args.root, val_fraction=args.val_fraction, seed=args.seed,
+                                   on_bad_input=args.on_bad_input)
+
+
+def _demo_knee_segmentation(out: Path, args) -> dict:
+    from medplugin.data.synthetic.knee import make_knee_nifti_demo
+
+    root = out / "knee_nifti"
+    info = make_knee_nifti_demo(root, n=24, shape=(16, 64, 64), seed=args.seed)
+    return {"dataset_dir": str(root), "inference_dir": str(root / "exams"), **info}
+
+
+DATALISTS["kneeseg"] = _datalist_kneeseg  # volume/mask pairs; "label" is the mask file
+
+
+def _datalist_chestxray14(args) -> dict:
+    from medplugin.data.chestxray14 import index_chestxray14
+
+    return index_chestxray14(args.root, val_fraction=args.val_fraction, seed=args.seed, on_bad_input=args.on_bad_input)
+
+
+def _demo_chest_xray(out: Path, args) -> dict:
+    from medplugin.data.synthetic.chest_xray import make_chestxray14_demo
+
+    root = out / "chestxray14"
+    info = make_chestxray14_demo(root, n_patients=240, size=128, seed=args.seed, max_follow_ups=3)
+    inference_dir = root / "images_001" / "images"
+    return {"dataset_dir": str(root), "inference_dir": str(inference_dir), **info}
+
+
+DATALISTS["chestxray14"] = _datalist_chestxray14  # label = 14 findings 0/1 in medplugin.data.chestxray14.FINDINGS order
+DEMOS["chest_xray_classification"] = _demo_chest_xray
+DEMOS["knee_mri_segmentation"] = _demo_knee_segmentation
+
+
+def _datalist_mrnet(args) -> dict:
+    from medplugin.data.knee import index_mrnet
+
+    return index_mrnet(args.root, task="acl", plane="sagittal", val_fraction=args.val_fraction, seed=args.seed,
+                       on_bad_input=args.on_bad_input)
+
+
+def _datalist_knee(args) -> dict:
+    from medplugin.data.knee import index_knee
+
+    return index_knee(args.root, label_mode="four", val_fraction=args.val_fraction, seed=args.seed,
+                      on_bad_input=args.on_bad_input)
+
+
+def _demo_knee_classification(out: Path, args) -> dict:
+    """MRNet layout (binary ACL tear, the demo's data set) and the clinical NIfTI layout (four conditions)."""
+    from medplugin.data.synthetic.knee import make_knee_nifti_demo, make_mrnet_demo
+
+    mrnet = make_mrnet_demo(out / "mrnet", n_train=48, n_valid=16, slices=(8, 12), size=64, seed=args.seed)
+    nifti = make_knee_nifti_demo(out / "knee_nifti", n=24, shape=(10, 64, 64), seed=args.seed)
+    return {"dataset_dir": mrnet["root"], "inference_dir": str(Path(mrnet["root"]) / "valid" / "sagittal"),
+            "nifti_dir": nifti["root"], **mrnet}
+
+
+DATALISTS["mrnet"] = _datalist_mrnet  # sagittal plane, ACL task; the bundle's --task/--plane pick others
+DATALISTS["knee"] = _datalist_knee  # clinical layout, labels 0-3 (the bundle's --label_mode binary merges 1-3)
+DEMOS["knee_mri_classification"] = _demo_knee_classification
+
+
+def _datalist_lungseg(args) -> dict:
+    from medplugin.data.lungseg import index_lungseg
+
+    return index_lungseg(args.root, val_fraction=args.val_fraction, test_fraction=getattr(args, "test_fraction", 0.15),
+                         seed=args.seed, on_bad_input=args.on_bad_input)
+
+
+def _demo_lung_segmentation(out: Path, args) -> dict:
+    from medplugin.data.synthetic.chest_xray import make_lung_seg_demo
+
+    root = out / "MontgomerySet"
+    info = make_lung_seg_demo(root, n=48, size=128, seed=args.seed)
+    return {"dataset_dir": str(root), "inference_dir": str(root / "CXR_png"), **info}
+
+
+DATALISTS["lungseg"] = _datalist_lungseg  # Montgomery layout or images/ + masks/; "label" is the mask file(s)
+DEMOS["lung_xray_segmentation"] = _demo_lung_segmentation
+
+
 def _bundle_dir(name: str) -> Path:
     path = REPO_ROOT / "bundles" / name
     if not path.is_dir():
@@ -48,7 +158,8 @@ def _bundle_dir(name: str) -> Path:
 
 
 def _run_bundle(bundle: Path, config: str, overrides: dict[str, str]) -> None:
-    configs = [str(bundle / "configs" / config), str(REPO_ROOT / "configs" / "demo.yaml")]
+    overlay = REPO_ROOT / "configs" / f"demo_{bundle.name}.yaml"  # a bundle's own demo overlay, when it has one
+    configs = [str(bundle / "configs" / config), str(overlay if overlay.is_file() else REPO_ROOT / "configs" / "demo.yaml")]
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(bundle), "--config_file", json.dumps(configs)]
     for k, v in overrides.items():
         cmd += [f"--{k}", v]
@@ -84,9 +195,79 @@ def cmd_demo(args) -> int:
     _run_bundle(bundle, "evaluate.yaml", {**common, "dataset_dir": info["dataset_dir"], "output_dir": str(runs / "evaluate")})
     _run_bundle(bundle, "inference.yaml", {**common, "dataset_dir": info["inference_dir"], "output_dir": str(runs / "inference")})
     metrics = json.loads((runs / "evaluate" / "metrics.json").read_text())
-    print(f"\ndemo finished: test accuracy {metrics['accuracy']:.4f}, macro AUC {metrics['macro_auc']:.4f} "
-          f"on {metrics['n']} images")
+    if "mean_dice" in metrics:  # segmentation bundles
+        print(f"\ndemo finished: test mean Dice {metrics['mean_dice']:.4f} on {metrics['n']} volumes")
+    elif "mean_auroc" in metrics:  # multi-label classification (chest X-ray)
+        loc = metrics.get("localization") or {}
+        print(f"\ndemo finished: test mean AUROC {metrics['mean_auroc']:.4f} on {metrics['n']} images"
+              + (f", CAM pointing-game hit rate {loc['hit_rate']:.3f} on {loc['n_boxes']} boxes" if loc else ""))
+    else:
+        print(f"\ndemo finished: test accuracy {metrics['accuracy']:.4f}, macro AUC {metrics['macro_auc']:.4f} "
+              f"on {metrics['n']} images")
     print(f"outputs: {runs}  (TensorBoard: tensorboard --logdir {runs / 'train' / 'tensorboard'})")
+    return 0
+
+
+def cmd_tensorboard(args) -> int:
+    import signal
+
+    from medplugin.review import free_port, serve
+
+    if not Path(args.run_dir).is_dir():
+        print(f"error: {args.run_dir}: no such run folder", file=sys.stderr)
+        return 2
+    port = args.port or free_port(args.host)
+    # a `kill` of this command stops the server it started, as Ctrl-C does
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"TensorBoard for {args.run_dir}: http://{args.host}:{port}/  (Ctrl-C stops it)", flush=True)
+    return serve(args.run_dir, args.host, port)
+
+
+def cmd_monailabel_app(args) -> int:
+    from medplugin import monailabel
+
+    names = [n for n in args.bundles.split(",") if n] or None
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"error: --set takes key=value, got {item!r}", file=sys.stderr)
+            return 2
+        overrides[key] = _config_value(value)
+    weights = {}
+    for item in args.weights:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            print(f"error: --weights takes BUNDLE=PATH, got {item!r}", file=sys.stderr)
+            return 2
+        weights[name] = Path(path)
+    env = Path(args.env) if args.env else monailabel.DEFAULT_ENV
+    try:
+        app = monailabel.assemble_app(args.out, names, overrides=overrides, weights=weights, env=env)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"MONAI Label app with {', '.join(app['models'])} written to {app['app_dir']}")
+    for n in app["without_weights"]:
+        print(f"note: {n} has no trained models/model.pt: MONAI Label can train it, infer after a restart")
+    print("start the server (offline; the MONAI Label environment first on PATH):")
+    print(monailabel.server_line(app["app_dir"], args.studies, app["models"], port=args.port, env=env))
+    return 0
+
+
+def _config_value(text: str):
+    """A ``--set`` value: JSON when it parses (numbers, true/false, lists), else the string itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def cmd_monailabel_env(args) -> int:
+    from medplugin import monailabel
+
+    py = monailabel.ensure_env(args.env or monailabel.DEFAULT_ENV)
+    print(f"MONAI Label environment ready: {py.parent}")
     return 0
 
 
@@ -111,6 +292,28 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--run", action="store_true", help="then train, evaluate and infer with the bundle")
     m.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("tensorboard", help="review a training run (or a folder of runs) in TensorBoard")
+    t.add_argument("run_dir", help="a run folder (e.g. bundles/<bundle>/runs/train_<time>) or a folder of runs")
+    t.add_argument("--host", default="127.0.0.1")
+    t.add_argument("--port", type=int, default=0, help="default: a free port")
+    t.set_defaults(func=cmd_tensorboard)
+
+    ml = sub.add_parser("monailabel-app", help="assemble a MONAI Label monaibundle app folder holding the bundles")
+    ml.add_argument("--out", required=True, help="app folder to write (must not exist)")
+    ml.add_argument("--bundles", default="", help="comma-separated bundle names (default: every bundle in bundles/)")
+    ml.add_argument("--studies", default="STUDIES", help="studies folder to print in the start_server line")
+    ml.add_argument("--port", type=int, default=8000)
+    ml.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config id to set in every bundle's MONAI Label configs, e.g. --set num_workers=0")
+    ml.add_argument("--env", default=None, help="MONAI Label environment (default: .venv-monailabel in the repo)")
+    ml.add_argument("--weights", action="append", default=[], metavar="BUNDLE=PATH",
+                    help="use this model.pt for a bundle instead of bundles/<bundle>/models/model.pt")
+    ml.set_defaults(func=cmd_monailabel_app)
+
+    me = sub.add_parser("monailabel-env", help="create (or reuse) the MONAI Label virtual environment")
+    me.add_argument("--env", default=None, help="environment folder (default: .venv-monailabel in the repo)")
+    me.set_defaults(func=cmd_monailabel_env)
     return p
 
 

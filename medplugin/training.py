@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
-__all__ = ["build_optimizer"]
+__all__ = ["DevicePrepareBatch", "build_optimizer", "prepare_network"]
 
 
 def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
@@ -28,3 +28,61 @@ def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, 
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
     raise ValueError(f"optimizer must be 'adam', 'adamw' or 'sgd', got {name!r}.")
+
+
+def prepare_network(network: torch.nn.Module, device: torch.device | str, channels_last: bool = False,
+                    compile: bool | str = False) -> torch.nn.Module:
+    """Move ``network`` to ``device`` for training, optionally channels-last and compiled, keeping the module.
+
+    The module object (and so its ``state_dict`` keys, its layers for CAM hooks, and what checkpoint handlers
+    save) stays the same: compilation uses ``nn.Module.compile`` in place rather than wrapping the module.
+
+    Args:
+        network: the network.
+        device: where it trains.
+        channels_last: ``torch.channels_last`` memory format (faster convolutions for 2D networks on
+            tensor-core GPUs; leave off on the CPU and for 3D networks).
+        compile: ``False``; ``True`` (``torch.compile`` with its default backend); or a backend name
+            (e.g. ``"eager"``, ``"aot_eager"``, ``"inductor"``).
+    """
+    network = network.to(device)
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last)
+    if compile:
+        network.compile(**({} if compile is True else {"backend": str(compile)}))
+    return network
+
+
+class DevicePrepareBatch:
+    """A MONAI ``prepare_batch`` that copies ``image``/``label`` to the device, then augments and formats there.
+
+    Pass it as ``prepare_batch`` to ``SupervisedTrainer`` / ``SupervisedEvaluator``. With ``augmentation`` (e.g.
+    :class:`medplugin.transforms.BatchRandAugment`) random augmentation runs on the whole batch on the GPU
+    after the copy, instead of per image in data-loader workers. ``channels_last`` puts 4-D images in
+    ``torch.channels_last`` format to match a channels-last network.
+
+    Args:
+        augmentation: callable on the image batch ``(B, C, H, W)`` on the device, or ``None``.
+        channels_last: convert 4-D image batches to channels-last.
+        image_key: key of the image in the batch dict.
+        label_key: key of the label.
+    """
+
+    def __init__(self, augmentation=None, channels_last: bool = False, image_key: str = "image",
+                 label_key: str = "label") -> None:
+        self.augmentation = augmentation
+        self.channels_last = bool(channels_last)
+        self.image_key, self.label_key = image_key, label_key
+
+    def __call__(self, batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False,
+                 **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return ``(image, label)`` on ``device``."""
+        image = torch.as_tensor(batchdata[self.image_key]).to(device=device, non_blocking=non_blocking, **kwargs)
+        label = batchdata.get(self.label_key)
+        if label is not None:
+            label = torch.as_tensor(label).to(device=device, non_blocking=non_blocking, **kwargs)
+        if self.augmentation is not None:
+            image = self.augmentation(image)
+        if self.channels_last and image.ndim == 4:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return image, label

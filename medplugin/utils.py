@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "write_json", "new_run_dir", "safe_name", "summary_writer"]
+__all__ = ["atomic_write", "write_json", "new_run_dir", "run_dir", "check_output_dir", "safe_name", "summary_writer"]
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], Any]) -> Path:
@@ -71,6 +71,74 @@ def new_run_dir(base: str | os.PathLike, prefix: str) -> str:
         candidate = Path(base) / f"{prefix}_{stamp}_{n}"
         n += 1
     return str(candidate)
+
+
+def run_dir(base: str | os.PathLike, prefix: str, resume: Any = False) -> str:
+    """The ``output_dir`` of a bundle run: a new run folder, or the one to resume.
+
+    Args:
+        base: the folder holding the bundle's runs (``<bundle_root>/runs``).
+        prefix: the run kind (``train``).
+        resume: false/``None`` gives :func:`new_run_dir`; ``True`` (or ``"true"``) the newest ``base/<prefix>_*``
+            folder that holds a training checkpoint; any other string is taken as the run folder to resume.
+
+    Raises:
+        BadInputError: resuming was asked for but there is no such run folder.
+    """
+    from medplugin.errors import BadInputError
+    from medplugin.handlers.resume import latest_checkpoint, resume_requested
+
+    if not resume_requested(resume):
+        return new_run_dir(base, prefix)
+    if isinstance(resume, bool) or str(resume).strip().lower() in ("true", "yes", "1"):
+        runs = [p for p in Path(base).glob(f"{prefix}_*") if p.is_dir() and latest_checkpoint(p) is not None]
+        if not runs:
+            raise BadInputError(base, f"--resume true: no earlier '{prefix}_*' run with a checkpoint here")
+        return str(max(runs, key=lambda p: latest_checkpoint(p).stat().st_mtime))
+    folder = Path(str(resume))
+    if not folder.is_dir():
+        raise BadInputError(folder, "--resume: no such run folder")
+    return str(folder)
+
+
+def check_output_dir(output_dir: str | os.PathLike, inputs: Any = (), resume: Any = False) -> str:
+    """Refuse an ``output_dir`` that would overwrite something the user had; call it before a run writes anything.
+
+    A run never writes into its input folders, nor into a folder holding an earlier run's outputs (unless it
+    resumes that training run).
+
+    Args:
+        output_dir: the run's output folder.
+        inputs: input folders or files (``dataset_dir``, ...); ``None`` entries are ignored.
+        resume: the run resumes the training in ``output_dir`` (see ``medplugin.handlers.TrainingCheckpoint``).
+
+    Returns:
+        ``output_dir``.
+
+    Raises:
+        BadInputError: ``output_dir`` is inside an input folder, or already holds files and the run does not resume.
+    """
+    from medplugin.errors import BadInputError
+    from medplugin.handlers.resume import resume_requested
+
+    out = Path(output_dir).expanduser().resolve()
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs or ())
+    for item in items:
+        if item is None or str(item) == "":
+            continue
+        src = Path(item).expanduser().resolve()
+        if out == src or src in out.parents:
+            raise BadInputError(output_dir, f"is inside the input folder {src}: a run never writes into its input; "
+                                            "choose another --output_dir")
+    if out.is_dir() and not resume_requested(resume):
+        entries = sorted(p.name for p in out.iterdir())
+        if entries:
+            shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+            raise BadInputError(output_dir, f"already holds the outputs of an earlier run ({shown}); choose a new "
+                                            "--output_dir (or --resume true to continue a crashed training there)")
+    elif out.exists() and not out.is_dir():
+        raise BadInputError(output_dir, "is a file, not a folder")
+    return str(output_dir)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -22,3 +22,14 @@ def oct_demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("oct_demo")
     info = make_oct2017_demo(out, train_patients=3, test_patients=1, images_per_patient=2, size=(64, 80), seed=1)
     return Path(info["root"])
+
+
+@pytest.fixture(scope="session")
+def oct_smoke_run(oct_demo, tmp_path_factory) -> tuple[Path, Path]:
+    """One smoke training run of the OCT bundle shared by the integration tests: (ckpt_dir, output_dir)."""
+    from tests.bundles._runner import SMOKE, run_bundle
+
+    tmp = tmp_path_factory.mktemp("oct_smoke_run")
+    run_bundle("retina_oct_classification", "train.yaml", SMOKE, dataset_dir=oct_demo, ckpt_dir=tmp / "models",
+               output_dir=tmp / "train")
+    return tmp / "models", tmp / "train"

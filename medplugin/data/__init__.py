@@ -2,14 +2,25 @@
 
 from medplugin.data.datalist import index_images, read_datalist
 from medplugin.data.dataset import TolerantDataset
+from medplugin.data.fundus import fundus_datalist, index_aptos, index_eyepacs, index_fundus
+from medplugin.data.lungseg import index_lungseg, lungseg_datalist
 from medplugin.data.oct2017 import index_oct2017, oct2017_datalist
+from medplugin.data.chestxray14 import chestxray14_datalist, index_chestxray14
 from medplugin.data.splits import assert_disjoint_patients, patient_level_split
 
 __all__ = [
     "TolerantDataset",
     "assert_disjoint_patients",
+    "fundus_datalist",
+    "index_aptos",
+    "index_eyepacs",
+    "index_fundus",
     "index_images",
+    "index_lungseg",
+    "lungseg_datalist",
     "index_oct2017",
+    "chestxray14_datalist",
+    "index_chestxray14",
     "oct2017_datalist",
     "patient_level_split",
     "read_datalist",

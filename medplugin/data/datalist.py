@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import os
@@ -12,9 +14,58 @@ from medplugin.errors import BadInputError
 from medplugin.io.image2d import looks_like_image
 from medplugin.utils import safe_name
 
-__all__ = ["read_datalist", "index_images"]
+__all__ = ["read_datalist", "index_images", "open_text", "CsvReader"]
 
 logger = logging.getLogger(__name__)
+
+
+def open_text(path: str | os.PathLike) -> io.StringIO:
+    """A whole text file (CSV, list, JSON) decoded as UTF-8, a leading BOM dropped, as an in-memory file object.
+
+    Use it instead of ``open(path)`` for label files: undecodable bytes and NUL bytes (a binary or damaged file)
+    become :class:`BadInputError` naming the file and the offset, not a ``UnicodeDecodeError`` mid-way.
+    Newlines are kept as they are (``newline=""``), as the ``csv`` module wants.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise BadInputError(path, f"cannot read the file ({e.strerror or e})") from e
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BadInputError(path, f"not a UTF-8 text file (byte 0x{raw[e.start]:02x} at offset {e.start}): "
+                                  "binary or damaged?") from e
+    if "\x00" in text:
+        raise BadInputError(path, f"holds a NUL byte at character {text.index(chr(0))}: binary or damaged, not text")
+    return io.StringIO(text, newline="")
+
+
+class CsvReader:
+    """``csv.reader`` whose parse errors (e.g. an unclosed quote running past the field size limit) become
+    :class:`BadInputError` naming the file and line. Iterate it like ``csv.reader``; ``line_num`` as there.
+
+    Args:
+        f: the open text (e.g. from :func:`open_text`).
+        path: the file, for messages.
+        kwargs: passed to ``csv.reader``.
+    """
+
+    def __init__(self, f, path: str | os.PathLike, **kwargs) -> None:
+        self._reader = csv.reader(f, **kwargs)
+        self.path = path
+
+    @property
+    def line_num(self) -> int:
+        return self._reader.line_num
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[str]:
+        try:
+            return next(self._reader)
+        except csv.Error as e:
+            raise BadInputError(self.path, f"line {self._reader.line_num}: malformed CSV ({e})") from e
 
 
 def read_datalist(
@@ -99,7 +150,7 @@ def index_images(dataset_dir: str | os.PathLike | None, datalist: str | os.PathL
 def _read_image_list(path: Path) -> list[str]:
     if not path.is_file():
         raise BadInputError(path, "datalist file not found")
-    text = path.read_text()
+    text = open_text(path).getvalue()
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)

@@ -28,13 +28,16 @@ class TolerantDataset(Dataset):
         transform: the preprocessing.
         fallback_shape: shape of the placeholder image, e.g. ``[1, 224, 224]``.
         image_key: key of the image.
+        fallback: extra keys a failed item gets so it collates with good ones, e.g. ``{"geometry": [0] * 12}``
+            (values are turned into tensors).
     """
 
     def __init__(self, data: Sequence[dict], transform: Callable | None, fallback_shape: Sequence[int],
-                 image_key: str = "image") -> None:
+                 image_key: str = "image", fallback: dict | None = None) -> None:
         super().__init__(data=data, transform=transform)
         self.fallback_shape = tuple(int(s) for s in fallback_shape)
         self.image_key = image_key
+        self.fallback = dict(fallback or {})
 
     def _transform(self, index: int) -> dict:
         entry = self.data[index]
@@ -50,6 +53,7 @@ class TolerantDataset(Dataset):
             out = {k: v for k, v in entry.items() if isinstance(v, str)}
             out[self.image_key] = torch.zeros(self.fallback_shape)
             out["error"] = msg.splitlines()[0]
+            out.update({k: torch.as_tensor(v) for k, v in self.fallback.items()})
         img = out[self.image_key]
         if hasattr(img, "as_tensor"):
             out[self.image_key] = img.as_tensor()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from medplugin.data.datalist import CsvReader, open_text
 from medplugin.data.splits import assert_disjoint_patients, patient_level_split
 from medplugin.errors import BadInputError
 
@@ -29,6 +30,9 @@ __all__ = [
     "index_knee_dataset",
     "class_weights",
     "sample_weights",
+    "knee_class_names",
+    "knee_datalist",
+    "index_knee_inputs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -62,8 +66,8 @@ def _read_mrnet_csv(csv_path: Path) -> list[tuple[int, str, int]]:
             csv_path, "label CSV not found; the MRNet layout has <split>-<task>.csv beside train/ and valid/"
         )
     out = []
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        for n, row in enumerate(csv.reader(f), start=1):
+    with open_text(csv_path) as f:
+        for n, row in enumerate(CsvReader(f, csv_path), start=1):
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) < 2:
@@ -82,8 +86,37 @@ def _read_mrnet_csv(csv_path: Path) -> list[tuple[int, str, int]]:
     return out
 
 
+def _check_on_bad_input(value: str) -> None:
+    if value not in ("fail", "skip"):
+        raise ValueError(f"on_bad_input must be 'fail' or 'skip', got {value!r}.")
+
+
+def _bad(error: BadInputError, on_bad_input: str, problems: list) -> None:
+    """``fail``: raise ``error``; ``skip``: remember it (the caller leaves the item out)."""
+    if on_bad_input == "fail":
+        raise error
+    problems.append(error)
+
+
+def _report_skipped(root: Path, problems: list) -> None:
+    if problems:
+        listing = "\n".join(f"  {e}" for e in problems[:50])
+        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        logger.warning("skipping %d bad item(s) of %s (on_bad_input='skip'):\n%s%s", len(problems), root, listing, more)
+
+
+def _check_npy(path: Path) -> None:
+    """Cheap check of an MRNet volume file (nothing is decoded): not empty, NumPy header."""
+    if path.stat().st_size == 0:
+        raise BadInputError(path, "empty file (0 bytes)")
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise BadInputError(path, "not a NumPy .npy file (bad header)")
+
+
 def index_mrnet(
-    root: str | os.PathLike, task: str = "acl", plane: str = "sagittal", val_fraction: float = 0.2, seed: int = 0
+    root: str | os.PathLike, task: str = "acl", plane: str = "sagittal", val_fraction: float = 0.2, seed: int = 0,
+    on_bad_input: str = "fail",
 ) -> dict[str, list[dict]]:
     """Index the Stanford MRNet data set (Bien et al. 2018, PLOS Medicine) for one task and plane.
 
@@ -100,6 +133,8 @@ def index_mrnet(
         plane: ``"sagittal"``, ``"coronal"`` or ``"axial"``.
         val_fraction: part of ``train/`` used for validation, in [0, 1) (0 leaves validation empty).
         seed: seed of the split.
+        on_bad_input: ``"fail"`` raises at the first bad row or volume file (missing, empty, not ``.npy``);
+            ``"skip"`` leaves those exams out with a warning listing them.
 
     Returns:
         ``{"training", "validation", "test"}`` -> entries ``{"image": str, "label": int, "patient_id": str}``.
@@ -113,22 +148,30 @@ def index_mrnet(
     if plane not in MRNET_PLANES:
         raise ValueError(f"plane must be one of {MRNET_PLANES}, got {plane!r}.")
     _check_fraction("val_fraction", val_fraction)
+    _check_on_bad_input(on_bad_input)
     root = Path(root)
     if not root.is_dir():
         raise BadInputError(root, "MRNet root folder not found")
     parts: dict[str, list[dict]] = {}
+    problems: list[BadInputError] = []
     for split in ("train", "valid"):
         csv_path = root / f"{split}-{task}.csv"
         entries, seen = [], {}
         for n, eid, label in _read_mrnet_csv(csv_path):
-            if eid in seen:
-                raise BadInputError(csv_path, f"row {n}: exam {eid} is listed twice (first on row {seen[eid]})")
-            seen[eid] = n
-            image = root / split / plane / f"{eid}.npy"
-            if not image.is_file():
-                raise BadInputError(csv_path, f"row {n}: exam {eid} has no volume file {image}")
+            try:
+                if eid in seen:
+                    raise BadInputError(csv_path, f"row {n}: exam {eid} is listed twice (first on row {seen[eid]})")
+                seen[eid] = n
+                image = root / split / plane / f"{eid}.npy"
+                if not image.is_file():
+                    raise BadInputError(csv_path, f"row {n}: exam {eid} has no volume file {image}")
+                _check_npy(image)
+            except BadInputError as e:
+                _bad(e, on_bad_input, problems)
+                continue
             entries.append({"image": str(image), "label": label, "patient_id": eid})
         parts[split] = entries
+    _report_skipped(root, problems)
     out = _split_parts(parts["train"], {"training": 1 - val_fraction, "validation": val_fraction}, seed)
     out["test"] = parts["valid"]
     assert_disjoint_patients(out)
@@ -167,6 +210,7 @@ def index_knee(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     seed: int = 0,
+    on_bad_input: str = "fail",
 ) -> dict[str, list[dict]]:
     """Index a clinical knee MRI data set: one NIfTI file or one DICOM series folder per exam, and a label CSV.
 
@@ -187,6 +231,8 @@ def index_knee(
         val_fraction: fraction of images for validation, in [0, 1).
         test_fraction: fraction of images for test, in [0, 1); ``val_fraction + test_fraction < 1``.
         seed: seed of the split.
+        on_bad_input: ``"fail"`` raises at the first bad row (unknown label, missing or empty image, ...);
+            ``"skip"`` leaves those exams out with a warning listing them.
 
     Returns:
         ``{"training", "validation", "test"}`` -> entries ``{"image": str, "label": int, "patient_id": str}``
@@ -214,48 +260,57 @@ def index_knee(
     if not images.is_dir():
         raise BadInputError(images, "exam folder not found (one NIfTI file or DICOM series folder per exam)")
     masks = root / mask_dir if mask_dir is not None else None
-    entries, seen = [], {}
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+    _check_on_bad_input(on_bad_input)
+    entries, seen, problems = [], {}, []
+    with open_text(csv_path) as f:
         reader = csv.DictReader(f)
+        reader.reader = CsvReader(f, csv_path)  # parse errors name the file and line
         columns = [c.strip() for c in (reader.fieldnames or [])]
         missing = [c for c in ("exam", "label") if c not in columns]
         if missing:
             raise BadInputError(csv_path, f"missing column(s) {missing}; found {columns}, need exam,label[,patient]")
         has_patient = "patient" in columns
         for n, raw in enumerate(reader, start=2):  # row 1 is the header
-            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-            exam, value = _strip_exam(row["exam"]), row["label"]
-            if not exam:
-                raise BadInputError(csv_path, f"row {n}: empty exam name")
-            if exam in seen:
-                raise BadInputError(csv_path, f"row {n}: exam {exam!r} is listed twice (first on row {seen[exam]})")
-            seen[exam] = n
-            if value not in ("0", "1", "2", "3"):
-                raise BadInputError(
-                    csv_path,
-                    f"row {n}: label {value!r} of exam {exam!r} is not one of 0-3 "
-                    f"({', '.join(f'{i}={c}' for i, c in enumerate(ACL_CLASSES))})",
-                )
-            label = int(value)
-            if label_mode == "binary":
-                label = int(label >= 1)
-            image = _find_exam(images, exam)
-            if image is None:
-                raise BadInputError(
-                    csv_path,
-                    f"row {n}: exam {exam!r} has no image: looked for {images / exam}.nii.gz, .nii and a DICOM "
-                    "series folder",
-                )
-            patient = row.get("patient", "") if has_patient else exam
-            if not patient:
-                raise BadInputError(csv_path, f"row {n}: empty patient for exam {exam!r}")
-            entry = {"image": str(image), "label": label, "patient_id": patient}
-            if masks is not None:
-                mask = _find_exam(masks, exam)
-                if mask is None or mask.is_dir():
-                    raise BadInputError(csv_path, f"row {n}: exam {exam!r} has no mask {masks / exam}.nii.gz")
-                entry["mask"] = str(mask)
-            entries.append(entry)
+            try:
+                row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+                exam, value = _strip_exam(row["exam"]), row["label"]
+                if not exam:
+                    raise BadInputError(csv_path, f"row {n}: empty exam name")
+                if exam in seen:
+                    raise BadInputError(csv_path, f"row {n}: exam {exam!r} is listed twice (first on row {seen[exam]})")
+                seen[exam] = n
+                if value not in ("0", "1", "2", "3"):
+                    raise BadInputError(
+                        csv_path,
+                        f"row {n}: label {value!r} of exam {exam!r} is not one of 0-3 "
+                        f"({', '.join(f'{i}={c}' for i, c in enumerate(ACL_CLASSES))})",
+                    )
+                label = int(value)
+                if label_mode == "binary":
+                    label = int(label >= 1)
+                image = _find_exam(images, exam)
+                if image is None:
+                    raise BadInputError(
+                        csv_path,
+                        f"row {n}: exam {exam!r} has no image: looked for {images / exam}.nii.gz, .nii and a DICOM "
+                        "series folder",
+                    )
+                if image.is_file() and image.stat().st_size == 0:
+                    raise BadInputError(image, "empty file (0 bytes)")
+                patient = row.get("patient", "") if has_patient else exam
+                if not patient:
+                    raise BadInputError(csv_path, f"row {n}: empty patient for exam {exam!r}")
+                entry = {"image": str(image), "label": label, "patient_id": patient}
+                if masks is not None:
+                    mask = _find_exam(masks, exam)
+                    if mask is None or mask.is_dir():
+                        raise BadInputError(csv_path, f"row {n}: exam {exam!r} has no mask {masks / exam}.nii.gz")
+                    entry["mask"] = str(mask)
+                entries.append(entry)
+            except BadInputError as e:
+                _bad(e, on_bad_input, problems)
+                continue
+    _report_skipped(root, problems)
     if not entries:
         raise BadInputError(csv_path, "label CSV has no rows")
     train_fraction = 1 - val_fraction - test_fraction
@@ -363,3 +418,102 @@ def sample_weights(entries: Sequence[dict], num_classes: int | None = None) -> l
     labels = _labels(entries, num_classes)
     counts = Counter(labels)
     return [1.0 / counts[label] for label in labels]
+
+
+def knee_class_names(label_mode: str = "four") -> list[str]:
+    """Class names in output order: :data:`ACL_CLASSES` (``"four"``) or :data:`BINARY_CLASSES` (``"binary"``)."""
+    if label_mode not in ("four", "binary"):
+        raise ValueError(f"label_mode must be 'four' or 'binary', got {label_mode!r}.")
+    return list(ACL_CLASSES if label_mode == "four" else BINARY_CLASSES)
+
+
+def knee_datalist(
+    dataset_dir: str | os.PathLike,
+    datalist: str | os.PathLike | None = None,
+    label_mode: str = "four",
+    task: str = "acl",
+    plane: str = "sagittal",
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    on_bad_input: str = "fail",
+) -> dict[str, list[dict]]:
+    """What the knee classification bundle calls: read ``datalist`` when given, else index ``dataset_dir``.
+
+    The layout is detected (:func:`detect_knee_layout`). MRNet labels are binary (``task`` tear / abnormal
+    or not), so the MRNet layout needs ``label_mode="binary"``; its ``valid/`` is the test part and
+    ``test_fraction`` is unused. The clinical layout gives labels 0-3, merged to 0/1 with ``"binary"``.
+    A datalist JSON (``medplugin datalist mrnet|knee``) is used as written; with ``label_mode="binary"``
+    labels above 1 are merged to 1 there too.
+
+    Raises:
+        ValueError: ``label_mode="four"`` on the MRNet layout, or bad arguments.
+        BadInputError: as the indexers, naming the file and reason.
+    """
+    knee_class_names(label_mode)
+    if datalist:
+        from medplugin.data.datalist import read_datalist
+
+        out = read_datalist(datalist, required_keys=("image", "label"), sections=("training", "validation", "test"))
+        if label_mode == "binary":
+            out = {k: [{**e, "label": int(int(e["label"]) >= 1)} for e in v] for k, v in out.items()}
+        return out
+    if detect_knee_layout(dataset_dir) == "mrnet":
+        if label_mode != "binary":
+            raise ValueError(
+                f"{dataset_dir}: the MRNet layout has binary labels ({task} or not); run with --label_mode binary."
+            )
+        return index_mrnet(dataset_dir, task=task, plane=plane, val_fraction=val_fraction, seed=seed,
+                           on_bad_input=on_bad_input)
+    return index_knee(dataset_dir, label_mode=label_mode, val_fraction=val_fraction, test_fraction=test_fraction,
+                      seed=seed, on_bad_input=on_bad_input)
+
+
+def _is_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def index_knee_inputs(dataset_dir: str | os.PathLike | None, datalist: str | os.PathLike | None = None) -> list[dict]:
+    """Exams for batch inference: every NIfTI file, MRNet ``.npy`` file and DICOM series folder under ``dataset_dir``.
+
+    A folder holding DICOM files (``DICM`` at byte 128) is one exam (one series). ``datalist`` (a JSON list or
+    datalist, or a text file with one path a line) names the exams instead. Files are not opened beyond the
+    DICOM check: unreadable ones produce an error row at inference time. Entries are ``{"image", "path",
+    "name"}``; ``name`` is the path relative to ``dataset_dir`` made safe for file names.
+
+    Raises:
+        BadInputError: no folder, or nothing to infer on.
+    """
+    from medplugin.data.datalist import index_images
+    from medplugin.utils import safe_name
+
+    if datalist:
+        return index_images(dataset_dir, datalist)
+    if not dataset_dir or not Path(dataset_dir).is_dir():
+        raise BadInputError(dataset_dir, "input folder not found (set --dataset_dir or --datalist)")
+    base = Path(dataset_dir)
+    items = []
+    for p in sorted(base.rglob("*")):
+        if p.name.startswith("."):
+            continue
+        if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz", ".npy")):
+            items.append(p)
+        elif p.is_dir() and any(f.is_file() and _is_dicom(f) for f in p.iterdir()):
+            items.append(p)
+    if not items:
+        raise BadInputError(base, "no NIfTI (.nii, .nii.gz), MRNet .npy files or DICOM series folders found")
+    entries, seen = [], set()
+    for p in items:
+        rel = str(p.relative_to(base))
+        name = safe_name(_strip_exam(rel[:-4] if rel.lower().endswith(".npy") else rel))
+        stem, n = name, 1
+        while name in seen:
+            name, n = f"{stem}_{n}", n + 1
+        seen.add(name)
+        entries.append({"image": str(p), "path": str(p), "name": name})
+    logger.info("inference on %d exam(s)", len(entries))
+    return entries

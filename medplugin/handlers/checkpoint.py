@@ -53,6 +53,15 @@ class BestModelSaver:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
+    def state_dict(self) -> dict:
+        """The best metric so far (and whether an earlier ``model.pt`` was set aside), for resuming a run."""
+        return {"best": self.best, "checked_previous": self._checked_previous}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (``TrainingCheckpoint`` calls it when a run resumes)."""
+        self.best = float(state["best"])
+        self._checked_previous = bool(state["checked_previous"])
+
     def _keep_previous(self) -> None:
         self._checked_previous = True
         if self.path.exists():

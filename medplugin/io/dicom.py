@@ -217,6 +217,12 @@ def _read_dataset(path: Path) -> Any:
         raise BadInputError(path, "not a DICOM file: no 'DICM' marker and no DICOM image elements could be parsed")
     if len(ds) == 0:
         raise BadInputError(path, "truncated or corrupt DICOM file: no data elements after the file meta header")
+    try:  # pydicom converts values lazily: convert them all now, so damage shows here, not mid-way
+        for dataset in (getattr(ds, "file_meta", None), ds):
+            for _ in dataset.iterall() if dataset is not None else ():
+                pass
+    except Exception as e:  # noqa: BLE001 - unknown VR, bad lengths, undecodable values, broken sequences
+        raise BadInputError(path, f"corrupt DICOM data element ({_redact(f'{type(e).__name__}: {e}', ds)})") from e
     return ds
 
 
@@ -373,6 +379,8 @@ def read_dicom_image(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
         ds.file_meta = file_meta if file_meta is not None else pydicom.dataset.FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ts
     ts = pydicom.uid.UID(str(ts))
+    if not ts.is_transfer_syntax:
+        raise BadInputError(path, f"unknown Transfer Syntax UID {str(ts)!r} in the file meta: damaged file?")
     ts_name = _uid_name(ts)
 
     pi = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()

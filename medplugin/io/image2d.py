@@ -10,10 +10,15 @@ import numpy as np
 
 from medplugin.errors import BadInputError
 
-__all__ = ["IMAGE_SUFFIXES", "DICOM_SUFFIXES", "read_image_2d", "looks_like_image"]
+__all__ = ["IMAGE_SUFFIXES", "DICOM_SUFFIXES", "NIFTI_SUFFIXES", "read_image_2d", "looks_like_image"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")  # 2D NIfTI radiographs (a lone "x.gz" is not one)
+
+
+def _is_nifti(path: str) -> bool:
+    return path.lower().endswith(NIFTI_SUFFIXES)
 
 
 def _has_dicom_magic(path: str) -> bool:
@@ -29,7 +34,7 @@ def looks_like_image(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a file this module can try to read: a known image suffix, or DICOM by suffix or magic."""
     path = os.fspath(path)
     suffix = Path(path).suffix.lower()
-    if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES:
+    if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES or _is_nifti(path):
         return True
     return suffix == "" and _has_dicom_magic(path)
 
@@ -86,6 +91,9 @@ def read_image_2d(path: str | os.PathLike, channels: int | None = 1) -> tuple[np
 
         arr, dmeta = read_dicom_image(path)
         fmt = "DICOM"
+    elif _is_nifti(path):
+        arr, dmeta = _read_nifti_2d(path)
+        fmt = "NIfTI"
     else:
         arr, fmt = _read_pil(path)
         dmeta = {}
@@ -120,3 +128,31 @@ def _read_pil(path: str) -> tuple[np.ndarray, str]:
         raise BadInputError(path, f"image too large to decode safely ({e})") from e
     except (SyntaxError, ValueError) as e:
         raise BadInputError(path, f"corrupt image ({e})") from e
+
+
+def _read_nifti_2d(path: str) -> tuple[np.ndarray, dict]:
+    """A 2D NIfTI image (singleton axes dropped) as ``(rows, columns)``, min..max scaled to 0..255.
+
+    NIfTI's first axis is x (columns) and its second y (rows), so the array is transposed to rows first; the
+    voxel sizes are kept as ``pixel_spacing`` ``[row, column]`` mm.
+    """
+    import nibabel as nib
+
+    try:
+        img = nib.load(path)
+        data = np.asarray(img.dataobj, dtype=np.float64)
+    except Exception as e:  # noqa: BLE001 - nibabel raises many types for damaged files
+        raise BadInputError(path, f"corrupt or truncated NIfTI file ({type(e).__name__}: {e})") from e
+    keep = [i for i, s in enumerate(data.shape) if s != 1]
+    if len(keep) != 2 or keep[0] > 1 or keep[1] > 1:
+        raise BadInputError(path, f"expected a 2D NIfTI image (x, y), got shape {data.shape}")
+    data = data.reshape([data.shape[i] for i in keep]).T
+    if data.size == 0:
+        raise BadInputError(path, f"image is empty (shape {data.shape})")
+    if not np.isfinite(data).all():
+        raise BadInputError(path, "image holds NaN or infinite values")
+    lo, hi = float(data.min()), float(data.max())
+    out = (data - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(data)
+    zooms = [float(z) for z in img.header.get_zooms()[:2]]
+    meta = {"pixel_spacing": [zooms[1], zooms[0]]}
+    return out.astype(np.float32), meta

@@ -21,6 +21,8 @@ _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 def _check_values(path: str, volume: np.ndarray) -> None:
     """Refuse volumes with non-finite values or a single constant value (blank or failed exports)."""
+    if volume.size == 0:
+        raise BadInputError(path, f"volume is empty (shape {volume.shape})")
     if np.issubdtype(volume.dtype, np.floating):
         bad = ~np.isfinite(volume)
         if bad.any():
@@ -213,6 +215,8 @@ def read_knee_volume(
         )
     if data.ndim != 3:
         raise BadInputError(path, f"image has {data.ndim} dimension(s) with shape {data.shape}; expected a 3-D volume")
+    if not np.isfinite(affine).all():
+        raise BadInputError(path, "the voxel-to-world matrix (affine) holds NaN or infinite values: damaged header")
     perm = _sagittal_permutation(affine) if order == "sagittal" else (2, 1, 0)
     volume = np.ascontiguousarray(data.transpose(perm), dtype=np.float32)
     if volume.shape[0] < 2:

@@ -57,8 +57,9 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, class_names: Se
 
     Returns:
         dict with ``accuracy``, ``misclassification_rate``, ``macro_auc`` (one-vs-rest, mean over classes
-        with both outcomes present), ``n``, ``per_class`` {name: sensitivity, specificity, precision, auc,
-        support} and ``confusion_matrix`` (rows true, columns predicted).
+        with both outcomes present), ``n``, ``per_class`` {name: sensitivity, specificity, precision, recall
+        (= sensitivity), f1, auc, support}, ``weighted_avg`` {precision, recall, f1} (support-weighted) and
+        ``confusion_matrix`` (rows true, columns predicted).
     """
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels)
@@ -85,10 +86,14 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, class_names: Se
         auc = roc_auc(probs[:, c], labels == c)
         if not np.isnan(auc):
             aucs.append(auc)
+        precision = float(tp / (tp + fp)) if tp + fp else float("nan")
+        recall = float(tp / (tp + fn)) if tp + fn else float("nan")
         per_class[name] = {
-            "sensitivity": float(tp / (tp + fn)) if tp + fn else float("nan"),
+            "sensitivity": recall,
             "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
-            "precision": float(tp / (tp + fp)) if tp + fp else float("nan"),
+            "precision": precision,
+            "recall": recall,
+            "f1": float(2 * tp / (2 * tp + fp + fn)) if 2 * tp + fp + fn else float("nan"),
             "auc": auc,
             "support": int(tp + fn),
         }
@@ -99,8 +104,19 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, class_names: Se
         "misclassification_rate": 1.0 - accuracy if n else float("nan"),
         "macro_auc": float(np.mean(aucs)) if aucs else float("nan"),
         "per_class": per_class,
+        "weighted_avg": _weighted_average(per_class),
         "confusion_matrix": cm.tolist(),
     }
+
+
+def _weighted_average(per_class: dict) -> dict:
+    """Support-weighted mean of per-class precision, recall and F1 (a nan of an unpredicted class counts as 0)."""
+    support = np.asarray([v["support"] for v in per_class.values()], dtype=np.float64)
+    out = {}
+    for k in ("precision", "recall", "f1"):
+        vals = np.nan_to_num(np.asarray([v[k] for v in per_class.values()], dtype=np.float64), nan=0.0)
+        out[k] = float((vals * support).sum() / support.sum()) if support.sum() else float("nan")
+    return out
 
 
 def flatten_report(report: dict, prefix: str = "") -> dict[str, float]:
@@ -109,6 +125,11 @@ def flatten_report(report: dict, prefix: str = "") -> dict[str, float]:
     for cls, vals in report["per_class"].items():
         for k in ("sensitivity", "specificity", "auc"):
             out[f"{prefix}{cls}_{k}"] = float(vals[k])
+        for k in ("precision", "recall", "f1"):
+            if k in vals:
+                out[f"{prefix}{cls}_{k}"] = float(vals[k])
+    for k, v in report.get("weighted_avg", {}).items():
+        out[f"{prefix}weighted_{k}"] = float(v)
     return out
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from monai.networks.nets import DenseNet121, ResNet
+from monai.networks.nets import DenseNet121, EfficientNetBN, ResNet, SEResNet50
 from monai.utils import optional_import
 from torch import nn
 
@@ -26,6 +26,8 @@ __all__ = [
     "ResNetClassifier",
     "DenseNetClassifier",
     "InceptionV3Transfer",
+    "SEResNetClassifier",
+    "EfficientNetClassifier",
     "classifier",
     "input_normalization",
     "cam_layer",
@@ -148,6 +150,55 @@ class InceptionV3Transfer(_FreezableMixin, nn.Module):
         return self.head(x)
 
 
+class SEResNetClassifier(_FreezableMixin, SEResNet50):
+    """MONAI SE-ResNet-50 for 2D classification (Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018).
+
+    The stem (``layer0``) is a 7x7 stride-2 convolution and a stride-2 max-pool, as in ResNet-50. Weight
+    names follow Cadene's ``pretrainedmodels`` layout (``layer0.conv1``, ..., ``last_linear``).
+
+    Args:
+        in_channels: input channels.
+        num_classes: output logits.
+        freeze_backbone: train the final linear layer only.
+    """
+
+    head_prefixes = ("last_linear.",)
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 2, freeze_backbone: bool = False):
+        super().__init__(spatial_dims=2, in_channels=in_channels, num_classes=num_classes)
+        self.freeze_backbone = freeze_backbone
+        self._apply_freeze()
+
+
+class EfficientNetClassifier(_FreezableMixin, EfficientNetBN):
+    """MONAI EfficientNet (B0 by default) for 2D classification (Tan and Le, "EfficientNet: Rethinking Model
+    Scaling for Convolutional Neural Networks", ICML 2019). Never downloads: ``pretrained_path`` of
+    :func:`classifier` loads a local file in the ``efficientnet_pytorch`` layout MONAI uses.
+
+    Args:
+        in_channels: input channels.
+        num_classes: output logits.
+        freeze_backbone: train the final linear layer only.
+        model_name: ``efficientnet-b0`` ... ``efficientnet-b7``.
+    """
+
+    head_prefixes = ("_fc.",)
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 2, freeze_backbone: bool = False,
+                 model_name: str = "efficientnet-b0"):
+        super().__init__(model_name, pretrained=False, progress=False, spatial_dims=2, in_channels=in_channels,
+                         num_classes=num_classes)
+        self.freeze_backbone = freeze_backbone
+        self._apply_freeze()
+
+
+def _drop_prefixes(*prefixes: str) -> Callable[[str], str | None]:
+    def key_map(k: str) -> str | None:
+        return None if k.startswith(prefixes) else k
+
+    return key_map
+
+
 _DENSE = re.compile(r"^(features\.denseblock\d+\.denselayer\d+)\.((?:norm|relu|conv)[12]\..*)$")
 
 
@@ -183,6 +234,10 @@ ARCHS: dict[str, ArchSpec] = {
     "densenet121": ArchSpec(DenseNetClassifier, 224, "class_layers.relu", _densenet_key, "features.conv0.weight"),
     "inception_v3": ArchSpec(InceptionV3Transfer, 299, "base.Mixed_7c", _inception_key,
                              "base.Conv2d_1a_3x3.conv.weight"),
+    # stem conv+BN+ReLU+max-pool = layer0; the CAM layer is the last stage as for ResNet
+    "seresnet50": ArchSpec(SEResNetClassifier, 224, "layer4", _drop_prefixes("last_linear."), "layer0.conv1.weight"),
+    # `_swish` is shared by stem and head, so Grad-CAM hooks the head's batch norm
+    "efficientnet_b0": ArchSpec(EfficientNetClassifier, 224, "_bn1", _drop_prefixes("_fc."), "_conv_stem.weight"),
 }
 
 
@@ -202,7 +257,8 @@ def classifier(
     """Build a 2D classifier from the registry, optionally initialised from torchvision ImageNet weights.
 
     Args:
-        arch: one of ``ARCHS`` (``resnet50``, ``resnet18``, ``densenet121``, ``inception_v3``).
+        arch: one of ``ARCHS`` (``resnet50``, ``resnet18``, ``densenet121``, ``inception_v3``, ``seresnet50``,
+            ``efficientnet_b0``).
         in_channels: 1 for grayscale, 3 for RGB; first-layer ImageNet kernels are adapted.
         num_classes: number of output logits.
         pretrained_path: a local torchvision-layout state dict (e.g. ``resnet50-11ad3fa6.pth``); its
@@ -242,7 +298,9 @@ def input_normalization(arch: str, in_channels: int = 1) -> tuple[list[float], l
         return [sum(IMAGENET_MEAN) / 3], [sum(IMAGENET_STD) / 3]
     if in_channels == 3:
         return list(IMAGENET_MEAN), list(IMAGENET_STD)
-    raise ValueError(f"in_channels must be 1 or 3 for ImageNet normalisation, got {in_channels!r}.")
+    if in_channels > 3:  # RGB then extra maps already in [0, 1] (e.g. fundus lesion-candidate channels)
+        return list(IMAGENET_MEAN) + [0.0] * (in_channels - 3), list(IMAGENET_STD) + [1.0] * (in_channels - 3)
+    raise ValueError(f"in_channels must be 1 or 3 (or more: RGB plus extra maps) for ImageNet normalisation, got {in_channels!r}.")
 
 
 def cam_layer(arch: str) -> str:

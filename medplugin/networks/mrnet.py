@@ -207,13 +207,15 @@ class MRNet(nn.Module):
         return self
 
     def _slices(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        # written so that torch.jit.script compiles it (TorchScript export of the bundle)
+        shape = "(" + ", ".join([str(d) for d in x.shape]) + ")"
         if x.dim() == 5:
             if x.shape[1] != 1:
-                raise ValueError(f"a 5-D input must be (B, 1, S, H, W), got shape {tuple(x.shape)}.")
+                raise ValueError("a 5-D input must be (B, 1, S, H, W), got shape " + shape + ".")
             x = x[:, 0]
         elif x.dim() != 4:
-            raise ValueError(f"input must be (B, 1, S, H, W) or (B, S, H, W), got shape {tuple(x.shape)}.")
-        b, s, h, w = x.shape
+            raise ValueError("input must be (B, 1, S, H, W) or (B, S, H, W), got shape " + shape + ".")
+        b, s, h, w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
         x = x.reshape(b * s, 1, h, w)
         if self.slice_channels == "repeat":
             x = x.expand(-1, 3, -1, -1)

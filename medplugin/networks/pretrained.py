@@ -59,13 +59,17 @@ def adapt_input_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor
     """Adapt a first-convolution weight ``(out, c, *k)`` to ``in_channels`` input channels.
 
     Going to one channel sums the kernels over the RGB channels (a gray image replicated to RGB gives the same
-    response); going to more channels repeats the mean kernel, scaled to keep the response.
+    response); going from RGB to RGB plus extra channels keeps the RGB kernels and starts the extra ones at zero;
+    otherwise going to more channels repeats the mean kernel, scaled to keep the response.
     """
     c = weight.shape[1]
     if c == in_channels:
         return weight
     if in_channels == 1:
         return weight.sum(dim=1, keepdim=True)
+    if c == 3 and in_channels > 3:  # RGB + extra maps (fundus candidates): RGB kernels kept, extras start at 0
+        extra = weight.new_zeros((weight.shape[0], in_channels - 3, *weight.shape[2:]))
+        return torch.cat([weight, extra], dim=1)
     mean = weight.mean(dim=1, keepdim=True)
     return mean.repeat(1, in_channels, *([1] * (weight.dim() - 2))) * (c / in_channels)
 

@@ -19,6 +19,7 @@ from monai.transforms import (
 )
 
 from medplugin.transforms.io import LoadImage2dd
+from medplugin.transforms.fast import CacheBoundary, ToUint8d
 
 __all__ = ["image_classification_preprocessing", "image_classification_augmentation"]
 
@@ -29,8 +30,9 @@ def image_classification_preprocessing(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     keys: Sequence[str] = ("image",),
+    uint8: bool = True,
 ) -> Compose:
-    """Deterministic preprocessing of a 2D classifier: load -> [0, 1] -> resize -> normalise.
+    """Deterministic preprocessing of a 2D classifier: load -> resize -> uint8 -> [0, 1] -> normalise.
 
     Training, validation, evaluation and inference all call this one function with the same top-level
     config values, so an image is never preprocessed one way in training and another in deployment.
@@ -41,17 +43,23 @@ def image_classification_preprocessing(
         mean: per-channel mean on the [0, 1] scale (e.g. from ``medplugin.networks.input_normalization``).
         std: per-channel std; both or neither.
         keys: image keys.
+        uint8: round the resized image to ``uint8`` (at most half a grey level) and mark that point with
+            :class:`medplugin.transforms.CacheBoundary`, so ``medplugin.data.cache.build_dataset`` keeps
+            decoded images as ``uint8`` (a quarter of ``float32``'s memory) and a cached run gives exactly the
+            numbers of an uncached one. ``False``: resize on the float image, no rounding, no boundary.
     """
     if int(image_size) < 8:
         raise ValueError(f"image_size must be at least 8, got {image_size!r}.")
     if (mean is None) != (std is None):
         raise ValueError(f"give both mean and std or neither, got mean={mean!r}, std={std!r}.")
     keys = list(keys)
-    steps = [
-        LoadImage2dd(keys, channels=channels, path_key="path"),
-        ScaleIntensityRanged(keys, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
-        Resized(keys, spatial_size=(int(image_size), int(image_size)), mode="bilinear", anti_aliasing=True),
-    ]
+    resize = Resized(keys, spatial_size=(int(image_size), int(image_size)), mode="bilinear", anti_aliasing=True)
+    scale = ScaleIntensityRanged(keys, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True)
+    steps = [LoadImage2dd(keys, channels=channels, path_key="path")]
+    if uint8:  # decode -> resize -> uint8 is what a cache keeps; the rest runs on every access
+        steps += [resize, ToUint8d(keys), CacheBoundary(), scale]
+    else:
+        steps += [scale, resize]
     if mean is not None:
         if len(mean) != channels or len(std) != channels:
             raise ValueError(f"mean and std need {channels} value(s), got mean={list(mean)}, std={list(std)}.")

@@ -86,7 +86,9 @@ def grad_cam_from_activations(
 
     Args:
         logits: ``(B, num_classes)`` network output, still attached to its graph.
-        activation: ``(B, K, *spatial)`` feature maps, attached to the same graph.
+        activation: ``(B, K, *spatial)`` feature maps, attached to the same graph; or ``(B * S, K, h, w)`` per-slice
+            maps of a 2.5D network (slices of volume ``b`` in rows ``b * S : (b + 1) * S``), which give
+            ``(B, 1, S, h, w)`` per-slice maps weighted and scaled per volume.
         class_idx: class per sample (tensor or sequence of length B), one class for all, or ``None`` for the
             predicted class.
         output_size: spatial size to upsample the maps to (the input size); ``None`` keeps the feature size.
@@ -108,6 +110,14 @@ def grad_cam_from_activations(
             raise ValueError(f"class_idx has {idx.numel()} entries for a batch of {b}.")
     score = logits.gather(1, idx[:, None]).sum()
     (grads,) = torch.autograd.grad(score, activation, retain_graph=retain_graph)
+    if activation.shape[0] != b:
+        # 2.5D networks (e.g. MRNet) run a 2D backbone on B * S slices: (B * S, K, h, w) -> (B, K, S, h, w), so
+        # the channel weights come from the whole volume and the maps of one volume share one scale
+        if activation.shape[0] % b:
+            raise ValueError(f"activation batch {activation.shape[0]} is not a multiple of the logits' batch {b}.")
+        s = activation.shape[0] // b
+        activation = activation.reshape(b, s, *activation.shape[1:]).transpose(1, 2)
+        grads = grads.reshape(b, s, *grads.shape[1:]).transpose(1, 2)
     spatial = tuple(range(2, activation.dim()))
     weights = grads.float().mean(dim=spatial, keepdim=True)
     cams = F.relu((weights * activation.detach().float()).sum(dim=1, keepdim=True))

@@ -14,8 +14,11 @@ __all__ = ["to_display", "overlay_cam", "save_png", "resize_map"]
 
 
 def to_display(image: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Any ``(C, H, W)``/``(H, W)`` image -> ``(H, W, 3)`` uint8, min-max scaled (C = 1 or 3)."""
+    """Any ``(C, H, W)``/``(H, W)`` image -> ``(H, W, 3)`` uint8, min-max scaled (C = 1 or 3; with more
+    channels, e.g. RGBA or RGB plus fundus candidate maps, the first three are shown)."""
     img = image.detach().cpu().float().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, np.float32)
+    if img.ndim == 3 and img.shape[0] > 3:
+        img = img[:3]
     if img.ndim == 3:
         if img.shape[0] not in (1, 3):
             raise ValueError(f"expected (C, H, W) with C in (1, 3), got shape {img.shape}.")

@@ -10,7 +10,7 @@ import numpy as np
 from medplugin.metrics.classification import roc_auc, roc_curve
 from medplugin.utils import atomic_write
 
-__all__ = ["plot_confusion_matrix", "plot_roc"]
+__all__ = ["plot_confusion_matrix", "plot_roc", "plot_pr"]
 
 
 def _figure():
@@ -62,6 +62,37 @@ def plot_roc(scores: np.ndarray, positives: np.ndarray, class_names: Sequence[st
     ax.set_ylim(0, 1.01)
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def plot_pr(scores: np.ndarray, positives: np.ndarray, class_names: Sequence[str], path: str | os.PathLike,
+            title: str = "precision-recall") -> None:
+    """Save one precision-recall curve per column of ``scores``/``positives`` (``(N, C)``), average precision
+    in the legend and the prevalence as a dashed line."""
+    from medplugin.metrics.grading import pr_auc
+
+    plt = _figure()
+    scores, positives = np.asarray(scores, np.float64), np.asarray(positives).astype(bool)
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    for c, name in enumerate(class_names):
+        s, p = scores[:, c], positives[:, c]
+        if not p.any():
+            continue
+        order = np.argsort(-s, kind="mergesort")
+        so, po = s[order], p[order]
+        distinct = np.r_[np.flatnonzero(np.diff(so)), so.size - 1]
+        tps = np.cumsum(po)[distinct]
+        recall, precision = np.r_[0.0, tps / p.sum()], np.r_[1.0, tps / (distinct + 1)]
+        ax.step(recall, precision, where="post", lw=1.5, label=f"{name} (AP {pr_auc(s, p):.3f})")
+        ax.axhline(p.mean(), color="k", ls="--", lw=0.8)
+    ax.set_xlabel("recall (sensitivity)")
+    ax.set_ylabel("precision (positive predictive value)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_title(title)
+    ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)

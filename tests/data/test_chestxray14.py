@@ -279,3 +279,45 @@ def test_full_size_csv_indexes_in_seconds(tmp_path, caplog):
     logging.getLogger(__name__).info("indexed %d CSV rows in %.2f s", len(rows), elapsed)
     assert sum(len(v) for v in out.values()) == len(rows[::1000])
     assert elapsed < 15.0, f"indexing 112,120 rows took {elapsed:.1f} s"
+
+
+def test_positive_weights_and_bundle_datalist(tmp_path):
+    from medplugin.data.chestxray14 import chestxray14_datalist, positive_weights
+
+    entries = [{"label": [1.0] + [0.0] * 13}, {"label": [0.0] * 14}, {"label": [0.0] * 14}, {"label": [1.0] + [0.0] * 13}]
+    w = positive_weights(entries)
+    assert len(w) == 14 and w[0] == pytest.approx(1.0) and w[1] == 1.0  # 2 neg / 2 pos; no positives -> 1
+    assert positive_weights(entries[1:])[0] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="at least one"):
+        positive_weights([])
+    rows = _many_followups(12)
+    root = _release(tmp_path / "nih", rows)
+    out = index_chestxray14(root)
+    path = write_datalist(out, tmp_path / "dl.json")
+    assert chestxray14_datalist(root, path) == chestxray14_datalist(root)
+    bad = json.loads(path.read_text())
+    bad["training"][0]["label"] = [1, 0]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(BadInputError, match=r"training\[0\] label must be 14 values"):
+        chestxray14_datalist(root, tmp_path / "bad.json")
+
+
+def test_cli_datalist(tmp_path):
+    from medplugin.cli import main
+
+    rows = _many_followups(10)
+    root = _release(tmp_path / "nih", rows)
+    assert main(["datalist", "chestxray14", str(root), "-o", str(tmp_path / "dl.json")]) == 0
+    assert json.loads((tmp_path / "dl.json").read_text()) == index_chestxray14(root)
+    assert main(["datalist", "chestxray14", str(root), "-o", str(tmp_path / "dl.json")]) == 2  # never overwrites
+
+
+@pytest.mark.slow
+def test_cli_demo_writes_the_release_layout(tmp_path):
+    from medplugin.cli import main
+
+    assert main(["demo", "chest_xray_classification", "--out", str(tmp_path / "demo")]) == 0
+    demo = tmp_path / "demo" / "chestxray14"
+    for f in ("Data_Entry_2017.csv", "BBox_List_2017.csv", "train_val_list.txt", "test_list.txt"):
+        assert (demo / f).is_file()
+    assert len(list((demo / "images_001" / "images").glob("*.png"))) > 200

@@ -315,6 +315,7 @@ def make_chestxray14_demo(
     seed: int = 0,
     max_follow_ups: int = 4,
     test_fraction: float = 0.2,
+    findings: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Write a small synthetic dataset in the exact NIH ChestX-ray14 release layout.
 
@@ -332,6 +333,8 @@ def make_chestxray14_demo(
         max_follow_ups: each patient has 1..max_follow_ups images.
         test_fraction: fraction of the patients listed in ``test_list.txt`` (at least one when there are two
             or more patients).
+        findings: the findings planted (default: all 14). Labels are always the 14 of the release; a
+            subset gives a quicker demo (the other findings then have no positive image).
 
     Returns:
         dict with ``root``, ``csv``, ``bbox_csv`` (paths as str), ``n_images`` and ``n_patients``.
@@ -342,6 +345,9 @@ def make_chestxray14_demo(
     n_patients = _check_count("n_patients", n_patients)
     size = _check_count("size", size, _MIN_SIZE)
     max_follow_ups = _check_count("max_follow_ups", max_follow_ups)
+    pool = FINDINGS if findings is None else tuple(findings)
+    if isinstance(findings, str) or not pool or any(f not in FINDINGS for f in pool) or len(set(pool)) != len(pool):
+        raise ValueError(f"findings must be distinct names from {list(FINDINGS)}, got {findings!r}.")
     if not 0.0 <= float(test_fraction) < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}.")
     g = np.random.default_rng(seed)
@@ -365,8 +371,8 @@ def make_chestxray14_demo(
             if g.random() < 0.4:
                 found: list[str] = []
             else:
-                k = 1 if g.random() < 0.7 else 2
-                found = sorted(str(f) for f in g.choice(FINDINGS, size=k, replace=False))
+                k = 1 if g.random() < 0.7 or len(pool) < 2 else 2
+                found = sorted(str(f) for f in g.choice(pool, size=k, replace=False))
             view = "PA" if g.random() < 0.7 else "AP"
             sample = synthetic_chest_xray(size=size, findings=found, rng=g)
             _write_png(img_dir / name, sample["image"])

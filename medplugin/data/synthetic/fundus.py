@@ -273,7 +273,8 @@ def make_eyepacs_demo(
 
     Each eye gets a DR grade 0-4 (every grade is used in turn, shuffled) and lesions drawn from
     :data:`GRADE_LESIONS`: 0 none; 1 a few microaneurysms only; 2 more microaneurysms and some exudates; 3 many
-    of both plus blotch haemorrhages; 4 as 3 plus new-vessel tangles. Referable DR is grade >= 2.
+    of both plus blotch haemorrhages; 4 as 3 plus new-vessel tangles. Referable DR is grade >= 2. Lesions lie
+    within two disc diameters of the fovea, or anywhere in the retina for an eye whose lesions do not fit there.
     Deterministic for a seed (a local numpy ``Generator``; no global seeding). Rows are sorted by patient id,
     left before right, as in Kaggle's CSV.
 
@@ -321,7 +322,10 @@ def make_eyepacs_demo(
             side = "left" if i % 2 == 0 else "right"
             grade = int(grades[i])
             counts = _draw_counts(grade, g)
-            fundus = synthetic_fundus(size=size, rng=g, side=side, **counts)
+            try:
+                fundus = synthetic_fundus(size=size, rng=g, side=side, **counts)
+            except ValueError:  # many lesions do not always fit around the macula: use the whole retina
+                fundus = synthetic_fundus(size=size, rng=g, side=side, near_fovea=False, **counts)
             name = f"{pid}_{side}"
             Image.fromarray(fundus["image"]).save(out / split / f"{name}.jpeg", quality=int(quality))
             rows.append((name, grade))

@@ -21,6 +21,11 @@ from medplugin.transforms.fundus.dictionary import (
     RadialSymmetryd,
     TsallisThresholdd,
 )
+from medplugin.transforms.fundus.presets import (
+    fundus_augmentation,
+    fundus_classification_preprocessing,
+    fundus_normalization,
+)
 
 __all__ = [
     "AnnotateCandidates",
@@ -39,5 +44,8 @@ __all__ = [
     "as_rgb",
     "estimate_disc_and_fovea",
     "fast_radial_symmetry",
+    "fundus_augmentation",
+    "fundus_classification_preprocessing",
+    "fundus_normalization",
     "tsallis_threshold",
 ]

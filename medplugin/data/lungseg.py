@@ -1,0 +1,266 @@
+"""Lung segmentation datasets (chest radiograph + lung mask pairs) -> MONAI datalist with a patient-level split.
+
+Two layouts are recognised (:func:`detect_lungseg_layout`):
+
+- ``montgomery``: the Montgomery County chest X-ray set (Jaeger et al. 2014, "Two public chest X-ray datasets
+  for computer-aided screening of pulmonary diseases", Quant Imaging Med Surg 4(6)):
+  ``CXR_png/MCUCXR_0001_0.png`` with ``ManualMask/leftMask/MCUCXR_0001_0.png`` and
+  ``ManualMask/rightMask/MCUCXR_0001_0.png`` (0/255 PNGs, one per lung; the last digit of the name is 0 for
+  normal, 1 for abnormal). The root may also be the folder holding ``MontgomerySet/``. The two masks are
+  merged at load time (:class:`medplugin.transforms.chest.LoadLungMaskd`): the entry's ``label`` is the list
+  ``[leftMask, rightMask]``.
+- ``images_masks``: any set laid out as ``images/<name>.<ext>`` and ``masks/<name>.<ext>`` (matching names
+  without the suffix; PNG, JPEG, BMP, TIFF or DICOM images; masks > 0 are lung). Sub-folders are searched and
+  the relative path (without suffix) must match.
+
+Each entry is ``{"image": path, "label": path or [paths], "patient_id": str, "name": str}``. Montgomery has
+one image per patient (the number in the name); for ``images_masks`` the patient is the name, or the first
+group of ``patient_pattern`` matched against it, so that follow-up images of one patient stay together.
+Image and mask sizes are compared from the file headers (nothing is decoded).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+from medplugin.data.splits import assert_disjoint_patients, patient_level_split
+from medplugin.errors import BadInputError
+from medplugin.io.image2d import looks_like_image
+
+__all__ = ["LAYOUTS", "detect_lungseg_layout", "index_lungseg", "lungseg_datalist", "image_size_2d"]
+
+logger = logging.getLogger(__name__)
+
+LAYOUTS = ("montgomery", "images_masks")
+_MC_NAME = re.compile(r"^MCUCXR_(?P<pid>\d+)_(?P<abn>[01])$", re.IGNORECASE)
+
+
+def image_size_2d(path: str | os.PathLike) -> tuple[int, int]:
+    """``(rows, columns)`` of a 2D image from its header only (PIL for PNG/JPEG/..., pydicom for DICOM).
+
+    Raises:
+        BadInputError: the file is missing or its header cannot be read.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise BadInputError(path, "file not found")
+    from medplugin.io.image2d import DICOM_SUFFIXES, IMAGE_SUFFIXES, _has_dicom_magic
+
+    suffix = Path(path).suffix.lower()
+    if suffix in DICOM_SUFFIXES or (suffix not in IMAGE_SUFFIXES and _has_dicom_magic(path)):
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            return int(ds.Rows), int(ds.Columns)
+        except Exception as e:  # noqa: BLE001 - any header problem
+            raise BadInputError(path, f"cannot read the DICOM header ({type(e).__name__})") from e
+    if path.lower().endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        try:
+            shape = [s for s in nib.load(path).shape if s != 1]
+        except Exception as e:  # noqa: BLE001
+            raise BadInputError(path, f"cannot read the NIfTI header ({type(e).__name__})") from e
+        if len(shape) != 2:
+            raise BadInputError(path, f"expected a 2D NIfTI image, got shape {shape}")
+        return int(shape[1]), int(shape[0])  # NIfTI axes are (x = column, y = row)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise BadInputError(path, f"not a readable image ({type(e).__name__})") from e
+    return int(h), int(w)
+
+
+def detect_lungseg_layout(root: str | os.PathLike) -> tuple[str, Path]:
+    """Which layout ``root`` holds: ``("montgomery", folder)`` or ``("images_masks", folder)``.
+
+    The folder returned is where ``CXR_png/`` (or ``images/``) is: ``root`` itself or ``root/MontgomerySet``.
+
+    Raises:
+        BadInputError: neither layout found, saying what was expected.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise BadInputError(root, "dataset folder not found")
+    for base in (root, root / "MontgomerySet"):
+        if (base / "CXR_png").is_dir() and (base / "ManualMask").is_dir():
+            return "montgomery", base
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        return "images_masks", root
+    raise BadInputError(
+        root,
+        "no lung segmentation layout found: expected the Montgomery layout (CXR_png/ and ManualMask/leftMask|"
+        "rightMask/) or images/ + masks/ with matching file names",
+    )
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    """Relative path without suffix -> file, for every image file under ``folder`` (recursive)."""
+    out: dict[str, Path] = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and not p.name.startswith(".") and looks_like_image(p):
+            key = str(p.relative_to(folder).with_suffix("")).replace(os.sep, "/")
+            out.setdefault(key, p)
+    return out
+
+
+def _check_pair(image: Path, masks: list[Path], problems: list[tuple[str, str]]) -> bool:
+    try:
+        size = image_size_2d(image)
+    except BadInputError as e:
+        problems.append((str(image), e.reason))
+        return False
+    for m in masks:
+        try:
+            msize = image_size_2d(m)
+        except BadInputError as e:
+            problems.append((str(m), e.reason))
+            return False
+        if msize != size:
+            problems.append((str(m), f"mask size {msize[1]}x{msize[0]} differs from its image's {size[1]}x{size[0]} "
+                                     f"({image.name})"))
+            return False
+    return True
+
+
+def _index_montgomery(base: Path, problems: list[tuple[str, str]]) -> list[dict]:
+    images = _files(base / "CXR_png")
+    entries = []
+    for key, img in images.items():
+        name = Path(key).name
+        masks = [base / "ManualMask" / side / f"{name}.png" for side in ("leftMask", "rightMask")]
+        missing = [str(m.relative_to(base)) for m in masks if not m.is_file()]
+        if missing:
+            problems.append((str(img), f"no lung mask: {', '.join(missing)} missing"))
+            continue
+        if not _check_pair(img, masks, problems):
+            continue
+        m = _MC_NAME.match(name)
+        pid = m.group("pid") if m else name
+        entry = {"image": str(img), "label": [str(p) for p in masks], "patient_id": pid, "name": name}
+        if m:
+            entry["abnormal"] = int(m.group("abn"))
+        entries.append(entry)
+    return entries
+
+
+def _index_images_masks(base: Path, patient_pattern: str | None, problems: list[tuple[str, str]]) -> list[dict]:
+    images, masks = _files(base / "images"), _files(base / "masks")
+    pattern = re.compile(patient_pattern) if patient_pattern else None
+    entries = []
+    for key, img in images.items():
+        mask = masks.get(key)
+        if mask is None:
+            problems.append((str(img), f"no lung mask: masks/{key}.<png|jpg|...> missing"))
+            continue
+        if not _check_pair(img, [mask], problems):
+            continue
+        pid = key
+        if pattern is not None:
+            m = pattern.search(Path(key).name)
+            if m is None:
+                problems.append((str(img), f"name does not match patient_pattern {patient_pattern!r}"))
+                continue
+            pid = m.group(1) if m.groups() else m.group(0)
+        entries.append({"image": str(img), "label": str(mask), "patient_id": pid, "name": key.replace("/", "__")})
+    for key in sorted(set(masks) - set(images)):
+        logger.warning("mask without an image, ignored: %s", masks[key])
+    return entries
+
+
+def index_lungseg(
+    root: str | os.PathLike,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    on_bad_input: str = "fail",
+    patient_pattern: str | None = None,
+) -> dict[str, list[dict]]:
+    """Index a lung segmentation set into ``{"training", "validation", "test"}`` datalist entries.
+
+    Args:
+        root: the dataset folder (either layout, see the module docstring).
+        val_fraction: share of patients for validation, in (0, 1).
+        test_fraction: share of patients for the test split, in [0, 1); 0 gives an empty ``test`` list.
+        seed: seed of the patient-level split; the same seed gives the same split.
+        on_bad_input: ``"fail"`` raises one error listing every bad pair (missing mask, unreadable header,
+            size mismatch); ``"skip"`` logs them and leaves them out.
+        patient_pattern: ``images_masks`` only: a regular expression whose first group (or whole match) in the
+            image name is the patient id (e.g. ``r"^(\\w+?)_\\d+$"``); default: each image is its own patient.
+
+    Raises:
+        BadInputError: unknown layout, no usable pairs, or (with ``"fail"``) bad pairs, each named.
+        ValueError: bad fractions or ``on_bad_input``.
+    """
+    if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"val_fraction must be in (0, 1), test_fraction in [0, 1), and their sum below 1; got {val_fraction!r} "
+            f"and {test_fraction!r}."
+        )
+    if on_bad_input not in ("fail", "skip"):
+        raise ValueError(f"on_bad_input must be 'fail' or 'skip', got {on_bad_input!r}.")
+    layout, base = detect_lungseg_layout(root)
+    problems: list[tuple[str, str]] = []
+    if layout == "montgomery":
+        if patient_pattern:
+            logger.warning("patient_pattern is ignored for the Montgomery layout (one image per patient)")
+        entries = _index_montgomery(base, problems)
+    else:
+        entries = _index_images_masks(base, patient_pattern, problems)
+    if problems:
+        listing = "\n".join(f"  {p}: {r}" for p, r in problems[:50])
+        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        if on_bad_input == "fail":
+            raise BadInputError(base, f"{len(problems)} bad item(s) (on_bad_input='fail'):\n{listing}{more}")
+        logger.warning("skipping %d bad item(s) of %s:\n%s%s", len(problems), base, listing, more)
+    if not entries:
+        raise BadInputError(base, f"no usable image/mask pairs found ({layout} layout)")
+    fractions = {"training": 1 - val_fraction - test_fraction, "validation": val_fraction}
+    if test_fraction > 0:
+        fractions["test"] = test_fraction
+    parts = patient_level_split(entries, fractions, seed=seed, stratify_key=None)
+    datalist = {"training": parts["training"], "validation": parts["validation"], "test": parts.get("test", [])}
+    assert_disjoint_patients(datalist)
+    logger.info("%s layout at %s: %s", layout, base, ", ".join(f"{k}={len(v)}" for k, v in datalist.items()))
+    for name in ("training", "validation"):
+        if not datalist[name]:
+            raise BadInputError(base, f"the {name} split is empty ({len(entries)} usable pair(s)): add data or change "
+                                      "val_fraction/test_fraction")
+    return datalist
+
+
+def lungseg_datalist(
+    dataset_dir: str | os.PathLike,
+    datalist: str | os.PathLike | None = None,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    on_bad_input: str = "fail",
+    patient_pattern: str | None = None,
+) -> dict[str, list[dict]]:
+    """What a bundle config calls: read ``datalist`` (JSON written by ``medplugin datalist lungseg``) when
+    given, else index ``dataset_dir``. Relative image paths in the JSON are taken relative to it."""
+    if datalist:
+        from medplugin.data.datalist import read_datalist
+
+        data = read_datalist(datalist, required_keys=("image", "label"), sections=("training", "validation"))
+        base = Path(datalist).parent
+        for entries in data.values():
+            for e in entries:
+                labels = e["label"] if isinstance(e["label"], list) else [e["label"]]
+                fixed = [str(p if Path(p).is_absolute() else base / p) for p in labels]
+                missing = [p for p in fixed if not os.path.exists(p)]
+                if missing:
+                    raise BadInputError(datalist, f"mask file(s) not found: {missing[:5]}")
+                e["label"] = fixed if isinstance(e["label"], list) else fixed[0]
+        data.setdefault("test", [])
+        return data
+    return index_lungseg(dataset_dir, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                         on_bad_input=on_bad_input, patient_pattern=patient_pattern)

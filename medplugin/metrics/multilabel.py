@@ -1,0 +1,171 @@
+"""Multi-label classification metrics (e.g. the 14 ChestX-ray14 findings): per-label AUROC and their mean.
+
+One functional core, :func:`multilabel_report`, used by the ignite metric (every validation epoch) and by the
+evaluation report writer, so the numbers in TensorBoard and in ``metrics.json`` are computed the same way.
+CheXNet (Rajpurkar et al. 2017, "CheXNet: Radiologist-Level Pneumonia Detection on Chest X-Rays with Deep
+Learning") and Wang et al. 2017 (ChestX-ray8) report exactly these: the AUROC of each finding and their mean.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from ignite.metrics import Metric
+from monai.utils import evenly_divisible_all_gather
+
+from medplugin.metrics.classification import roc_auc
+
+__all__ = ["multilabel_report", "flatten_multilabel_report", "MultiLabelAUROC"]
+
+
+def _as_2d(name: str, x: np.ndarray, n_labels: int) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 1 and x.size == 0:
+        x = x.reshape(0, n_labels)
+    if x.ndim != 2 or x.shape[1] != n_labels:
+        raise ValueError(f"{name} must be (N, {n_labels}), got shape {x.shape}.")
+    return x
+
+
+def multilabel_report(
+    probs: np.ndarray, labels: np.ndarray, label_names: Sequence[str], threshold: float | Sequence[float] = 0.5
+) -> dict:
+    """Per-label AUROC, their mean, and threshold statistics of a multi-label classifier.
+
+    Args:
+        probs: ``(N, L)`` per-label probabilities (or any scores for the AUROC; the thresholds need
+            probabilities).
+        labels: ``(N, L)`` 0/1 ground truth.
+        label_names: the L names, in output order.
+        threshold: decision threshold for sensitivity/specificity, one for all labels or one per label.
+
+    Returns:
+        dict with ``n``, ``mean_auroc`` (mean over the labels whose AUROC is defined, i.e. with positive and
+        negative images; ``nan`` if none), ``n_auroc_defined`` and ``per_label`` {name: ``auroc``,
+        ``positives``, ``prevalence``, ``sensitivity``, ``specificity``, ``threshold``}.
+
+    Raises:
+        ValueError: shapes that do not match ``label_names``, labels other than 0/1, bad thresholds.
+    """
+    names = list(label_names)
+    n_labels = len(names)
+    if n_labels < 1:
+        raise ValueError("label_names must not be empty.")
+    probs = _as_2d("probs", probs, n_labels)
+    labels = _as_2d("labels", labels, n_labels)
+    if probs.shape[0] != labels.shape[0]:
+        raise ValueError(f"{probs.shape[0]} predictions but {labels.shape[0]} label rows.")
+    if labels.size and not np.isin(labels, (0.0, 1.0)).all():
+        raise ValueError(f"labels must be 0 or 1, got values {sorted(set(np.unique(labels).tolist()))[:6]}.")
+    thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64).ravel(), (n_labels,)) if np.ndim(threshold) == 0 \
+        else np.asarray(threshold, dtype=np.float64)
+    if thr.shape != (n_labels,) or not np.all((thr >= 0) & (thr <= 1)):
+        raise ValueError(f"threshold must be one number or {n_labels} numbers in [0, 1], got {threshold!r}.")
+    pos = labels.astype(bool)
+    per_label, aucs = {}, []
+    n = int(labels.shape[0])
+    for j, name in enumerate(names):
+        auc = roc_auc(probs[:, j], pos[:, j]) if n else float("nan")
+        if not math.isnan(auc):
+            aucs.append(auc)
+        called = probs[:, j] >= thr[j]
+        tp = int((called & pos[:, j]).sum())
+        fn = int((~called & pos[:, j]).sum())
+        tn = int((~called & ~pos[:, j]).sum())
+        fp = int((called & ~pos[:, j]).sum())
+        per_label[name] = {
+            "auroc": auc,
+            "positives": int(pos[:, j].sum()),
+            "prevalence": float(pos[:, j].mean()) if n else float("nan"),
+            "sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
+            "specificity": tn / (tn + fp) if tn + fp else float("nan"),
+            "threshold": float(thr[j]),
+        }
+    return {
+        "n": n,
+        "mean_auroc": float(np.mean(aucs)) if aucs else float("nan"),
+        "n_auroc_defined": len(aucs),
+        "per_label": per_label,
+    }
+
+
+def flatten_multilabel_report(report: dict, prefix: str = "") -> dict[str, float]:
+    """Scalars of :func:`multilabel_report` as ``{prefix + "mean_auroc": ..., prefix + name + "_auroc": ...}``."""
+    out = {f"{prefix}mean_auroc": float(report["mean_auroc"])}
+    for name, vals in report["per_label"].items():
+        out[f"{prefix}{name}_auroc"] = float(vals["auroc"])
+    return out
+
+
+class MultiLabelAUROC(Metric):
+    """Ignite metric: per-label AUROC and their mean, accumulated over an epoch (gathered over ranks).
+
+    With ``key="mean_auroc"`` (the default) ``compute`` returns the mean AUROC, a scalar usable as the key
+    metric of checkpointing (``val_mean_auroc``). With ``key=None`` it returns the flat dict of
+    :func:`flatten_multilabel_report` (``<prefix>mean_auroc`` and ``<prefix><label>_auroc`` per label), which
+    ignite stores as separate ``engine.state.metrics`` entries, so MONAI's ``TensorBoardStatsHandler`` writes
+    every one of them. A label without both positive and negative images has AUROC ``nan`` and is left out of
+    the mean.
+
+    Args:
+        label_names: label names in output order.
+        key: ``"mean_auroc"`` or ``None``.
+        prefix: prepended to every name of the flat dict (e.g. ``"val_"``).
+        output_transform: maps the engine output to ``(probs, labels)``; each a batch tensor or a list of
+            per-sample tensors (MONAI's decollated output, e.g. ``monai.handlers.from_engine``).
+        device: ignite's metric device.
+    """
+
+    _KEYS = ("mean_auroc",)
+
+    def __init__(
+        self,
+        label_names: Sequence[str],
+        key: str | None = "mean_auroc",
+        prefix: str = "",
+        output_transform: Callable = lambda x: x,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if key is not None and key not in self._KEYS:
+            raise ValueError(f"key must be None or one of {self._KEYS}, got {key!r}.")
+        if len(label_names) < 1:
+            raise ValueError("label_names must not be empty.")
+        self.label_names = list(label_names)
+        self.key = key
+        self.prefix = prefix
+        super().__init__(output_transform=output_transform, device=device)
+
+    def reset(self) -> None:
+        self._probs: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+
+    @staticmethod
+    def _stack(x) -> torch.Tensor:
+        if isinstance(x, (list, tuple)):
+            x = torch.stack([torch.as_tensor(v) for v in x])
+        return torch.as_tensor(x).detach().cpu()
+
+    def update(self, output) -> None:
+        probs, labels = output
+        n = len(self.label_names)
+        probs = self._stack(probs).float()
+        labels = self._stack(labels).float()
+        if probs.numel() % n or labels.numel() != probs.numel():
+            raise ValueError(f"expected (batch, {n}) probabilities and labels, got shapes {tuple(probs.shape)} "
+                             f"and {tuple(labels.shape)}.")
+        self._probs.append(probs.reshape(-1, n))
+        self._labels.append(labels.reshape(-1, n))
+
+    def compute(self):
+        n = len(self.label_names)
+        probs = torch.cat(self._probs) if self._probs else torch.zeros(0, n)
+        labels = torch.cat(self._labels) if self._labels else torch.zeros(0, n)
+        probs = evenly_divisible_all_gather(probs, concat=True)
+        labels = evenly_divisible_all_gather(labels, concat=True)
+        report = multilabel_report(probs.numpy(), labels.numpy(), self.label_names)
+        if self.key is not None:
+            return float(report[self.key])
+        return flatten_multilabel_report(report, self.prefix)

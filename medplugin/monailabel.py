@@ -1,0 +1,294 @@
+"""MONAI Label around the bundles: its own environment, a ready ``monaibundle`` app folder, the server line.
+
+MONAI Label 0.8.5 cannot share the main environment: it needs a working torchvision and ``pydicom<3`` (its
+``pydicom-seg`` dependency imports a module pydicom 3 removed). :func:`ensure_env` creates (or reuses) a
+separate virtual environment holding MONAI Label, the MONAI release of the main environment and medplugin
+itself (editable, so the bundles' ``medplugin.*`` components resolve inside the server).
+
+:func:`assemble_app` writes an app folder in the layout of MONAI Label's stock ``monaibundle`` sample app
+(``main.py``, ``lib/``, ``model/<bundle>``) with our bundles copied into ``model/``; :func:`server_command`
+gives the offline ``monailabel start_server`` line for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ENV = REPO_ROOT / ".venv-monailabel"
+
+MONAILABEL_VERSION = "0.8.5"
+# torch/torchvision as in the main environment (a torchvision that imports beside torch is required by
+# MONAI Label); pydicom<3 for pydicom-seg.
+BASE_REQUIREMENTS = ("torch==2.14.1", "torchvision==0.29.1", f"monailabel=={MONAILABEL_VERSION}", "pydicom<3")
+# what the bundles import besides medplugin (installed with --no-deps); monai pinned to the main env's release.
+BUNDLE_REQUIREMENTS = (
+    "pyyaml>=6", "nibabel", "pytorch-ignite", "tensorboard", "scipy", "pillow", "matplotlib", "tqdm", "fire",
+    "scikit-learn",
+)
+
+
+def _main_monai_version() -> str:
+    try:
+        import monai
+
+        return monai.__version__.split("+")[0]
+    except ImportError:  # pragma: no cover - the main env always has MONAI
+        return "1.6.1"
+
+
+def requirements() -> list[str]:
+    """The full requirement list of the MONAI Label environment (MONAI pinned to the main env's release)."""
+    return [*BASE_REQUIREMENTS, f"monai=={_main_monai_version()}", *BUNDLE_REQUIREMENTS]
+
+
+def env_python(env: Path | str = DEFAULT_ENV) -> Path:
+    """The Python interpreter of the MONAI Label environment ``env``."""
+    return Path(env) / "bin" / "python"
+
+
+def _stamp(reqs: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps(list(reqs)).encode()).hexdigest()[:16]
+
+
+def env_ready(env: Path | str = DEFAULT_ENV) -> bool:
+    """Whether ``env`` holds a finished install of the current requirement list."""
+    stamp = Path(env) / ".medplugin-installed"
+    return stamp.is_file() and stamp.read_text().strip() == _stamp(requirements())
+
+
+def ensure_env(env: Path | str = DEFAULT_ENV, repo: Path | str = REPO_ROOT, python: str | None = None) -> Path:
+    """Create (or reuse) the MONAI Label virtual environment and return its interpreter.
+
+    Args:
+        env: folder of the environment (default ``.venv-monailabel`` in the repository root, git-ignored).
+        repo: the medplugin checkout installed editable (``pip install --no-deps -e``) into it.
+        python: interpreter that creates the venv (default: ``python3`` from PATH, else this interpreter).
+
+    A finished install leaves a stamp of the requirement list; a later call with the same list returns at
+    once, a changed list reinstalls into the same folder.
+    """
+    env, repo = Path(env).resolve(), Path(repo).resolve()
+    py = env_python(env)
+    if env_ready(env) and py.exists():
+        return py
+    reqs = requirements()
+    start = time.monotonic()
+    if not py.exists():
+        creator = python or shutil.which("python3") or sys.executable
+        subprocess.run([creator, "-m", "venv", str(env)], check=True)
+    pip = [str(py), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, *reqs], check=True)
+    subprocess.run([*pip, "--no-deps", "-e", str(repo)], check=True)
+    (env / ".medplugin-installed").write_text(_stamp(reqs) + "\n")
+    logger.info("MONAI Label environment %s ready in %.0f s", env, time.monotonic() - start)
+    return py
+
+
+# ---- the app folder ------------------------------------------------------------------------------------------
+
+# the studies folder may hold JPEG images and text class labels: MONAI Label's datastore only lists files with
+# these extensions (its default lacks .jpeg and .txt). DICOM files are left out: medplugin's DICOM reader needs
+# pydicom 3, and MONAI Label's environment has pydicom 2 (convert radiographs to PNG for MONAI Label).
+DATASTORE_FILE_EXT = ("*.nii.gz", "*.nii", "*.nrrd", "*.jpg", "*.jpeg", "*.png", "*.tif", "*.txt", "*.json")
+# overlays a bundle may ship for MONAI Label, merged after its own config into the app's JSON config
+OVERLAYS = {"train": "monailabel_train.yaml", "inference": "monailabel_inference.yaml"}
+
+
+def stock_app_dir(env: Path | str = DEFAULT_ENV) -> Path:
+    """The stock ``monaibundle`` sample app installed with MONAI Label in ``env``.
+
+    The wheel installs the sample apps as data files under ``<env>/monailabel/sample-apps``.
+    """
+    env = Path(env)
+    candidates = [env / "monailabel" / "sample-apps" / "monaibundle",
+                  *sorted(env.glob("lib/python3*/site-packages/monailabel/sample-apps/monaibundle"))]
+    for c in candidates:
+        if (c / "main.py").is_file():
+            return c
+    raise FileNotFoundError(f"{env}: no MONAI Label {MONAILABEL_VERSION} monaibundle sample app there; "
+                            "create the environment with `medplugin monailabel-env` first")
+
+
+def available_bundles(bundles_root: Path | str = REPO_ROOT / "bundles") -> list[str]:
+    """Names of the bundles under ``bundles_root`` MONAI Label can load (metadata and an inference config)."""
+    out = []
+    for b in sorted(Path(bundles_root).glob("*")):
+        c = b / "configs"
+        if (c / "metadata.json").is_file() and any((c / f"inference.{e}").is_file() for e in ("yaml", "json")):
+            out.append(b.name)
+    return out
+
+
+def _config_file(bundle: Path, stem: str) -> Path | None:
+    for ext in ("yaml", "json", "yml"):
+        p = bundle / "configs" / f"{stem}.{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
+def merged_config(bundle: Path | str, stem: str, overrides: dict | None = None) -> dict | None:
+    """``configs/<stem>`` of ``bundle`` merged with its MONAI Label overlay (if any) and ``overrides``."""
+    from monai.bundle import ConfigParser
+
+    bundle = Path(bundle)
+    base = _config_file(bundle, stem)
+    if base is None:
+        return None
+    files = [str(base)]
+    overlay = bundle / "configs" / OVERLAYS.get(stem, "")
+    if stem in OVERLAYS and overlay.is_file():
+        files.append(str(overlay))
+    config = ConfigParser.load_config_files(files)
+    parser = ConfigParser(config)
+    for k, v in (overrides or {}).items():
+        parser[k] = v
+    return parser.get()
+
+
+def _plain(value) -> bool:
+    scalar = (str, int, float, bool)
+    return isinstance(value, scalar) or (isinstance(value, list) and all(isinstance(v, scalar) for v in value))
+
+
+def weights_settings(model_json: Path | str, config: dict) -> dict:
+    """The settings recorded beside the weights (``model.json``) that ``config`` sets as plain top-level values.
+
+    ``model.json`` (written by ``medplugin.handlers.BestModelSaver``) records the architecture, input size and
+    network options the weights were trained with, at its top level or under ``network``. Those whose key is a
+    top-level hyperparameter of ``config`` holding a plain value (not an expression) are returned, so the app's
+    configs match the weights; computed task entries (class names, normalisation) are left to the config.
+    """
+    model_json = Path(model_json)
+    if not model_json.is_file():
+        return {}
+    meta = json.loads(model_json.read_text())
+    flat = {**{k: v for k, v in meta.items() if k != "network"}, **(meta.get("network") or {})}
+    out = {}
+    for k, v in flat.items():
+        current = config.get(k)
+        plain_current = current is None or (_plain(current) and not (isinstance(current, str) and current[:1] in "$@%"))
+        if k in config and _plain(v) and plain_current:
+            out[k] = v
+    return out
+
+
+def assemble_app(out: Path | str, bundles: Sequence[str] | None = None, overrides: dict | None = None,
+                 weights: dict[str, Path | str] | None = None, env: Path | str = DEFAULT_ENV,
+                 bundles_root: Path | str = REPO_ROOT / "bundles") -> dict:
+    """Write a ready MONAI Label app: the stock ``monaibundle`` app with our bundles in ``model/<name>``.
+
+    Args:
+        out: app folder to create (it must not exist: nothing is overwritten).
+        bundles: bundle names (default: every bundle :func:`available_bundles` finds).
+        overrides: config ids set in every bundle's train and inference config (e.g. ``{"num_workers": 0}``).
+        weights: bundle name -> a ``model.pt`` to use instead of the bundle's own ``models/model.pt``.
+        env: the MONAI Label environment holding the stock app.
+        bundles_root: where the bundles are.
+
+    Each bundle folder gets its ``configs/``, ``docs/``, ``LICENSE`` and, where trained, ``models/model.pt``
+    with ``model.json``. MONAI Label reads ``configs/train.json`` and ``configs/inference.json`` before the
+    YAML files, so those are written: the bundle's config merged with its MONAI Label overlay
+    (``configs/monailabel_train.yaml`` / ``monailabel_inference.yaml``, when the bundle ships one), the
+    weights' settings from ``model.json`` (architecture, input size) and ``overrides``.
+    A bundle without weights is still copied: MONAI Label lists it for training only (after a training,
+    restart the server to infer with it).
+
+    Returns:
+        ``{"app_dir", "models", "without_weights"}``.
+    """
+    out = Path(out).resolve()
+    if out.exists():
+        raise FileExistsError(f"{out} exists; choose a new folder (nothing is overwritten)")
+    bundles_root = Path(bundles_root)
+    names = list(bundles) if bundles else available_bundles(bundles_root)
+    if not names:
+        raise FileNotFoundError(f"{bundles_root}: no bundle with configs/metadata.json and an inference config")
+    for n in names:
+        if n not in available_bundles(bundles_root):
+            raise FileNotFoundError(f"{bundles_root / n}: not a bundle MONAI Label can load "
+                                    "(configs/metadata.json and configs/inference.yaml needed)")
+    weights = {k: Path(v) for k, v in (weights or {}).items()}
+    for k, v in weights.items():
+        if k not in names:
+            raise ValueError(f"weights given for {k!r}, which is not among the app's bundles {names}")
+        if not v.is_file():
+            raise FileNotFoundError(f"{v}: weights file for {k} not found")
+    stock = stock_app_dir(env)
+    shutil.copytree(stock, out, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "model"))
+    without = []
+    for n in names:
+        src, dst = bundles_root / n, out / "model" / n
+        shutil.copytree(src / "configs", dst / "configs")
+        for extra in ("docs", "LICENSE"):
+            if (src / extra).is_dir():
+                shutil.copytree(src / extra, dst / extra)
+            elif (src / extra).is_file():
+                shutil.copy2(src / extra, dst / extra)
+        model_pt = weights.get(n, src / "models" / "model.pt")
+        (dst / "models").mkdir(parents=True)
+        if model_pt.is_file():
+            shutil.copy2(model_pt, dst / "models" / "model.pt")
+            if (model_pt.parent / "model.json").is_file():
+                shutil.copy2(model_pt.parent / "model.json", dst / "models" / "model.json")
+        else:
+            without.append(n)
+            logger.warning("%s: no trained weights at %s; MONAI Label can train it but not infer with it yet",
+                           n, model_pt)
+        for stem in ("train", "inference"):
+            base = merged_config(src, stem)
+            if base is None:
+                continue
+            settings = {**weights_settings(dst / "models" / "model.json", base), **(overrides or {})}
+            config = merged_config(src, stem, settings)
+            (dst / "configs" / f"{stem}.json").write_text(json.dumps(config, indent=2) + "\n")
+    return {"app_dir": str(out), "models": names, "without_weights": without}
+
+
+def server_command(app_dir: Path | str, studies: Path | str, models: Sequence[str], host: str = "127.0.0.1",
+                   port: int = 8000, executable: str = "monailabel") -> list[str]:
+    """``monailabel start_server`` for an assembled app, offline (local bundles only, no SAM2 download).
+
+    Args:
+        app_dir: the app folder from :func:`assemble_app`.
+        studies: the studies folder (images, and labels under ``labels/final``).
+        models: bundle names to load from ``<app_dir>/model``.
+        host: interface to listen on.
+        port: TCP port.
+        executable: the ``monailabel`` command (e.g. ``<env>/bin/monailabel``).
+    """
+    return [executable, "start_server", "--app", str(app_dir), "--studies", str(studies), "--host", host,
+            "--port", str(int(port)), "--conf", "models", ",".join(models), "--conf", "zoo_source", "github",
+            "--conf", "sam2", "false"]
+
+
+def server_environment(env: Path | str = DEFAULT_ENV, base: dict | None = None) -> dict:
+    """Process environment for the server: ``env``'s ``bin`` first on PATH (``monailabel`` starts ``python``
+    from PATH) and the datastore extensions of :data:`DATASTORE_FILE_EXT`."""
+    base = dict(os.environ if base is None else base)
+    base.pop("VIRTUAL_ENV", None)
+    base["PATH"] = str(Path(env).resolve() / "bin") + os.pathsep + base.get("PATH", "")
+    base["MONAI_LABEL_DATASTORE_FILE_EXT"] = json.dumps(list(DATASTORE_FILE_EXT))
+    return base
+
+
+def server_line(app_dir: Path | str, studies: Path | str, models: Sequence[str], host: str = "127.0.0.1",
+                port: int = 8000, env: Path | str = DEFAULT_ENV) -> str:
+    """The shell line that starts the server for an assembled app (environment variables included)."""
+    import shlex
+
+    exts = shlex.quote(json.dumps(list(DATASTORE_FILE_EXT)))
+    cmd = " ".join(shlex.quote(c) for c in server_command(app_dir, studies, models, host, port))
+    return f"PATH={shlex.quote(str(Path(env).resolve() / 'bin'))}:$PATH MONAI_LABEL_DATASTORE_FILE_EXT={exts} {cmd}"

@@ -1,0 +1,79 @@
+"""medplugin.monailabel helpers that need no MONAI Label environment (the server test is tests/integration)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from medplugin import monailabel
+from tests.bundles._runner import REPO
+
+OCT = REPO / "bundles" / "retina_oct_classification"
+
+
+def test_every_bundle_with_metadata_and_an_inference_config_is_available():
+    names = monailabel.available_bundles(REPO / "bundles")
+    assert "retina_oct_classification" in names
+    assert all((REPO / "bundles" / n / "configs" / "metadata.json").is_file() for n in names)
+
+
+def test_merged_config_applies_the_bundles_overlay_and_overrides():
+    train = monailabel.merged_config(OCT, "train", {"num_workers": 0})
+    assert train["num_workers"] == 0
+    assert train["label_from_file"]["_target_"] == "medplugin.transforms.ClassIndexFromFiled"
+    assert train["train"]["preprocessing"]["transforms"][0] == "@label_from_file"
+    assert train["datalist_all"]["training"] == "@train#dataset#data"
+    assert train["train"]["handlers"] == monailabel.merged_config(OCT, "train")["train"]["handlers"]
+    assert monailabel.merged_config(OCT, "inference")["save_cams"] is False
+    evaluate = monailabel.merged_config(OCT, "evaluate")  # no overlay: the config itself
+    assert evaluate["class_names"] == "$list(medplugin.data.oct2017.CLASSES)"
+    assert monailabel.merged_config(OCT, "no_such_config") is None
+
+
+def test_weights_settings_take_plain_values_the_config_has(tmp_path):
+    meta = {"arch": "densenet121", "image_size": 64, "class_names": ["CNV", "DME", "DRUSEN", "NORMAL"],
+            "network": {"freeze_backbone": True, "features": [8, 16]}, "val_accuracy": 0.9}
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    config = monailabel.merged_config(OCT, "inference")
+    got = monailabel.weights_settings(tmp_path / "model.json", config)
+    # class_names is computed by the config (an expression): left alone; metrics and unknown keys too
+    assert got == {"arch": "densenet121", "image_size": 64, "freeze_backbone": True}
+    assert monailabel.weights_settings(tmp_path / "missing.json", config) == {}
+
+
+def test_server_line_is_offline_on_loopback(tmp_path):
+    line = monailabel.server_line(tmp_path / "app", tmp_path / "studies", ["a_classification", "b_segmentation"],
+                                  port=8123, env=tmp_path / "env")
+    assert line.startswith(f"PATH={tmp_path / 'env' / 'bin'}:$PATH MONAI_LABEL_DATASTORE_FILE_EXT=")
+    assert (f"monailabel start_server --app {tmp_path / 'app'} --studies {tmp_path / 'studies'} --host 127.0.0.1 "
+            f"--port 8123 --conf models a_classification,b_segmentation --conf zoo_source github --conf sam2 false"
+            ) in line
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bundles", "no_such_bundle"], "no_such_bundle: not a bundle MONAI Label can load"),
+    (["--set", "num_workers"], "--set takes key=value"),
+    (["--weights", "retina_oct_classification"], "--weights takes BUNDLE=PATH"),
+    (["--weights", "retina_oct_classification=/nonexistent/model.pt"], "/nonexistent/model.pt: weights file"),
+])
+def test_monailabel_app_refuses_bad_arguments(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, "-m", "medplugin.cli", "monailabel-app", "--out", str(tmp_path / "app"),
+                           *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert not (tmp_path / "app").exists()
+
+
+def test_monailabel_app_never_overwrites(tmp_path):
+    (tmp_path / "app").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "medplugin.cli", "monailabel-app", "--out", str(tmp_path / "app")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "exists; choose a new folder" in proc.stderr
+
+
+def test_tensorboard_command_needs_a_run_folder(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "medplugin.cli", "tensorboard", str(tmp_path / "none")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no such run folder" in proc.stderr
