@@ -1,0 +1,319 @@
+"""The chest X-ray (ChestX-ray14) bundle, run through MONAI's bundle runner on synthetic release-layout data,
+real pediatric chest X-ray JPEGs and a real chest CR DICOM (uncompressed and JPEG 2000)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.bundles._runner import REPO, SMOKE, bundle_dir, monai_bundle, run_bundle
+
+NAME = "chest_xray_classification"
+B = bundle_dir(NAME)
+SCHEMA = REPO / "schemas" / "meta_schema_20240725.json"
+DEMO = REPO / "configs" / "demo_chest_xray_classification.yaml"
+REAL = REPO / "tests" / "data" / "real"
+FINDINGS = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
+            "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def cxr_demo(tmp_path_factory) -> Path:
+    """A tiny ChestX-ray14-layout release: 24 patients with follow-ups, 64x64, official split lists, boxes."""
+    from medplugin.data.synthetic.chest_xray import make_chestxray14_demo
+
+    root = tmp_path_factory.mktemp("cxr") / "nih"
+    make_chestxray14_demo(root, n_patients=24, size=64, seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(cxr_demo, tmp_path_factory):
+    """One smoke training run shared by the tests below: (ckpt_dir, train output_dir)."""
+    tmp = tmp_path_factory.mktemp("cxr_bundle")
+    ckpt, out = tmp / "models", tmp / "train"
+    run_bundle(NAME, "train.yaml", SMOKE, dataset_dir=cxr_demo, ckpt_dir=ckpt, output_dir=out, val_fraction=0.3)
+    return ckpt, out
+
+
+def _cr_dicom(name: str) -> str:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"pydicom test file {name} not available (install pydicom-data)")
+    return str(path)
+
+
+def test_metadata_validates_against_the_shipped_schema():
+    proc = monai_bundle("verify_metadata", "--meta_file", str(B / "configs" / "metadata.json"),
+                        "--filepath", str(SCHEMA))
+    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+    meta = json.loads((B / "configs" / "metadata.json").read_text())
+    assert meta["version"] in meta["changelog"]
+    assert list(meta["network_data_format"]["outputs"]["pred"]["channel_def"].values()) == FINDINGS
+
+
+def test_network_in_and_out_shapes():
+    proc = monai_bundle("verify_net_in_out", "network_def", "--meta_file", str(B / "configs" / "metadata.json"),
+                        "--config_file", str(B / "configs" / "inference.yaml"), "--bundle_root", str(B))
+    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("config, workflow", [("train.yaml", "train"), ("inference.yaml", "infer"),
+                                              ("evaluate.yaml", "infer")])
+def test_workflow_properties(config, workflow, cxr_demo, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(config_file=str(B / "configs" / config), meta_file=str(B / "configs" / "metadata.json"),
+                        logging_file=str(B / "configs" / "logging.conf"), workflow_type=workflow,
+                        bundle_root=str(B), dataset_dir=str(cxr_demo), output_dir=str(tmp_path))
+    wf.initialize()
+    assert wf.check_properties() == []
+
+
+def test_task_definition_is_identical_in_every_config():
+    """Labels, input and weights are defined once per bundle: the configs must not drift apart."""
+    keys = ("class_names", "in_channels", "normalization", "cam_layer", "model_meta", "network_def", "preprocessing",
+            "postprocessing", "device", "ckpt_dir", "lung_crop", "lung_model_path", "lung_margin")
+    cfg = {c: yaml.safe_load((B / "configs" / c).read_text()) for c in ("train.yaml", "evaluate.yaml", "inference.yaml")}
+    for k in keys:
+        assert cfg["train.yaml"][k] == cfg["evaluate.yaml"][k] == cfg["inference.yaml"][k], k
+    for k in ("batch_size", "image_size", "num_workers", "arch", "threshold"):  # same hyperparameter names everywhere
+        assert all(k in c for c in cfg.values()), k
+    smoke = yaml.safe_load(SMOKE.read_text())
+    assert set(smoke) <= set(cfg["train.yaml"])  # the smoke overlay's names all apply
+
+
+def test_train_writes_checkpoint_metadata_and_tensorboard(trained):
+    ckpt, out = trained
+    state = torch.load(ckpt / "model.pt", weights_only=True)
+    assert state["class_layers.out.weight"].shape == (14, 1024)
+    assert state["features.conv0.weight"].shape[1] == 1  # grayscale
+    meta = json.loads((ckpt / "model.json").read_text())
+    assert meta["arch"] == "densenet121" and meta["image_size"] == 32 and meta["multi_label"] is True
+    assert meta["class_names"] == FINDINGS and meta["lung_crop"] is False
+    dl = json.loads((out / "datalist.json").read_text())
+    patients = [{e["patient_id"] for e in dl[s]} for s in ("training", "validation", "test")]
+    assert not (patients[0] & patients[1]) and not (patients[0] & patients[2]) and not (patients[1] & patients[2])
+    assert all(len(e["label"]) == 14 for s in dl.values() for e in s)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    assert {"train_loss", "learning_rate", "val_mean_auroc"} <= scalars
+    assert {f"val_{f}_auroc" for f in FINDINGS} <= scalars  # every finding's AUROC, every validation
+    assert any(t.startswith("gradcam/") for t in acc.Tags()["images"])
+
+
+def test_evaluate_writes_metrics_tables_roc_cams_and_localisation(trained, cxr_demo, tmp_path):
+    ckpt, _ = trained
+    out = tmp_path / "eval"
+    test_names = (cxr_demo / "test_list.txt").read_text().split()
+    run_bundle(NAME, "evaluate.yaml", SMOKE, dataset_dir=cxr_demo, ckpt_dir=ckpt, output_dir=out,
+               cam_findings="['Cardiomegaly']")
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == len(test_names)
+    assert list(m["per_finding"]) == FINDINGS
+    defined = [v["auroc"] for v in m["per_finding"].values() if v["auroc"] == v["auroc"]]
+    assert m["n_auroc_defined"] == len(defined) and m["mean_auroc"] == pytest.approx(np.mean(defined))
+    rows = list(csv.reader((out / "auroc.csv").open()))
+    assert rows[0][:2] == ["finding", "auroc"] and [r[0] for r in rows[1:]] == [*FINDINGS, "mean"]
+    md = (out / "auroc.md").read_text()
+    assert all(f"| {f} |" in md for f in FINDINGS)
+    assert (out / "roc.png").read_bytes()[:8] == PNG
+    # localisation: every box of a test image is scored
+    from medplugin.data.chestxray14 import read_bbox_list
+
+    boxes = read_bbox_list(cxr_demo / "BBox_List_2017.csv")
+    n_boxes = sum(len(boxes.get(n, [])) for n in test_names)
+    loc = json.loads((out / "localization.json").read_text())
+    assert loc["n_boxes"] == n_boxes == m["localization"]["n_boxes"] > 0
+    assert 0.0 <= loc["hit_rate"] <= 1.0 and 0.0 <= loc["mean_iou"] <= 1.0
+    assert loc["tolerance"] == pytest.approx(15 * 32 / 224)
+    # one Cardiomegaly overlay per test image (cam_findings), at the image's own size
+    cams = sorted((out / "cams").glob("*.png"))
+    assert len(cams) == len(test_names) and all("_Cardiomegaly_p" in c.name for c in cams)
+    from PIL import Image
+
+    with Image.open(cams[0]) as im:
+        assert im.size == (64, 64)
+
+
+def test_inference_on_real_radiographs_and_a_corrupt_file(trained, tmp_path):
+    """Real pediatric chest X-ray JPEGs, a real chest CR DICOM (uncompressed and JPEG 2000), one broken file."""
+    ckpt, _ = trained
+    src = tmp_path / "in"
+    (src / "dicom").mkdir(parents=True)
+    jpegs = sorted(REAL.glob("*.jpeg"))
+    assert len(jpegs) == 2
+    for j in jpegs:
+        shutil.copy(j, src / j.name)
+    shutil.copy(_cr_dicom("RG1_UNCR.dcm"), src / "dicom" / "rg1_uncompressed.dcm")
+    shutil.copy(_cr_dicom("RG1_J2KR.dcm"), src / "dicom" / "rg1_j2k.dcm")
+    (src / "broken.jpeg").write_bytes(jpegs[0].read_bytes()[:500])
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    out = tmp_path / "inf"
+    run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=ckpt, output_dir=out, threshold=0.0,
+               batch_size=2, cam_findings="['Atelectasis','Hernia']")
+    rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
+    assert set(rows) == {*(j.name for j in jpegs), "rg1_uncompressed.dcm", "rg1_j2k.dcm", "broken.jpeg"}
+    bad = rows.pop("broken.jpeg")
+    assert bad["findings"] == "" and "broken.jpeg" in bad["error"] and "truncated" in bad["error"]
+    for r in rows.values():
+        assert r["error"] == ""
+        probs = [float(r[f"prob_{f}"]) for f in FINDINGS]
+        assert all(0.0 <= p <= 1.0 for p in probs)
+        assert r["findings"] == "|".join(FINDINGS)  # threshold 0: every finding called
+    # JPEG 2000 (lossless) decodes to the same pixels as the uncompressed file: same predictions
+    a, b = rows["rg1_uncompressed.dcm"], rows["rg1_j2k.dcm"]
+    assert [a[f"prob_{f}"] for f in FINDINGS] == [b[f"prob_{f}"] for f in FINDINGS]
+    # overlays: one per requested finding and readable image, at the image's own resolution
+    from PIL import Image
+
+    overlays = sorted((out / "cams").glob("*.png"))
+    assert len(overlays) == 2 * 4
+    for j in jpegs:
+        ov = next(o for o in overlays if o.name.startswith(j.stem + "_Atelectasis_"))
+        with Image.open(j) as im, Image.open(ov) as o:
+            assert o.size == im.size
+    dcm_ov = next(o for o in overlays if o.name.startswith("dicom__rg1_j2k_Hernia_"))
+    with Image.open(dcm_ov) as o:
+        assert o.size == (1841, 1955)
+    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before  # input untouched
+
+
+def test_mismatched_settings_are_named(trained, cxr_demo, tmp_path):
+    ckpt, _ = trained
+    with pytest.raises(AssertionError, match=r"--image_size 32"):
+        run_bundle(NAME, "inference.yaml", dataset_dir=cxr_demo / "images_001", ckpt_dir=ckpt,
+                   output_dir=tmp_path / "x", num_workers=0, device="$torch.device('cpu')")
+
+
+def test_exports_match_pytorch_and_onnx_runtime_inference_gives_the_same_numbers(trained, cxr_demo, tmp_path):
+    import onnxruntime as ort
+
+    from medplugin.networks import classifier
+
+    ckpt, _ = trained
+    net = classifier("densenet121", in_channels=1, num_classes=14)
+    net.load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
+    net.eval()
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = net(x).numpy()
+
+    common = ["--meta_file", str(B / "configs" / "metadata.json"), "--config_file", str(B / "configs" / "inference.yaml"),
+              "--bundle_root", str(B), "--ckpt_file", str(ckpt / "model.pt")]
+    ts = tmp_path / "model.ts"
+    monai_bundle("ckpt_export", "network_def", "--filepath", str(ts), *common)
+    scripted = torch.jit.load(str(ts))
+    np.testing.assert_allclose(scripted(x).detach().numpy(), expected, atol=1e-4)
+
+    onnx_path = tmp_path / "model.onnx"
+    monai_bundle("onnx_export", "network_def", "--filepath", str(onnx_path), "--input_shape", "[1, 1, 32, 32]", *common)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    got = np.concatenate([sess.run(None, {name: x[i:i + 1].numpy()})[0] for i in range(2)])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+    # the bundle's inference with --backend onnx gives the PyTorch backend's probabilities
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in sorted((cxr_demo / "images_001" / "images").glob("*.png"))[:5]:
+        shutil.copy(p, src / p.name)
+    runs = {}
+    for backend in ("torch", "onnx"):
+        out = tmp_path / backend
+        run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=ckpt, output_dir=out, backend=backend,
+                   onnx_path=onnx_path)
+        runs[backend] = {Path(r["file"]).name: [float(r[f"prob_{f}"]) for f in FINDINGS]
+                         for r in csv.DictReader((out / "predictions.csv").open())}
+    assert set(runs["torch"]) == set(runs["onnx"]) and len(runs["torch"]) == 5
+    for k in runs["torch"]:
+        np.testing.assert_allclose(runs["onnx"][k], runs["torch"][k], atol=1e-4)
+    assert not (tmp_path / "onnx" / "cams").exists()  # no Grad-CAM without PyTorch
+
+
+def test_lung_crop_uses_the_lung_bundle_model(cxr_demo, tmp_path):
+    """lung_crop: true segments with a lung U-Net saved as lung_xray_segmentation saves it, then crops."""
+    from tests.transforms.chest._tiny_model import train_tiny_lung_model
+
+    lung = train_tiny_lung_model(tmp_path / "lung", size=32, steps=80)
+    ckpt, out = tmp_path / "models", tmp_path / "train"
+    common = {"lung_crop": True, "lung_model_path": lung}
+    run_bundle(NAME, "train.yaml", SMOKE, dataset_dir=cxr_demo, ckpt_dir=ckpt, output_dir=out, val_fraction=0.3,
+               **common)
+    assert json.loads((ckpt / "model.json").read_text())["lung_crop"] is True
+    # a model trained with the crop is refused without it
+    with pytest.raises(AssertionError, match=r"--lung_crop true"):
+        run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=cxr_demo / "images_001", ckpt_dir=ckpt,
+                   output_dir=tmp_path / "x")
+    ev = tmp_path / "eval"
+    run_bundle(NAME, "evaluate.yaml", SMOKE, dataset_dir=cxr_demo, ckpt_dir=ckpt, output_dir=ev, **common)
+    loc = json.loads((ev / "localization.json").read_text())
+    assert loc["n_boxes"] > 0
+    # boxes were mapped through the crop: inside the lungs' box, so mostly within the 32 px model frame
+    assert all(-32 < r["box_in_model"][0] < 32 for r in loc["boxes"])
+    src = tmp_path / "in"
+    src.mkdir()
+    good = sorted((cxr_demo / "images_001" / "images").glob("*.png"))[:3]
+    for p in good:
+        shutil.copy(p, src / p.name)
+    (src / "broken.png").write_bytes(good[0].read_bytes()[:100])
+    inf = tmp_path / "inf"
+    run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=ckpt, output_dir=inf, batch_size=4, **common)
+    rows = list(csv.DictReader((inf / "predictions.csv").open()))
+    assert len(rows) == 4 and sum(1 for r in rows if r["error"]) == 1
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(cxr_demo, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    ckpt, out = tmp_path / "models", tmp_path / "ddp"
+    files = json.dumps([str(B / "configs" / "train.yaml"), str(B / "configs" / "multi_gpu_train.yaml"), str(SMOKE)])
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+         "--bundle_root", str(B), "--config_file", files, "--dataset_dir", str(cxr_demo), "--ckpt_dir", str(ckpt),
+         "--output_dir", str(out), "--val_fraction", "0.3"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (ckpt / "model.pt").is_file()
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 only
+
+
+@pytest.mark.slow
+def test_demo_training_learns_findings_and_cams_point_at_them(tmp_path):
+    """A short real training on demo data (4 findings planted, 14 outputs): mean AUROC >= 0.9 and the Grad-CAM
+    of each boxed finding points into its box (pointing game, 15 px at 224 tolerance) for >= 80 % of boxes."""
+    from medplugin.data.synthetic.chest_xray import make_chestxray14_demo
+
+    root = tmp_path / "nih"
+    make_chestxray14_demo(root, n_patients=120, size=128, seed=1, max_follow_ups=3,
+                          findings=["Cardiomegaly", "Effusion", "Mass", "Pneumothorax"])
+    ckpt = tmp_path / "models"
+    run_bundle(NAME, "train.yaml", DEMO, dataset_dir=root, ckpt_dir=ckpt, output_dir=tmp_path / "train", num_workers=0)
+    out = tmp_path / "eval"
+    run_bundle(NAME, "evaluate.yaml", DEMO, dataset_dir=root, ckpt_dir=ckpt, output_dir=out, num_workers=0,
+               max_cam_images=4)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_auroc_defined"] == 4
+    assert m["mean_auroc"] >= 0.9, m["per_finding"]
+    loc = m["localization"]
+    assert loc["n_boxes"] >= 20
+    assert loc["hit_rate"] >= 0.8, loc["per_finding"]

@@ -1,0 +1,327 @@
+"""The lung segmentation bundle, run through MONAI's bundle runner on tiny synthetic Montgomery-layout data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.bundles._runner import REPO, SMOKE, bundle_dir, monai_bundle, run_bundle
+
+NAME = "lung_xray_segmentation"
+B = bundle_dir(NAME)
+SCHEMA = REPO / "schemas" / "meta_schema_20240725.json"
+REAL = REPO / "tests" / "data" / "real"
+
+
+def _testfile(name: str) -> str:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"pydicom test file {name} not available (install pydicom-data)")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def lung_demo(tmp_path_factory) -> Path:
+    """12 synthetic radiographs (64x64) in the Montgomery layout: 8 training, 2 validation, 2 test images."""
+    from medplugin.data.synthetic.chest_xray import make_lung_seg_demo
+
+    root = tmp_path_factory.mktemp("lung_demo") / "MontgomerySet"
+    make_lung_seg_demo(root, n=12, size=64, seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(lung_demo, tmp_path_factory):
+    """One smoke training run shared by the tests below: (ckpt_dir, train output_dir)."""
+    tmp = tmp_path_factory.mktemp("lung_bundle")
+    ckpt, out = tmp / "models", tmp / "train"
+    run_bundle(NAME, "train.yaml", SMOKE, dataset_dir=lung_demo, ckpt_dir=ckpt, output_dir=out)
+    return ckpt, out
+
+
+def test_metadata_validates_against_the_shipped_schema():
+    proc = monai_bundle("verify_metadata", "--meta_file", str(B / "configs" / "metadata.json"),
+                        "--filepath", str(SCHEMA))
+    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+
+
+def test_network_in_and_out_shapes():
+    proc = monai_bundle("verify_net_in_out", "network_def", "--meta_file", str(B / "configs" / "metadata.json"),
+                        "--config_file", str(B / "configs" / "inference.yaml"), "--bundle_root", str(B))
+    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("config, workflow", [("train.yaml", "train"), ("inference.yaml", "infer"),
+                                              ("evaluate.yaml", "infer")])
+def test_workflow_properties(config, workflow, lung_demo, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(config_file=str(B / "configs" / config), meta_file=str(B / "configs" / "metadata.json"),
+                        logging_file=str(B / "configs" / "logging.conf"), workflow_type=workflow,
+                        bundle_root=str(B), dataset_dir=str(lung_demo), output_dir=str(tmp_path))
+    wf.initialize()
+    assert wf.check_properties() == []
+
+
+def test_task_definition_is_identical_in_every_config():
+    """Labels, input and weights are defined once per bundle: the configs must not drift apart."""
+    keys = ("arch", "class_names", "in_channels", "normalization", "model_meta", "network_def", "preprocessing",
+            "postprocessing", "inferer", "device", "ckpt_dir")
+    cfg = {c: yaml.safe_load((B / "configs" / c).read_text()) for c in ("train.yaml", "evaluate.yaml", "inference.yaml")}
+    for k in keys:
+        assert cfg["train.yaml"][k] == cfg["evaluate.yaml"][k] == cfg["inference.yaml"][k], k
+    for k in ("batch_size", "image_size", "num_workers", "features", "num_res_units", "dropout", "norm"):
+        assert all(k in c for c in cfg.values()), k  # same hyperparameter names everywhere
+        assert cfg["train.yaml"][k] == cfg["evaluate.yaml"][k] == cfg["inference.yaml"][k], k
+    # the smoke overlay's keys all exist in every config (so it applies to this bundle)
+    smoke = yaml.safe_load(SMOKE.read_text())
+    assert set(smoke) <= set(cfg["train.yaml"])
+    # the metadata's input size is the configs' default
+    meta = json.loads((B / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [cfg["train.yaml"]["image_size"]] * 2
+
+
+def test_train_writes_checkpoint_metadata_and_tensorboard(trained, lung_demo):
+    from medplugin.networks.segmentation import lung_unet_from_meta
+
+    ckpt, out = trained
+    state = torch.load(ckpt / "model.pt", weights_only=True)
+    meta = json.loads((ckpt / "model.json").read_text())
+    assert meta["arch"] == "lung_unet" and meta["image_size"] == 32 and meta["class_names"] == ["background", "lung"]
+    assert meta["normalization"] == "zscore" and 0.0 <= meta["val_mean_dice"] <= 1.0
+    lung_unet_from_meta(meta).load_state_dict(state, strict=True)  # model.json rebuilds exactly this network
+    dl = json.loads((out / "datalist.json").read_text())
+    assert [len(dl[s]) for s in ("training", "validation", "test")] == [8, 2, 2]
+    patients = [{e["patient_id"] for e in dl[s]} for s in ("training", "validation", "test")]
+    assert not (patients[0] & patients[1]) and not (patients[0] & patients[2]) and not (patients[1] & patients[2])
+    assert all(len(e["label"]) == 2 for e in dl["training"])  # left and right masks, merged at load time
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    assert {"train_loss", "learning_rate", "val_mean_dice"} <= set(acc.Tags()["scalars"])
+    images = [t for t in acc.Tags()["images"] if t.startswith("val_masks/")]
+    assert sorted(images) == ["val_masks/0", "val_masks/1"]  # cam_images: 2 in the smoke overlay
+    img = acc.Images("val_masks/0")[0]
+    assert (img.width, img.height) == (3 * 32, 32)  # image | reference | prediction
+
+
+def test_segment_lungs_transform_loads_the_bundle_model(trained, lung_demo):
+    """The classification bundle's lung crop runs this bundle's model.pt through SegmentLungs."""
+    from medplugin.transforms import LungCropd, SegmentLungsd
+    from medplugin.transforms.io import LoadImage2dd
+
+    ckpt, _ = trained
+    image = sorted((lung_demo / "CXR_png").glob("*.png"))[0]
+    d = LoadImage2dd("image")({"image": str(image)})
+    d = SegmentLungsd("image", model_path=ckpt / "model.pt")(d)
+    assert tuple(d["lung_mask"].shape) == (1, 64, 64) and d["lung_mask"].dtype == torch.uint8
+    d = LungCropd("image", margin=0.05)(d)
+    box = d["lung_box"]
+    assert tuple(d["image"].shape[1:]) == (box["end"][0] - box["start"][0], box["end"][1] - box["start"][1])
+
+
+def test_evaluate_writes_metrics_and_plot(trained, lung_demo, tmp_path):
+    ckpt, out_train = trained
+    out = tmp_path / "eval"
+    run_bundle(NAME, "evaluate.yaml", SMOKE, dataset_dir=lung_demo, ckpt_dir=ckpt, output_dir=out)
+    m = json.loads((out / "metrics.json").read_text())
+    test_files = {e["image"] for e in json.loads((out_train / "datalist.json").read_text())["test"]}
+    assert m["n"] == 2 and {r["file"] for r in m["per_image"]} == test_files
+    assert m["mean_dice"] == pytest.approx(np.mean([r["dice"] for r in m["per_image"]]))
+    assert 0.0 <= m["min_dice"] <= m["mean_dice"] <= 1.0 and 0.0 <= m["mean_iou"] <= m["mean_dice"] + 1e-9
+    assert (out / "dice.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _write_nifti_2d(src_png: Path, dst: Path) -> np.ndarray:
+    import nibabel as nib
+    from PIL import Image
+
+    arr = np.asarray(Image.open(src_png), dtype=np.float32)  # (rows, cols)
+    nib.save(nib.Nifti1Image(arr.T.copy(), np.diag([0.5, 0.7, 1.0, 1.0])), dst)  # x = column, y = row
+    return arr
+
+
+def test_inference_writes_masks_and_boxes_and_reports_the_corrupt_file(trained, lung_demo, tmp_path):
+    import nibabel as nib
+    from PIL import Image
+
+    ckpt, _ = trained
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    pngs = sorted((lung_demo / "CXR_png").glob("*.png"))
+    shutil.copy(pngs[0], src / "a.png")
+    shutil.copy(REAL / "person1951_bacteria_4882.jpeg", src / "sub" / "cxr.jpeg")
+    (src / "broken.png").write_bytes(pngs[1].read_bytes()[:200])
+    shutil.copy(_testfile("6154"), src / "cr.dcm")  # a real 16x16 CR, MONOCHROME1
+    _write_nifti_2d(pngs[2], src / "n.nii.gz")
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    out = tmp_path / "inf"
+    run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=ckpt, output_dir=out)
+
+    rows = list(csv.DictReader((out / "lung_boxes.csv").open()))
+    assert [r["file"] for r in rows] == [str(src / n) for n in ("a.png", "broken.png", "cr.dcm", "n.nii.gz",
+                                                                  "sub/cxr.jpeg")]
+    bad = rows[1]
+    assert bad["mask"] == "" and "broken.png" in bad["error"] and "truncated" in bad["error"]
+    expected = {"a.png": ("a.png", (64, 64)), "cr.dcm": ("cr.nii.gz", (16, 16)),
+                "n.nii.gz": ("n.nii.gz", (64, 64)), "sub/cxr.jpeg": ("sub__cxr.png", None)}
+    for r in (rows[0], *rows[2:]):
+        rel = str(Path(r["file"]).relative_to(src))
+        mask_name, shape = expected[rel]
+        assert r["error"] == "" and Path(r["mask"]) == out / "masks" / mask_name
+        if mask_name.endswith(".png"):
+            mask = np.asarray(Image.open(r["mask"]))
+            assert set(np.unique(mask)) <= {0, 255}
+            with Image.open(r["file"]) as im:
+                assert mask.shape == (im.height, im.width)  # the image's own size
+        else:
+            nii = nib.load(r["mask"])
+            mask = np.asarray(nii.dataobj).T  # back to (rows, cols)
+            assert mask.shape == shape and set(np.unique(mask)) <= {0, 1}
+            if rel == "n.nii.gz":  # a NIfTI input's affine is kept
+                np.testing.assert_allclose(nii.affine, np.diag([0.5, 0.7, 1.0, 1.0]))
+        box = json.loads((out / "boxes" / (mask_name.split(".")[0] + ".json")).read_text())
+        assert box["file"] == r["file"] and box["image_size"] == list(mask.shape)
+        fg = np.argwhere(mask > 0)
+        if len(fg):
+            (y0, x0), (y1, x1) = fg.min(0), fg.max(0)
+            assert box["bbox"] == {"x": int(x0), "y": int(y0), "width": int(x1 - x0 + 1), "height": int(y1 - y0 + 1)}
+            assert [int(r[k]) for k in ("x", "y", "width", "height")] == [box["bbox"][k] for k in ("x", "y", "width",
+                                                                                                   "height")]
+        else:
+            assert box["bbox"] is None and r["x"] == ""
+    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before  # input untouched
+
+
+def test_mismatched_settings_are_named(trained, lung_demo, tmp_path):
+    ckpt, _ = trained
+    with pytest.raises(AssertionError, match=r"--image_size 32"):
+        run_bundle(NAME, "inference.yaml", dataset_dir=lung_demo / "CXR_png", ckpt_dir=ckpt, output_dir=tmp_path / "x",
+                   num_workers=0, device="$torch.device('cpu')")
+
+
+def test_torchscript_and_onnx_exports_match_pytorch(trained, tmp_path):
+    import onnxruntime as ort
+
+    from medplugin.networks.segmentation import lung_unet_from_meta
+
+    ckpt, _ = trained
+    net = lung_unet_from_meta(json.loads((ckpt / "model.json").read_text()))
+    net.load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
+    net.eval()
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = net(x).numpy()
+
+    common = ["--meta_file", str(B / "configs" / "metadata.json"), "--config_file", str(B / "configs" / "inference.yaml"),
+              "--bundle_root", str(B), "--ckpt_file", str(ckpt / "model.pt")]
+    ts = tmp_path / "model.ts"
+    monai_bundle("ckpt_export", "network_def", "--filepath", str(ts), *common)
+    scripted = torch.jit.load(str(ts))
+    np.testing.assert_allclose(scripted(x).detach().numpy(), expected, atol=1e-4)
+
+    onnx_path = tmp_path / "model.onnx"
+    monai_bundle("onnx_export", "network_def", "--filepath", str(onnx_path), "--input_shape", "[1, 1, 32, 32]", *common)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    got = np.concatenate([sess.run(None, {name: x[i:i + 1].numpy()})[0] for i in range(2)])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(lung_demo, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    ckpt, out = tmp_path / "models", tmp_path / "ddp"
+    files = json.dumps([str(B / "configs" / "train.yaml"), str(B / "configs" / "multi_gpu_train.yaml"), str(SMOKE)])
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+         "--bundle_root", str(B), "--config_file", files, "--dataset_dir", str(lung_demo), "--ckpt_dir", str(ckpt),
+         "--output_dir", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (ckpt / "model.pt").is_file() and (ckpt / "model.json").is_file()
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 only
+
+
+@pytest.mark.slow
+def test_demo_job_learns_the_lungs_and_segments_real_radiographs(tmp_path):
+    """The demo job (synthetic Montgomery data -> train -> evaluate -> inference): test mean Dice >= 0.9; then the
+    trained model on real chest radiographs: two Kermany JPEGs and a real chest CR DICOM, uncompressed and JPEG 2000."""
+    import subprocess
+    import sys
+
+    import nibabel as nib
+    from PIL import Image
+
+    proc = subprocess.run([sys.executable, "-m", "medplugin.cli", "demo", NAME, "--out", str(tmp_path), "--run"],
+                          cwd=REPO, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    m = json.loads((tmp_path / "runs" / "evaluate" / "metrics.json").read_text())
+    assert m["n"] == 7 and m["mean_dice"] >= 0.9
+    rows = list(csv.DictReader((tmp_path / "runs" / "inference" / "lung_boxes.csv").open()))
+    assert len(rows) == 48 and all(r["error"] == "" for r in rows)
+
+    # the shared transform with the demo's model: Dice against the reference masks at the images' own size
+    from medplugin.transforms import SegmentLungs
+    from medplugin.transforms.chest import LoadLungMask
+    from medplugin.transforms.io import LoadImage2d
+
+    seg = SegmentLungs(tmp_path / "models" / "model.pt")
+    dice = []
+    for e in json.loads((tmp_path / "runs" / "train" / "datalist.json").read_text())["test"]:
+        pred = seg(LoadImage2d()(e["image"]))[0].numpy() > 0
+        truth = LoadLungMask()(e["label"])[0].numpy() > 0
+        dice.append(2 * (pred & truth).sum() / (pred.sum() + truth.sum()))
+    assert np.mean(dice) >= 0.9, dice
+
+    # real radiographs: they run, masks come back at the image's size, with a box inside the image
+    src = tmp_path / "real"
+    src.mkdir()
+    for n in ("NORMAL2-IM-1438-0001.jpeg", "person1951_bacteria_4882.jpeg"):
+        shutil.copy(REAL / n, src / n)
+    shutil.copy(_testfile("RG1_UNCR.dcm"), src / "chest_cr.dcm")
+    shutil.copy(_testfile("RG1_J2KR.dcm"), src / "chest_cr_j2k.dcm")
+    out = tmp_path / "real_out"
+    B_cfg = [str(B / "configs" / "inference.yaml"), str(REPO / "configs" / f"demo_{NAME}.yaml")]
+    monai_bundle("run", "--bundle_root", str(B), "--config_file", json.dumps(B_cfg), "--dataset_dir", str(src),
+                 "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(out))
+    rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "lung_boxes.csv").open())}
+    assert set(rows) == {"NORMAL2-IM-1438-0001.jpeg", "person1951_bacteria_4882.jpeg", "chest_cr.dcm",
+                         "chest_cr_j2k.dcm"}
+    assert all(r["error"] == "" for r in rows.values())
+    for n in ("NORMAL2-IM-1438-0001", "person1951_bacteria_4882"):
+        with Image.open(src / f"{n}.jpeg") as im, Image.open(out / "masks" / f"{n}.png") as mk:
+            assert mk.size == im.size
+    cr = np.asarray(nib.load(out / "masks" / "chest_cr.nii.gz").dataobj).T
+    cr_j2k = np.asarray(nib.load(out / "masks" / "chest_cr_j2k.nii.gz").dataobj).T
+    assert cr.shape == (1955, 1841)
+    np.testing.assert_array_equal(cr, cr_j2k)  # lossless JPEG 2000 decodes to the same pixels, so the same mask
+    for r in rows.values():
+        box = {k: int(r[k]) for k in ("x", "y", "width", "height")} if r["x"] else None
+        assert box is not None and box["width"] > 0 and box["height"] > 0
+    # trained on synthetic phantoms only, the model still finds both lungs on the normal pediatric JPEG and the
+    # adult CR (on the pneumonia JPEG, whose left lung is opaque, it finds one): a lung on each side of the
+    # midline, a plausible share of the image, a box around the chest's middle
+    normal = np.asarray(Image.open(out / "masks" / "NORMAL2-IM-1438-0001.png")) > 0
+    for name, mask in (("NORMAL2-IM-1438-0001.jpeg", normal), ("chest_cr.dcm", cr > 0)):
+        h, w = mask.shape
+        assert mask[:, : w // 2].sum() > 0.02 * h * w and mask[:, w // 2:].sum() > 0.02 * h * w, name
+        assert 0.08 < float(rows[name]["area_fraction"]) < 0.5, name
+        cx = int(rows[name]["x"]) + int(rows[name]["width"]) / 2
+        assert w / 3 < cx < 2 * w / 3, name
