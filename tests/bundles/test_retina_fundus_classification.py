@@ -1,0 +1,268 @@
+"""The fundus DR bundle, run through MONAI's bundle runner on tiny synthetic EyePACS-layout data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.bundles._runner import REPO, SMOKE, bundle_dir, monai_bundle, run_bundle
+
+NAME = "retina_fundus_classification"
+B = bundle_dir(NAME)
+SCHEMA = REPO / "schemas" / "meta_schema_20240725.json"
+CLASSES = ["non-referable", "referable"]
+
+
+@pytest.fixture(scope="module")
+def fundus_demo(tmp_path_factory):
+    """8 training + 3 test patients (two eyes each, grades 0-4 in turn) of 64x64 synthetic photographs."""
+    from medplugin.data.synthetic.fundus import make_eyepacs_demo
+
+    root = tmp_path_factory.mktemp("fundus_demo") / "eyepacs"
+    make_eyepacs_demo(root, n_patients=8, size=64, seed=0, n_test_patients=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(fundus_demo, tmp_path_factory):
+    """One smoke training run shared by the tests below: (ckpt_dir, train output_dir)."""
+    tmp = tmp_path_factory.mktemp("fundus_bundle")
+    ckpt, out = tmp / "models", tmp / "train"
+    run_bundle(NAME, "train.yaml", SMOKE, dataset_dir=fundus_demo, ckpt_dir=ckpt, output_dir=out)
+    return ckpt, out
+
+
+def _scalars(logdir: Path) -> tuple[set[str], set[str]]:
+    """(scalar tags, image tags) of a TensorBoard folder, read with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    return set(acc.Tags()["scalars"]), set(acc.Tags()["images"])
+
+
+def test_metadata_validates_against_the_shipped_schema():
+    proc = monai_bundle("verify_metadata", "--meta_file", str(B / "configs" / "metadata.json"),
+                        "--filepath", str(SCHEMA))
+    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+
+
+def test_network_in_and_out_shapes():
+    proc = monai_bundle("verify_net_in_out", "network_def", "--meta_file", str(B / "configs" / "metadata.json"),
+                        "--config_file", str(B / "configs" / "inference.yaml"), "--bundle_root", str(B))
+    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("config, workflow", [("train.yaml", "train"), ("inference.yaml", "infer"),
+                                              ("evaluate.yaml", "infer")])
+def test_workflow_properties(config, workflow, fundus_demo, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(config_file=str(B / "configs" / config), meta_file=str(B / "configs" / "metadata.json"),
+                        logging_file=str(B / "configs" / "logging.conf"), workflow_type=workflow,
+                        bundle_root=str(B), dataset_dir=str(fundus_demo), output_dir=str(tmp_path))
+    wf.initialize()
+    assert wf.check_properties() == []
+
+
+def test_task_definition_is_identical_in_every_config():
+    """Labels, input, preprocessing and weights are defined once per bundle: the configs must not drift apart."""
+    keys = ("class_names", "in_channels", "normalization", "cam_layer", "model_meta", "network_def",
+            "fundus_preprocessing", "normalize", "preprocessing", "postprocessing", "device", "ckpt_dir")
+    cfg = {c: yaml.safe_load((B / "configs" / c).read_text()) for c in ("train.yaml", "evaluate.yaml", "inference.yaml")}
+    for k in keys:
+        assert cfg["train.yaml"][k] == cfg["evaluate.yaml"][k] == cfg["inference.yaml"][k], k
+    for k in ("batch_size", "image_size", "num_workers", "arch", "task", "preprocessing_mode", "annotate"):
+        assert all(k in c for c in cfg.values()), k
+    # the smoke overlay's hyperparameter names all exist in the training config
+    assert set(yaml.safe_load(SMOKE.read_text())) <= set(cfg["train.yaml"])
+
+
+def test_train_writes_checkpoint_metadata_and_tensorboard(trained):
+    ckpt, out = trained
+    state = torch.load(ckpt / "model.pt", weights_only=True)
+    assert state["fc.weight"].shape == (2, 2048) and state["conv1.weight"].shape == (64, 3, 7, 7)
+    meta = json.loads((ckpt / "model.json").read_text())
+    assert meta["arch"] == "resnet50" and meta["image_size"] == 32 and meta["class_names"] == CLASSES
+    assert meta["task"] == "referable" and meta["preprocessing_mode"] == "enhanced" and meta["in_channels"] == 3
+    dl = json.loads((out / "datalist.json").read_text())
+    patients = [{e["patient_id"] for e in dl[s]} for s in ("training", "validation", "test")]
+    assert not (patients[0] & patients[1]) and not (patients[0] & patients[2]) and not (patients[1] & patients[2])
+    assert all(e["label"] == int(e["grade"] >= 2) for es in dl.values() for e in es)
+
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    scalars, images = _scalars(out / "tensorboard")
+    assert {"train_loss", "learning_rate", "val_accuracy", "val_auc", "val_pr_auc", "val_sensitivity",
+            "val_specificity", "val_operating_sensitivity", "val_operating_specificity"} <= scalars
+    assert any(t.startswith("gradcam/") for t in images)
+
+
+def test_grading_task_on_annotated_candidate_channels(fundus_demo, tmp_path):
+    """One override each: 5-grade task (key metric kappa) on RGB + 2 lesion-candidate channels."""
+    ckpt, out = tmp_path / "models", tmp_path / "train"
+    run_bundle(NAME, "train.yaml", SMOKE, dataset_dir=fundus_demo, ckpt_dir=ckpt, output_dir=out, arch="resnet18",
+               task="grade", preprocessing_mode="annotated", annotate="channels")
+    state = torch.load(ckpt / "model.pt", weights_only=True)
+    assert state["conv1.weight"].shape[1] == 5 and state["fc.weight"].shape[0] == 5
+    meta = json.loads((ckpt / "model.json").read_text())
+    assert meta["in_channels"] == 5 and len(meta["normalization"][0]) == 5
+    scalars, _ = _scalars(out / "tensorboard")
+    assert {"val_kappa", "val_auc", "val_accuracy"} <= scalars
+
+
+def test_evaluate_writes_metrics_plots_and_misclassified_cams(trained, fundus_demo, tmp_path):
+    ckpt, _ = trained
+    out = tmp_path / "eval"
+    run_bundle(NAME, "evaluate.yaml", SMOKE, dataset_dir=fundus_demo, ckpt_dir=ckpt, output_dir=out)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 6 and m["task"] == "referable"
+    labels = [int(r["level"]) >= 2 for r in csv.DictReader((fundus_demo / "testLabels.csv").open())]
+    assert m["referable_prevalence"] == pytest.approx(np.mean(labels))
+    assert set(m["per_class"]) == set(CLASSES) and np.asarray(m["confusion_matrix"]).sum() == 6
+    for k in ("auc", "pr_auc", "sensitivity", "specificity", "operating_sensitivity"):
+        assert np.isfinite(m[k]), k
+    assert m["operating_specificity"] >= 0.9 and m["target_specificity"] == 0.9  # threshold may be +inf
+    for png in ("confusion_matrix.png", "roc.png", "pr.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cams = sorted((out / "misclassified_gradcam").glob("*.png")) if m["misclassified"] else []
+    assert len(cams) == len(m["misclassified"])
+
+
+def _write_image(path: Path, mode: str, src: Path) -> None:
+    from PIL import Image
+
+    with Image.open(src) as im:
+        im = im.convert("RGB")
+        if mode == "L":
+            im.convert("L").save(path)
+        else:
+            rgba = im.convert("RGBA")
+            rgba.putalpha(200)
+            rgba.save(path)
+
+
+def test_inference_on_photographs_reports_the_corrupt_one_and_converts_gray_and_rgba(trained, fundus_demo, tmp_path):
+    from matplotlib import cbook
+    from PIL import Image
+
+    ckpt, _ = trained
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    good = sorted((fundus_demo / "test").glob("*.jpeg"))
+    shutil.copy(good[0], src / "a.jpeg")
+    shutil.copy(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), src / "sub" / "photo.jpg")  # real RGB photo
+    (src / "broken.jpeg").write_bytes(good[0].read_bytes()[:300])
+    _write_image(src / "gray.png", "L", good[1])
+    _write_image(src / "rgba.png", "RGBA", good[2])
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    out = tmp_path / "inf"
+    run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=ckpt, output_dir=out)
+    rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
+    assert sorted(rows) == ["a.jpeg", "broken.jpeg", "gray.png", "photo.jpg", "rgba.png"]
+    bad = rows.pop("broken.jpeg")
+    assert bad["prediction"] == "" and "broken.jpeg" in bad["error"] and "truncated" in bad["error"]
+    for r in rows.values():
+        assert r["error"] == "" and r["prediction"] in CLASSES
+        assert sum(float(r[f"prob_{c}"]) for c in CLASSES) == pytest.approx(1, abs=1e-4)
+    overlays = {o.name.split("_pred-")[0]: o for o in (out / "cams").glob("*.png")}
+    assert set(overlays) == {"a", "gray", "rgba", "sub__photo"}
+    with Image.open(src / "sub" / "photo.jpg") as im, Image.open(overlays["sub__photo"]) as ov:
+        assert ov.size == im.size  # the photograph's own resolution (512 x 600)
+    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before  # input untouched
+
+
+def test_mismatched_settings_are_named(trained, fundus_demo, tmp_path):
+    ckpt, _ = trained
+    with pytest.raises(AssertionError, match=r"--image_size 32"):
+        run_bundle(NAME, "inference.yaml", dataset_dir=fundus_demo / "test", ckpt_dir=ckpt, output_dir=tmp_path / "x",
+                   num_workers=0, device="$torch.device('cpu')")
+    with pytest.raises(AssertionError, match=r'--preprocessing_mode "enhanced"'):
+        run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=fundus_demo / "test", ckpt_dir=ckpt,
+                   output_dir=tmp_path / "y", preprocessing_mode="original")
+
+
+def test_torchscript_and_onnx_exports_match_pytorch(trained, tmp_path):
+    import onnxruntime as ort
+
+    from medplugin.networks import classifier
+
+    ckpt, _ = trained
+    net = classifier("resnet50", in_channels=3, num_classes=2)
+    net.load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
+    net.eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = net(x).numpy()
+
+    common = ["--meta_file", str(B / "configs" / "metadata.json"), "--config_file", str(B / "configs" / "inference.yaml"),
+              "--bundle_root", str(B), "--ckpt_file", str(ckpt / "model.pt")]
+    ts = tmp_path / "model.ts"
+    monai_bundle("ckpt_export", "network_def", "--filepath", str(ts), *common)
+    scripted = torch.jit.load(str(ts))
+    np.testing.assert_allclose(scripted(x).detach().numpy(), expected, atol=1e-4)
+
+    onnx_path = tmp_path / "model.onnx"
+    monai_bundle("onnx_export", "network_def", "--filepath", str(onnx_path), "--input_shape", "[1, 3, 32, 32]", *common)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    got = np.concatenate([sess.run(None, {name: x[i:i + 1].numpy()})[0] for i in range(2)])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(fundus_demo, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    ckpt, out = tmp_path / "models", tmp_path / "ddp"
+    files = json.dumps([str(B / "configs" / "train.yaml"), str(B / "configs" / "multi_gpu_train.yaml"), str(SMOKE)])
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+         "--bundle_root", str(B), "--config_file", files, "--dataset_dir", str(fundus_demo), "--ckpt_dir", str(ckpt),
+         "--output_dir", str(out), "--arch", "resnet18", "--image_size", "64"],  # at 32 px a shard's last batch of
+        # one image meets a 1x1 layer4 map, where batch norm cannot train
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (ckpt / "model.pt").is_file()
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 only
+
+
+@pytest.mark.slow
+def test_short_training_on_demo_data_reaches_referable_auc(tmp_path):
+    """A real short training (ResNet-18, 64 px, 6 epochs, cached preprocessing) on synthetic EyePACS data whose
+    grade follows the planted lesions: the held-out patients' referable-DR ROC AUC is at least 0.9."""
+    from medplugin.data.synthetic.fundus import make_eyepacs_demo
+
+    root = tmp_path / "eyepacs"
+    make_eyepacs_demo(root, n_patients=30, size=128, seed=1, n_test_patients=10)
+    ckpt = tmp_path / "models"
+    small = {"arch": "resnet18", "image_size": 64, "num_workers": 0, "device": "$torch.device('cpu')", "amp": False}
+    run_bundle(NAME, "train.yaml", dataset_dir=root, ckpt_dir=ckpt, output_dir=tmp_path / "train", num_epochs=6,
+               batch_size=16, learning_rate=1e-3, cache_rate=1.0, cam_images=1, **small)
+    out = tmp_path / "eval"
+    run_bundle(NAME, "evaluate.yaml", dataset_dir=root, ckpt_dir=ckpt, output_dir=out, **small)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 20 and 0 < m["referable_prevalence"] < 1
+    assert m["auc"] >= 0.9, m
+
+
+def test_demo_command_writes_the_eyepacs_layout_the_bundle_indexes(tmp_path):
+    import subprocess
+    import sys
+
+    from medplugin.data.fundus import index_fundus
+
+    proc = subprocess.run([sys.executable, "-m", "medplugin.cli", "demo", NAME, "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    dl = index_fundus(tmp_path / "eyepacs", task="referable")
+    assert len(dl["test"]) == 20 and sum(len(v) for v in dl.values()) == 100
+    assert {e["label"] for e in dl["training"]} == {0, 1}
