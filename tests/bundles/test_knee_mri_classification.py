@@ -1,0 +1,347 @@
+"""The knee MRI classification bundle, run through MONAI's bundle runner on tiny synthetic knee volumes.
+
+Smoke runs use ``configs/smoke.yaml`` (``image_size`` is the in-plane size: 32) plus ``num_slices=8``, so every
+network input is 1 x 8 x 32 x 32.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.bundles._runner import REPO, SMOKE, bundle_dir, monai_bundle, run_bundle
+
+NAME = "knee_mri_classification"
+B = bundle_dir(NAME)
+SCHEMA = REPO / "schemas" / "meta_schema_20240725.json"
+CLASSES = ["healthy", "minor_strain", "partial_rupture", "complete_rupture"]
+TINY = {"num_slices": 8}
+
+
+def _nibabel_anatomical() -> Path:
+    import nibabel
+
+    return Path(nibabel.__file__).parent / "tests" / "data" / "anatomical.nii"  # a real 3D MRI (33 x 41 x 25)
+
+
+@pytest.fixture(scope="module")
+def knee_nifti(tmp_path_factory) -> Path:
+    """16 clinical-layout NIfTI exams (8 x 32 x 32, four conditions balanced) with ACL masks."""
+    from medplugin.data.synthetic.knee import make_knee_nifti_demo
+
+    return Path(make_knee_nifti_demo(tmp_path_factory.mktemp("knee_nifti"), n=16, shape=(8, 32, 32), seed=0)["root"])
+
+
+@pytest.fixture(scope="module")
+def trained(knee_nifti, tmp_path_factory):
+    """One smoke training run shared by the tests below: (ckpt_dir, train output_dir)."""
+    tmp = tmp_path_factory.mktemp("knee_cls_bundle")
+    ckpt, out = tmp / "models", tmp / "train"
+    run_bundle(NAME, "train.yaml", SMOKE, dataset_dir=knee_nifti, ckpt_dir=ckpt, output_dir=out, **TINY)
+    return ckpt, out
+
+
+def test_metadata_validates_against_the_shipped_schema():
+    proc = monai_bundle("verify_metadata", "--meta_file", str(B / "configs" / "metadata.json"),
+                        "--filepath", str(SCHEMA))
+    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+
+
+def test_network_in_and_out_shapes():
+    proc = monai_bundle("verify_net_in_out", "network_def", "--meta_file", str(B / "configs" / "metadata.json"),
+                        "--config_file", str(B / "configs" / "inference.yaml"), "--bundle_root", str(B))
+    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("config, workflow", [("train.yaml", "train"), ("inference.yaml", "infer"),
+                                              ("evaluate.yaml", "infer")])
+def test_workflow_properties(config, workflow, knee_nifti, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(config_file=str(B / "configs" / config), meta_file=str(B / "configs" / "metadata.json"),
+                        logging_file=str(B / "configs" / "logging.conf"), workflow_type=workflow,
+                        bundle_root=str(B), dataset_dir=str(knee_nifti / "exams" if config == "inference.yaml" else knee_nifti),
+                        output_dir=str(tmp_path))
+    wf.initialize()
+    assert wf.check_properties() == []
+
+
+def test_task_definition_is_identical_in_every_config():
+    """Labels, input and weights are defined once per bundle: the configs must not drift apart."""
+    keys = ("class_names", "in_channels", "normalization", "cam_layer", "model_meta", "network_def", "preprocessing",
+            "postprocessing", "device", "ckpt_dir")
+    cfg = {c: yaml.safe_load((B / "configs" / c).read_text()) for c in ("train.yaml", "evaluate.yaml", "inference.yaml")}
+    for k in keys:
+        assert cfg["train.yaml"][k] == cfg["evaluate.yaml"][k] == cfg["inference.yaml"][k], k
+    for k in ("batch_size", "image_size", "num_workers", "arch", "num_slices", "label_mode", "roi_crop"):
+        assert all(k in c for c in cfg.values()), k
+    smoke = yaml.safe_load(SMOKE.read_text())
+    assert set(smoke) <= set(cfg["train.yaml"]) | {"device"}  # the shared smoke overlay applies as is
+
+
+def test_train_writes_checkpoint_metadata_and_tensorboard(trained):
+    ckpt, out = trained
+    state = torch.load(ckpt / "model.pt", weights_only=True)
+    assert state["head.weight"].shape == (4, 512)  # MRNet (ResNet-18 backbone) -> 4 ACL conditions
+    meta = json.loads((ckpt / "model.json").read_text())
+    assert meta["arch"] == "mrnet" and meta["backbone"] == "resnet18" and meta["transfer"] == "fine_tune"
+    assert meta["image_size"] == 32 and meta["num_slices"] == 8 and meta["class_names"] == CLASSES
+    assert "val_auc" in meta
+    dl = json.loads((out / "datalist.json").read_text())
+    patients = [{e["patient_id"] for e in dl[s]} for s in ("training", "validation", "test")]
+    assert not (patients[0] & patients[1]) and not (patients[0] & patients[2]) and not (patients[1] & patients[2])
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    assert {"train_loss", "learning_rate", "val_auc", "val_accuracy", "val_weighted_f1", "val_weighted_precision",
+            "val_weighted_recall", "val_healthy_precision", "val_healthy_recall", "val_healthy_f1",
+            "val_complete_rupture_auc"} <= scalars
+    images = acc.Tags()["images"]
+    assert "val_confusion_matrix" in images
+    montages = [t for t in images if t.startswith("gradcam/")]
+    assert montages
+    img = acc.Images(montages[0])[0]
+    assert img.width >= 32 * 4 and img.height >= 32  # a montage of several 32 x 32 slices
+
+
+def test_evaluate_writes_metrics_plots_and_nifti_cams(trained, knee_nifti, tmp_path):
+    import nibabel as nib
+
+    ckpt, _ = trained
+    out = tmp_path / "eval"
+    run_bundle(NAME, "evaluate.yaml", SMOKE, dataset_dir=knee_nifti, ckpt_dir=ckpt, output_dir=out, **TINY)
+    m = json.loads((out / "metrics.json").read_text())
+    n_test = len(json.loads((Path(str(ckpt).replace("models", "train")) / "datalist.json").read_text())["test"])
+    assert m["n"] == n_test > 0
+    assert set(m["per_class"]) == set(CLASSES)
+    for v in m["per_class"].values():
+        assert {"precision", "recall", "f1", "auc", "support"} <= set(v)
+    assert set(m["weighted_avg"]) == {"precision", "recall", "f1"}
+    assert np.asarray(m["confusion_matrix"]).sum() == m["n"]
+    assert m["accuracy"] == pytest.approx(np.trace(np.asarray(m["confusion_matrix"])) / m["n"])
+    for png in ("confusion_matrix.png", "roc.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cams = sorted((out / "misclassified_gradcam").glob("*_cam.nii.gz"))
+    assert len(cams) == len(m["misclassified"])
+    for c in cams:
+        src = knee_nifti / "exams" / (c.name.split("_true-")[0] + ".nii.gz")
+        cam, img = nib.load(c), nib.load(src)
+        assert cam.shape == img.shape and np.allclose(cam.affine, img.affine)  # the input's grid and affine
+        data = cam.get_fdata()
+        assert 0 <= data.min() and data.max() <= 1 + 1e-6
+        assert (c.parent / c.name.replace("_cam.nii.gz", "_montage.png")).is_file()
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    assert {"test_auc", "test_weighted_f1", "test_healthy_f1"} <= set(acc.Tags()["scalars"])
+    assert "test_confusion_matrix" in acc.Tags()["images"]
+
+
+def _write_dicom_series(folder: Path, n: int = 6, rows: int = 40, cols: int = 36) -> None:
+    """A sagittal MR series written with pydicom (one file per slice, shuffled file order)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    from medplugin.data.synthetic.knee import synthetic_knee
+
+    folder.mkdir(parents=True)
+    vol = synthetic_knee((n, rows, cols), condition=3, rng=1)["volume"]
+    series, study = generate_uid(), generate_uid()
+    for file_no, k in enumerate(np.random.default_rng(0).permutation(n)):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.Modality, ds.PatientID, ds.SeriesNumber, ds.InstanceNumber = "MR", "knee01", 1, int(k) + 1
+        ds.ImageOrientationPatient = [0, -1, 0, 0, 0, -1]
+        ds.ImagePositionPatient = [float(k) * 3.0, 10.0, 40.0]
+        ds.PixelSpacing, ds.SliceThickness = [0.5, 0.5], 3.0
+        ds.Rows, ds.Columns = rows, cols
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = (vol[k] * 1000).astype(np.uint16).tobytes()
+        ds.save_as(folder / f"IM{file_no:04d}.dcm", enforce_file_format=True)
+
+
+def test_inference_on_nifti_dicom_npy_and_a_real_mri_reports_the_corrupt_file(trained, knee_nifti, tmp_path):
+    """NIfTI, a DICOM series folder, an MRNet .npy and nibabel's real anatomical MRI go through end to end."""
+    import nibabel as nib
+
+    ckpt, _ = trained
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    shutil.copy(knee_nifti / "exams" / "knee_000.nii.gz", src / "a.nii.gz")
+    shutil.copy(_nibabel_anatomical(), src / "anatomical.nii")
+    np.save(src / "sub" / "0007.npy", (np.random.default_rng(0).random((11, 48, 48)) * 255).astype(np.uint8))
+    _write_dicom_series(src / "series")
+    (src / "broken.nii.gz").write_bytes((knee_nifti / "exams" / "knee_001.nii.gz").read_bytes()[:300])
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    out = tmp_path / "inf"
+    run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=ckpt, output_dir=out, **TINY)
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert [r["file"] for r in rows] == [str(src / n) for n in ("a.nii.gz", "anatomical.nii", "broken.nii.gz",
+                                                                 "series", "sub/0007.npy")]
+    bad = rows[2]
+    assert bad["prediction"] == "" and "broken.nii.gz" in bad["error"] and "not a readable NIfTI" in bad["error"]
+    for r in rows[:2] + rows[3:]:
+        assert r["error"] == "" and r["prediction"] in CLASSES
+        assert sum(float(r[f"prob_{c}"]) for c in CLASSES) == pytest.approx(1, abs=1e-4)
+    cams = {p.name.split("_pred-")[0]: p for p in (out / "cams").glob("*_cam.nii.gz")}
+    assert set(cams) == {"a", "anatomical", "series", "sub__0007"}
+    for name, path in (("a", src / "a.nii.gz"), ("anatomical", src / "anatomical.nii")):
+        cam, img = nib.load(cams[name]), nib.load(path)
+        assert cam.shape == img.shape and np.allclose(cam.affine, img.affine)
+        assert cam.get_fdata().max() > 0
+    assert nib.load(cams["series"]).shape == (6, 40, 36)  # the series' (slice, row, col) grid
+    assert len(list((out / "cams").glob("*_montage.png"))) == 4
+    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before  # input untouched
+
+
+def test_mismatched_settings_are_named(trained, knee_nifti, tmp_path):
+    ckpt, _ = trained
+    with pytest.raises(AssertionError, match=r"--image_size 32"):
+        run_bundle(NAME, "inference.yaml", dataset_dir=knee_nifti / "exams", ckpt_dir=ckpt, output_dir=tmp_path / "x",
+                   num_workers=0, device="$torch.device('cpu')", **TINY)
+
+
+def test_torchscript_and_onnx_exports_match_pytorch(trained, tmp_path):
+    import onnxruntime as ort
+
+    from medplugin.networks import knee_classifier
+
+    ckpt, _ = trained
+    net = knee_classifier("mrnet", "resnet18", num_classes=4)
+    net.load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
+    net.eval()
+    x = torch.randn(2, 1, 8, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = net(x).numpy()
+
+    common = ["--meta_file", str(B / "configs" / "metadata.json"), "--config_file", str(B / "configs" / "inference.yaml"),
+              "--bundle_root", str(B), "--ckpt_file", str(ckpt / "model.pt")]
+    ts = tmp_path / "model.ts"
+    monai_bundle("ckpt_export", "network_def", "--filepath", str(ts), *common)
+    scripted = torch.jit.load(str(ts))
+    np.testing.assert_allclose(scripted(x).detach().numpy(), expected, atol=1e-4)
+
+    onnx_path = tmp_path / "model.onnx"
+    monai_bundle("onnx_export", "network_def", "--filepath", str(onnx_path), "--input_shape", "[1, 1, 8, 32, 32]",
+                 *common)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    got = np.concatenate([sess.run(None, {name: x[i:i + 1].numpy()})[0] for i in range(2)])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_label_mode_binary_and_imbalance_are_one_override(knee_nifti):
+    """binary merges conditions 1-3; the class weights of the weighted loss follow the labels."""
+    from medplugin.data.knee import class_weights, knee_class_names, knee_datalist
+
+    four = knee_datalist(knee_nifti, label_mode="four")
+    binary = knee_datalist(knee_nifti, label_mode="binary")
+    by_image = {e["image"]: e["label"] for s in four.values() for e in s}
+    for s in binary.values():
+        for e in s:
+            assert e["label"] == int(by_image[e["image"]] >= 1)
+    assert knee_class_names("binary") == ["healthy", "unhealthy"]
+    w = class_weights(binary["training"], 2)
+    assert w[0] > w[1]  # healthy is the minority (1 in 4) and weighs more
+
+
+@pytest.mark.slow
+def test_feature_extraction_fits_an_svc_saved_in_the_state_dict_and_infers(knee_nifti, tmp_path):
+    ckpt, out = tmp_path / "models", tmp_path / "train"
+    run_bundle(NAME, "train.yaml", SMOKE, dataset_dir=knee_nifti, ckpt_dir=ckpt, output_dir=out,
+               transfer="feature_extraction", **TINY)
+    state = torch.load(ckpt / "model.pt", weights_only=True)  # no pickle: the SVC is tensors
+    assert bool(state["head.fitted"]) and state["head.support"].shape[0] == 4 and state["head.support"].shape[1] > 0
+    assert json.loads((ckpt / "model.json").read_text())["transfer"] == "feature_extraction"
+    inf = tmp_path / "inf"
+    run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=knee_nifti / "exams", ckpt_dir=ckpt, output_dir=inf,
+               transfer="feature_extraction", save_cams=False, **TINY)
+    rows = list(csv.DictReader((inf / "predictions.csv").open()))
+    assert len(rows) == 16 and all(r["error"] == "" and r["prediction"] in CLASSES for r in rows)
+    # the SVC's own training accuracy on its training exams is reproduced by the bundle's inference
+    dl = json.loads((out / "datalist.json").read_text())
+    pred = {r["file"]: r["prediction"] for r in rows}
+    train_acc = np.mean([pred[e["image"]] == CLASSES[e["label"]] for e in dl["training"]])
+    assert train_acc >= 0.75
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(knee_nifti, tmp_path):
+    import subprocess
+    import sys
+
+    ckpt, out = tmp_path / "models", tmp_path / "ddp"
+    files = json.dumps([str(B / "configs" / "train.yaml"), str(B / "configs" / "multi_gpu_train.yaml"), str(SMOKE)])
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+         "--bundle_root", str(B), "--config_file", files, "--dataset_dir", str(knee_nifti), "--ckpt_dir", str(ckpt),
+         "--output_dir", str(out), "--num_slices", "8"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (ckpt / "model.pt").is_file()
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 only
+
+
+@pytest.mark.slow
+def test_demo_job_learns_acl_tears_and_its_cam_finds_the_ligament(tmp_path):
+    """The demo job (MRNet layout, binary): test AUC >= 0.9; the CAM peaks in the ligament band on most exams."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "medplugin.cli", "demo", NAME, "--out", str(tmp_path), "--run"],
+                          cwd=REPO, capture_output=True, text=True, timeout=1500,
+                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    m = json.loads((tmp_path / "runs" / "evaluate" / "metrics.json").read_text())
+    assert m["n"] == 16 and m["macro_auc"] >= 0.9, m
+    rows = list(csv.DictReader((tmp_path / "runs" / "inference" / "predictions.csv").open()))
+    assert len(rows) == 16 and all(r["error"] == "" for r in rows)
+
+    # Grad-CAM of the ACL-damage class ("unhealthy") of the trained model on the demo's NIfTI-layout phantoms,
+    # whose ligament masks are known, computed with the bundle's own preprocessing and put back on the file grid
+    import nibabel as nib
+
+    from medplugin.networks.knee import knee_cam_layer, knee_classifier
+    from medplugin.transforms.knee.classification import cam_to_input_grid, knee_classification_preprocessing
+    from medplugin.visualize.cam import GradCAM
+
+    ckpt, nifti = tmp_path / "models", tmp_path / "knee_nifti"
+    meta = json.loads((ckpt / "model.json").read_text())
+    assert meta["class_names"] == ["healthy", "unhealthy"]
+    net = knee_classifier(meta["arch"], meta["backbone"], 2, transfer="scratch")
+    net.load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
+    prep = knee_classification_preprocessing(meta["image_size"], meta["num_slices"], *meta["normalization"])
+    cam = GradCAM(net.eval(), knee_cam_layer(meta["arch"], meta["backbone"]))
+    ratios, hot_on_acl = [], []
+    for p in sorted((nifti / "exams").glob("*.nii.gz")):
+        d = prep({"image": str(p)})
+        maps, _ = cam(d["image"][None], class_idx=1)
+        c = cam_to_input_grid(maps[0, 0], d["geometry"])  # (slice, row, col) of the loaded volume
+        band = nib.load(nifti / "masks" / p.name).get_fdata().transpose(2, 1, 0) > 0  # file (col, row, slice)
+        assert band.shape == c.shape
+        ratios.append(c[band].mean() / max(c[~band].mean(), 1e-9))
+        hot_on_acl.append(bool(band[int(np.argmax(c.reshape(c.shape[0], -1).max(1)))].any()))
+    assert len(ratios) == 24
+    # most volumes: the map is several times stronger inside the band than outside, and peaks on a slice with it
+    assert np.mean(np.asarray(ratios) > 2) >= 0.75, ratios
+    assert np.mean(hot_on_acl) >= 0.75, hot_on_acl
