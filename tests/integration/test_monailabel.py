@@ -1,0 +1,340 @@
+"""Our bundles in a real MONAI Label 0.8.5 server (stock ``monaibundle`` app), offline, on 127.0.0.1.
+
+The MONAI Label environment (``.venv-monailabel``, git-ignored) is created on the first run (about 5 minutes
+of pip) and reused after. Each bundle gets smoke-trained weights through the MONAI bundle runner, the app is
+assembled with ``medplugin monailabel-app``, a studies folder of demo images (some labelled) is written, and
+the server is started on a free port, asked ``/info/``, ``/infer/<bundle>`` and ``/train/<bundle>`` for every
+bundle, and stopped. MONAI Label trains a model on every labelled study of its datastore, so before each
+training the test leaves only that bundle's labels there (``DELETE`` / ``PUT /datastore/label``, as a viewer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medplugin import monailabel
+from medplugin.review import free_port, http_json, stop_process, wait_for_http
+from tests.bundles._runner import REPO, SMOKE, run_bundle
+
+pytestmark = pytest.mark.slow
+
+OCT = "retina_oct_classification"
+LUNG = "lung_xray_segmentation"
+FUNDUS = "retina_fundus_classification"
+KNEE_SEG = "knee_mri_segmentation"
+
+
+@dataclass
+class Case:
+    """One bundle in the app: smoke weights, labelled and unlabelled studies."""
+
+    name: str
+    kind: str  # classification | segmentation
+    weights: Path
+    labelled: list[tuple[Path, object]] = field(default_factory=list)  # (image, class name or mask file)
+    unlabelled: list[Path] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+
+
+def _oct_case(tmp: Path, request) -> Case:
+    ckpt, _ = request.getfixturevalue("oct_smoke_run")
+    oct_demo = request.getfixturevalue("oct_demo")
+    classes = ["CNV", "DME", "DRUSEN", "NORMAL"]
+    labelled = [(p, c) for c in classes for p in sorted((oct_demo / "train" / c).glob("*.jpeg"))[:4]]
+    unlabelled = [sorted((oct_demo / "test" / c).glob("*.jpeg"))[0] for c in classes]
+    return Case(OCT, "classification", ckpt / "model.pt", labelled, unlabelled, classes)
+
+
+def _lung_case(tmp: Path, request) -> Case:
+    from PIL import Image
+
+    from medplugin.data.synthetic.chest_xray import make_lung_seg_demo
+
+    root = Path(make_lung_seg_demo(tmp / "lung_demo", n=12, size=64, seed=0)["root"])
+    ckpt = tmp / "lung_models"
+    run_bundle(LUNG, "train.yaml", SMOKE, dataset_dir=root, ckpt_dir=ckpt, output_dir=tmp / "lung_train")
+    images = sorted((root / "CXR_png").glob("*.png"))
+    masks = tmp / "lung_masks"
+    masks.mkdir()
+    labelled = []
+    for img in images[:8]:  # one label map per image, as MONAI Label stores it: 0 background, 1 lung
+        lungs = [np.asarray(Image.open(root / "ManualMask" / side / img.name)) > 0 for side in ("leftMask", "rightMask")]
+        Image.fromarray((lungs[0] | lungs[1]).astype(np.uint8)).save(masks / img.name)
+        labelled.append((img, masks / img.name))
+    return Case(LUNG, "segmentation", ckpt / "model.pt", labelled, images[8:10], ["background", "lung"])
+
+
+def _fundus_case(tmp: Path, request) -> Case:
+    import csv
+
+    from medplugin.data.synthetic.fundus import make_eyepacs_demo
+
+    root = tmp / "fundus_demo" / "eyepacs"
+    make_eyepacs_demo(root, n_patients=8, size=64, seed=0, n_test_patients=3)
+    ckpt = tmp / "fundus_models"
+    run_bundle(FUNDUS, "train.yaml", SMOKE, dataset_dir=root, ckpt_dir=ckpt, output_dir=tmp / "fundus_train")
+    classes = ["non-referable", "referable"]  # the bundle's default task: DR grade >= 2
+    rows = list(csv.DictReader((root / "trainLabels.csv").open()))
+    labelled = [(root / "train" / f"{r['image']}.jpeg", classes[int(r["level"]) >= 2]) for r in rows]
+    unlabelled = sorted((root / "test").glob("*.jpeg"))[:2]
+    return Case(FUNDUS, "classification", ckpt / "model.pt", labelled, unlabelled, classes)
+
+
+def _knee_seg_case(tmp: Path, request) -> Case:
+    from medplugin.data.synthetic.knee import make_knee_nifti_demo
+
+    root = Path(make_knee_nifti_demo(tmp / "knee_demo", n=10, shape=(16, 32, 32), seed=1, exams_per_patient=2)["root"])
+    ckpt = tmp / "knee_models"
+    run_bundle(KNEE_SEG, "train.yaml", SMOKE, dataset_dir=root, ckpt_dir=ckpt, output_dir=tmp / "knee_train",
+               patch_slices=16)
+    exams = sorted((root / "exams").glob("*.nii.gz"))
+    labelled = [(e, root / "masks" / e.name) for e in exams[:8]]
+    return Case(KNEE_SEG, "segmentation", ckpt / "model.pt", labelled, exams[8:], ["background", "acl"])
+
+
+# bundle name -> builder of its Case; a bundle joins the test once it has an inference config
+CASES = {OCT: _oct_case, LUNG: _lung_case, FUNDUS: _fundus_case, KNEE_SEG: _knee_seg_case}
+PRESENT = [n for n in CASES if n in monailabel.available_bundles(REPO / "bundles")]
+
+
+def _stem(path: Path) -> str:
+    return path.name.split(".")[0]
+
+
+def _suffix(path: Path) -> str:
+    return path.name[len(_stem(path)):]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _label_file(case: Case, img: Path, label, folder: Path) -> Path:
+    """The label file of one study: a text file naming the class, or the mask file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sid = f"{case.name}__{_stem(img)}"
+    if case.kind == "classification":
+        out = folder / f"{sid}.txt"
+        out.write_text(f"{label}\n")
+    else:
+        out = folder / f"{sid}{_suffix(Path(label))}"
+        shutil.copy(label, out)
+    return out
+
+
+def _request(url: str, method: str, body: bytes = b"", content_type: str = "application/json",
+             timeout: float = 600) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": content_type})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, r.read()
+
+
+def _post(url: str, data: dict | None = None, timeout: float = 600) -> tuple[int, bytes]:
+    return _request(url, "POST", json.dumps(data).encode() if data is not None else b"", timeout=timeout)
+
+
+def _put_label(url: str, image_id: str, label: Path) -> None:
+    """PUT /datastore/label: submit a finished label, as a viewer does (multipart form)."""
+    boundary = "medplugin" + hashlib.md5(label.read_bytes()).hexdigest()
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{{}}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"label\"; filename=\"{label.name}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + label.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    status, _ = _request(f"{url}/datastore/label?image={image_id}&tag=final", "PUT", body,
+                         f"multipart/form-data; boundary={boundary}")
+    assert status == 200
+
+
+def _use_labels_of(url: str, cases: dict, name: str, state: dict, uploads: Path) -> None:
+    """Make ``name``'s labels the datastore's final labels: remove the others', submit its own (the API)."""
+    if state["labelled"] == name:
+        return
+    other = cases[state["labelled"]]
+    for img, _ in other.labelled:
+        status, _ = _request(f"{url}/datastore/label?id={other.name}__{_stem(img)}&tag=final", "DELETE")
+        assert status == 200
+    for img, label in cases[name].labelled:
+        _put_label(url, f"{name}__{_stem(img)}", _label_file(cases[name], img, label, uploads))
+    state["labelled"] = name
+    listing = http_json(f"{url}/datastore/?output=all")
+    labelled = {k for k, v in listing["objects"].items() if v.get("labels", {}).get("final")}
+    assert labelled == {f"{name}__{_stem(img)}" for img, _ in cases[name].labelled}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, request):
+    """A running server: (base url, app dir, studies dir, {name: Case}, log); stopped after the module."""
+    py = monailabel.ensure_env()  # created once (minutes), reused after
+    tmp = tmp_path_factory.mktemp("monailabel")
+    cases = {n: CASES[n](tmp, request) for n in PRESENT}
+
+    app = tmp / "app"
+    cli = [sys.executable, "-m", "medplugin.cli", "monailabel-app", "--out", str(app), "--bundles", ",".join(cases),
+           "--set", "num_workers=0", "--set", "batch_size=4", "--set", "cam_images=2", "--studies", str(tmp / "studies")]
+    for n, c in cases.items():
+        cli += ["--weights", f"{n}={c.weights}"]
+    proc = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = proc.stdout.strip().splitlines()[-1]
+    assert "monailabel start_server" in line and f"--app {app}" in line and "--conf sam2 false" in line
+    assert f"--conf models {','.join(cases)}" in line and "--conf zoo_source github" in line
+
+    studies = tmp / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    for n, c in cases.items():
+        for img, _ in c.labelled:
+            shutil.copy(img, studies / f"{n}__{_stem(img)}{_suffix(img)}")
+        for img in c.unlabelled:
+            shutil.copy(img, studies / f"{n}__test__{_stem(img)}{_suffix(img)}")
+    # MONAI Label trains every model on all labelled studies: one bundle's labels at a time. The first bundle's
+    # are written as files in the documented layout; the train test swaps them through the datastore API.
+    first = cases[PRESENT[0]]
+    for img, label in first.labelled:
+        _label_file(first, img, label, studies / "labels" / "final")
+    state = {"labelled": PRESENT[0]}
+
+    port = free_port()
+    env = monailabel.server_environment()
+    env.update(OMP_NUM_THREADS="1", MONAI_LABEL_SESSION_PATH=str(tmp / "sessions"))
+    cmd = monailabel.server_command(app, studies, list(cases), port=port,
+                                    executable=str(py.parent / "monailabel"))
+    log = (tmp / "server.log").open("w")
+    srv = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_for_http(f"{url}/info/", srv, timeout=300)
+        except Exception as e:
+            log.flush()
+            raise AssertionError(f"{e}\n{(tmp / 'server.log').read_text()[-6000:]}") from e
+        yield url, app, studies, cases, tmp / "server.log", state
+    finally:
+        stop_process(srv)
+        log.close()
+    assert srv.poll() is not None
+
+
+def test_info_lists_every_bundle_with_its_labels(server):
+    url, _, _, cases, _, _ = server
+    info = http_json(f"{url}/info/")
+    assert set(cases) <= set(info["models"]) and set(cases) <= set(info["trainers"])
+    for n, c in cases.items():
+        assert info["models"][n]["type"] == c.kind
+        if c.kind == "classification":
+            assert info["models"][n]["labels"] == {name.lower(): i for i, name in enumerate(c.class_names)}
+
+
+def _expected(app: Path, name: str, image: Path) -> np.ndarray:
+    """What the bundle computes in the main environment: its preprocessing, inferer and network, then softmax."""
+    from monai.bundle import ConfigParser
+
+    b = app / "model" / name
+    parser = ConfigParser()
+    parser.read_config(str(b / "configs" / "inference.json"))
+    parser["bundle_root"] = str(b)
+    parser["device"] = "$torch.device('cpu')"
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(b / "models" / "model.pt", weights_only=True))
+    net.eval()
+    x = parser.get_parsed_content("preprocessing")({"image": str(image)})["image"]
+    inferer = parser.get_parsed_content("inferer")
+    with torch.no_grad():
+        return torch.softmax(inferer(torch.as_tensor(x)[None], net), 1)[0]
+
+
+@pytest.mark.parametrize("name", PRESENT)
+def test_infer_answers_for_every_bundle(server, name):
+    url, app, studies, cases, _, _ = server
+    c = cases[name]
+    for img in c.unlabelled:
+        sid = f"{name}__test__{_stem(img)}"
+        if c.kind == "classification":  # the predicted label with a score for every class
+            status, body = _post(f"{url}/infer/{name}?image={sid}&output=json")
+            assert status == 200
+            pred = json.loads(body)["prediction"]
+            assert [p["label"] for p in pred] == [n.lower() for n in c.class_names]
+            scores = np.array([p["score"] for p in pred])
+            assert scores.sum() == pytest.approx(1.0, abs=1e-4)
+            np.testing.assert_allclose(scores, _expected(app, name, img).numpy(), atol=1e-4)
+        elif img.suffix == ".png":  # the mask, as a PNG on the radiograph's pixel grid
+            from PIL import Image
+
+            status, body = _post(f"{url}/infer/{name}?image={sid}&output=image")
+            assert status == 200 and body[:8] == b"\x89PNG\r\n\x1a\n"
+            mask = np.asarray(Image.open(io.BytesIO(body)))
+            with Image.open(img) as im:
+                assert mask.shape == (im.height, im.width) and mask.dtype == np.uint8
+            assert set(np.unique(mask)) <= set(range(len(c.class_names)))
+            probs = _expected(app, name, img)
+            expected = torch.nn.functional.interpolate(probs.argmax(0)[None, None].float(), size=mask.shape,
+                                                       mode="nearest")[0, 0].numpy()
+            assert (mask == expected).mean() >= 0.99
+        else:  # a NIfTI mask on the exam's voxel grid (shape and affine of the exam file)
+            import nibabel as nib
+
+            from medplugin.io.mrnet import _sagittal_permutation
+
+            status, body = _post(f"{url}/infer/{name}?image={sid}&output=image")
+            assert status == 200
+            (studies.parent / "answer.nii.gz").write_bytes(body)
+            mask, exam = nib.load(studies.parent / "answer.nii.gz"), nib.load(img)
+            assert mask.shape == exam.shape and np.allclose(mask.affine, exam.affine, atol=1e-4)
+            data = np.asarray(mask.dataobj)
+            assert mask.get_data_dtype() == np.uint8 and set(np.unique(data)) <= set(range(len(c.class_names)))
+            # the loader reads the exam slices-first: the prediction there is the mask in that order
+            expected = _expected(app, name, img).argmax(0).numpy()
+            assert (data.transpose(_sagittal_permutation(exam.affine)) == expected).mean() >= 0.99
+
+
+@pytest.mark.parametrize("name", PRESENT)
+def test_train_one_epoch_updates_the_model(server, name):
+    url, app, studies, cases, log, state = server
+    c = cases[name]
+    _use_labels_of(url, cases, name, state, studies.parent / "label_uploads")
+    models = app / "model" / name / "models"
+    before = _sha(models / "model.pt")
+    old_state = torch.load(models / "model.pt", weights_only=True)
+    probe = f"{name}__test__{c.unlabelled[0].stem}"
+    answer_before = _post(f"{url}/infer/{name}?image={probe}&output=json")[1] if c.kind == "classification" else b""
+
+    try:
+        status, _ = _post(f"{url}/train/{name}?run_sync=true",
+                          {"max_epochs": 1, "val_split": 0.25, "multi_gpu": False, "device": "cpu"})
+    except urllib.error.HTTPError as e:
+        raise AssertionError(f"/train/{name}: {e}\n{log.read_text()[-6000:]}") from e
+    assert status == 200
+
+    assert _sha(models / "model.pt") != before
+    new_state = torch.load(models / "model.pt", weights_only=True)
+    assert new_state.keys() == old_state.keys()
+    assert any(not torch.equal(new_state[k], old_state[k]) for k in new_state if new_state[k].is_floating_point())
+    assert len(list(models.glob("model.*.pt"))) == 1  # the earlier weights are kept beside it
+
+    # the run trained on the labelled studies (classes read from the label files)
+    run = max((app / "model" / name / "runs").glob("train_*"), key=lambda p: p.stat().st_mtime)
+    dl = json.loads((run / "datalist.json").read_text())
+    assert len(dl["training"]) + len(dl["validation"]) == len(c.labelled)
+    assert len(dl["validation"]) == len(c.labelled) // 4
+    assert all(Path(e["label"]).parent == studies / "labels" / "final" for e in dl["training"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    assert len(acc.Scalars("train_loss")) == -(-len(dl["training"]) // 4)  # one point per iteration, batch 4
+
+    if c.kind == "classification":  # the server answers with the new weights
+        scores = [[p["score"] for p in json.loads(a)["prediction"]]
+                  for a in (answer_before, _post(f"{url}/infer/{name}?image={probe}&output=json")[1])]
+        assert not np.allclose(scores[0], scores[1], atol=1e-6)
