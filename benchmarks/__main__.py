@@ -30,9 +30,13 @@ def main() -> None:
     p.add_argument("--only", nargs="+", choices=names, help="run only these benchmarks")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    rows = []
+    rows, skipped = [], []
     for name in args.only or names:
         module = importlib.import_module(f"benchmarks.bench_{name}")
+        reason = getattr(module, "skip_reason", lambda: None)()  # optional: why it cannot run on this machine
+        if reason:
+            skipped.append(f"skipped {name}: {reason}")
+            continue
         rows.extend(module.run(quick=args.quick))
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"\nmachine: {device}; torch {torch.__version__}\n")
@@ -40,6 +44,8 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, a_label, a, b_label, b in rows:
         print(f"| {name} | {a_label}: {a:.3g} | {b_label}: {b:.3g} | {a / b:.2f} |")
+    for line in skipped:
+        print(f"\n{line}")
 
 
 if __name__ == "__main__":
