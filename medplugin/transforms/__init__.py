@@ -14,6 +14,8 @@ from medplugin.transforms.knee import (
 from medplugin.transforms.labels import (
     ClassIndexFromFile,
     ClassIndexFromFiled,
+    MultiHotFromFile,
+    MultiHotFromFiled,
     ResizeToSourceImage,
     ResizeToSourceImaged,
     ToSourceVoxelOrder,
@@ -43,6 +45,8 @@ __all__ = [
     "LoadImage2dDict",
     "ClassIndexFromFile",
     "ClassIndexFromFiled",
+    "MultiHotFromFile",
+    "MultiHotFromFiled",
     "ResizeToSourceImage",
     "ResizeToSourceImaged",
     "ToSourceVoxelOrder",

@@ -35,6 +35,8 @@ OCT = "retina_oct_classification"
 LUNG = "lung_xray_segmentation"
 FUNDUS = "retina_fundus_classification"
 KNEE_SEG = "knee_mri_segmentation"
+CHEST = "chest_xray_classification"
+KNEE_CLS = "knee_mri_classification"
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Case:
     labelled: list[tuple[Path, object]] = field(default_factory=list)  # (image, class name or mask file)
     unlabelled: list[Path] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
+    multi_label: bool = False  # independent findings: sigmoid scores, a label file lists the findings present
 
 
 def _oct_case(tmp: Path, request) -> Case:
@@ -105,8 +108,41 @@ def _knee_seg_case(tmp: Path, request) -> Case:
     return Case(KNEE_SEG, "segmentation", ckpt / "model.pt", labelled, exams[8:], ["background", "acl"])
 
 
+def _chest_case(tmp: Path, request) -> Case:
+    import csv
+
+    from medplugin.data.chestxray14 import FINDINGS
+    from medplugin.data.synthetic.chest_xray import make_chestxray14_demo
+
+    demo = make_chestxray14_demo(tmp / "cxr_demo" / "nih", n_patients=10, size=64, seed=0)
+    root = Path(demo["root"])
+    ckpt = tmp / "cxr_models"
+    run_bundle(CHEST, "train.yaml", SMOKE, dataset_dir=root, ckpt_dir=ckpt, output_dir=tmp / "cxr_train",
+               val_fraction=0.3)
+    images = {p.name: p for p in root.glob("images_*/images/*.png")}
+    rows = sorted(csv.DictReader(Path(demo["csv"]).open()), key=lambda r: r["Image Index"])
+    labelled = [(images[r["Image Index"]], r["Finding Labels"]) for r in rows[:8]]  # "Effusion|Mass", "No Finding"
+    unlabelled = [images[r["Image Index"]] for r in rows[8:10]]
+    return Case(CHEST, "classification", ckpt / "model.pt", labelled, unlabelled, list(FINDINGS), multi_label=True)
+
+
+def _knee_cls_case(tmp: Path, request) -> Case:
+    from medplugin.data.knee import ACL_CLASSES
+    from medplugin.data.synthetic.knee import make_knee_nifti_demo
+
+    demo = make_knee_nifti_demo(tmp / "knee_cls_demo", n=10, shape=(8, 32, 32), seed=2)
+    root = Path(demo["root"])
+    ckpt = tmp / "knee_cls_models"
+    run_bundle(KNEE_CLS, "train.yaml", SMOKE, dataset_dir=root, ckpt_dir=ckpt, output_dir=tmp / "knee_cls_train",
+               num_slices=8)
+    exams = sorted((root / "exams").glob("*.nii.gz"))
+    labelled = [(e, ACL_CLASSES[demo["labels"][_stem(e)]]) for e in exams[:8]]  # "partial_rupture", ...
+    return Case(KNEE_CLS, "classification", ckpt / "model.pt", labelled, exams[8:], list(ACL_CLASSES))
+
+
 # bundle name -> builder of its Case; a bundle joins the test once it has an inference config
-CASES = {OCT: _oct_case, LUNG: _lung_case, FUNDUS: _fundus_case, KNEE_SEG: _knee_seg_case}
+CASES = {OCT: _oct_case, LUNG: _lung_case, FUNDUS: _fundus_case, KNEE_SEG: _knee_seg_case, CHEST: _chest_case,
+         KNEE_CLS: _knee_cls_case}
 PRESENT = [n for n in CASES if n in monailabel.available_bundles(REPO / "bundles")]
 
 
@@ -236,8 +272,9 @@ def test_info_lists_every_bundle_with_its_labels(server):
             assert info["models"][n]["labels"] == {name.lower(): i for i, name in enumerate(c.class_names)}
 
 
-def _expected(app: Path, name: str, image: Path) -> np.ndarray:
-    """What the bundle computes in the main environment: its preprocessing, inferer and network, then softmax."""
+def _expected(app: Path, name: str, image: Path, multi_label: bool = False) -> np.ndarray:
+    """What the bundle computes in the main environment: its preprocessing, inferer and network, then softmax
+    (sigmoid for a multi-label bundle)."""
     from monai.bundle import ConfigParser
 
     b = app / "model" / name
@@ -251,7 +288,8 @@ def _expected(app: Path, name: str, image: Path) -> np.ndarray:
     x = parser.get_parsed_content("preprocessing")({"image": str(image)})["image"]
     inferer = parser.get_parsed_content("inferer")
     with torch.no_grad():
-        return torch.softmax(inferer(torch.as_tensor(x)[None], net), 1)[0]
+        logits = inferer(torch.as_tensor(x)[None], net)
+    return (torch.sigmoid(logits) if multi_label else torch.softmax(logits, 1))[0]
 
 
 @pytest.mark.parametrize("name", PRESENT)
@@ -266,8 +304,10 @@ def test_infer_answers_for_every_bundle(server, name):
             pred = json.loads(body)["prediction"]
             assert [p["label"] for p in pred] == [n.lower() for n in c.class_names]
             scores = np.array([p["score"] for p in pred])
-            assert scores.sum() == pytest.approx(1.0, abs=1e-4)
-            np.testing.assert_allclose(scores, _expected(app, name, img).numpy(), atol=1e-4)
+            assert ((scores >= 0) & (scores <= 1)).all()
+            if not c.multi_label:  # one class of several: the scores sum to 1
+                assert scores.sum() == pytest.approx(1.0, abs=1e-4)
+            np.testing.assert_allclose(scores, _expected(app, name, img, c.multi_label).numpy(), atol=1e-4)
         elif img.suffix == ".png":  # the mask, as a PNG on the radiograph's pixel grid
             from PIL import Image
 
@@ -327,7 +367,18 @@ def test_train_one_epoch_updates_the_model(server, name):
     dl = json.loads((run / "datalist.json").read_text())
     assert len(dl["training"]) + len(dl["validation"]) == len(c.labelled)
     assert len(dl["validation"]) == len(c.labelled) // 4
-    assert all(Path(e["label"]).parent == studies / "labels" / "final" for e in dl["training"])
+    assert all(Path(e["image"]).parent == studies for e in dl["training"])
+    if c.kind == "segmentation" or name in (OCT, FUNDUS):  # the label files as MONAI Label gave them
+        assert all(Path(e["label"]).parent == studies / "labels" / "final" for e in dl["training"])
+    else:  # the labels read from those files before training (class weights, multi-hot vectors)
+        truth = {f"{name}__{_stem(img)}": lab for img, lab in c.labelled}
+        for e in dl["training"]:
+            want = truth[_stem(Path(e["image"]))]
+            if c.multi_label:
+                present = {c.class_names[i] for i, v in enumerate(e["label"]) if v == 1}
+                assert present == (set() if want == "No Finding" else set(want.split("|")))
+            else:
+                assert e["label"] == c.class_names.index(want)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run / "tensorboard"))

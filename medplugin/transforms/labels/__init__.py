@@ -1,10 +1,19 @@
 """Labels as MONAI Label exchanges them: class labels in label files, label maps at the image's own size."""
 
-from medplugin.transforms.labels.array import ClassIndexFromFile, ResizeToSourceImage, ToSourceVoxelOrder
+from medplugin.transforms.labels.array import (
+    ClassIndexFromFile,
+    MultiHotFromFile,
+    ResizeToSourceImage,
+    ToSourceVoxelOrder,
+    read_label_file,
+)
 from medplugin.transforms.labels.dictionary import (
     ClassIndexFromFiled,
     ClassIndexFromFileD,
     ClassIndexFromFileDict,
+    MultiHotFromFiled,
+    MultiHotFromFileD,
+    MultiHotFromFileDict,
     ResizeToSourceImaged,
     ResizeToSourceImageD,
     ResizeToSourceImageDict,
@@ -18,6 +27,11 @@ __all__ = [
     "ClassIndexFromFiled",
     "ClassIndexFromFileD",
     "ClassIndexFromFileDict",
+    "MultiHotFromFile",
+    "MultiHotFromFiled",
+    "MultiHotFromFileD",
+    "MultiHotFromFileDict",
+    "read_label_file",
     "ResizeToSourceImage",
     "ResizeToSourceImaged",
     "ResizeToSourceImageD",

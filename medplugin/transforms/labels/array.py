@@ -1,4 +1,5 @@
-"""Labels as MONAI Label exchanges them: class labels read from label files, label maps at the image's size.
+"""Labels as MONAI Label exchanges them: class (or multi-label finding) labels read from label files, label
+maps at the image's size.
 
 MONAI Label keeps one label file per image (``<studies>/labels/final/<image id>.<ext>``) and hands its bundle
 trainer ``{"image": <image path>, "label": <label file path>}`` records. Our classification bundles take that
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,46 @@ from monai.utils import TransformBackends
 
 from medplugin.errors import BadInputError
 
-__all__ = ["ClassIndexFromFile", "ResizeToSourceImage", "ToSourceVoxelOrder"]
+__all__ = ["ClassIndexFromFile", "MultiHotFromFile", "ResizeToSourceImage", "ToSourceVoxelOrder", "read_label_file"]
 
 TEXT_SUFFIXES = (".txt", ".json")
+
+
+def _is_label_file(value: Any) -> bool:
+    """Whether ``value`` names a label file (a ``.txt``/``.json`` name, a path with a separator, or a file)."""
+    if not isinstance(value, (str, os.PathLike)):
+        return False
+    s = os.fspath(value)
+    return s.lower().endswith(TEXT_SUFFIXES) or os.path.sep in s or Path(s).is_file()
+
+
+def read_label_file(path: str | os.PathLike) -> Any:
+    """The label a MONAI Label label file holds: its text (stripped), or for ``.json`` its ``"label"`` value.
+
+    Raises:
+        BadInputError: naming the file, when it is missing, empty, not text, not valid JSON, or a JSON
+            object without a ``"label"`` key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(path, "label file not found")
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise BadInputError(path, "not a text label file (a class label file holds the class name)") from e
+    if not text:
+        raise BadInputError(path, "empty label file")
+    if path.suffix.lower() != ".json":
+        return text
+    try:
+        content = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadInputError(path, f"not valid JSON ({e.msg})") from e
+    if isinstance(content, dict):
+        if "label" not in content:
+            raise BadInputError(path, 'JSON label file needs a "label" key')
+        content = content["label"]
+    return content
 
 
 class ClassIndexFromFile(Transform):
@@ -66,27 +105,6 @@ class ClassIndexFromFile(Transform):
             raise BadInputError(source, f"class index {int(value)} out of range for {len(self.class_names)} classes")
         return int(value)
 
-    def _read(self, path: Path) -> int:
-        if not path.is_file():
-            raise BadInputError(path, "label file not found")
-        try:
-            text = path.read_text(encoding="utf-8").strip()
-        except UnicodeDecodeError as e:
-            raise BadInputError(path, "not a text label file (a class label file holds the class name)") from e
-        if not text:
-            raise BadInputError(path, "empty label file")
-        if path.suffix.lower() == ".json":
-            try:
-                content = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise BadInputError(path, f"not valid JSON ({e.msg})") from e
-            if isinstance(content, dict):
-                if "label" not in content:
-                    raise BadInputError(path, 'JSON label file needs a "label" key')
-                content = content["label"]
-            return self._from_value(content, str(path))
-        return self._from_value(text, str(path))
-
     def __call__(self, label: Any) -> int:
         """Return the class index of ``label``."""
         if isinstance(label, torch.Tensor) or isinstance(label, np.ndarray):
@@ -97,11 +115,84 @@ class ClassIndexFromFile(Transform):
             if isinstance(label, float) and label.is_integer():
                 label = int(label)
             return self._from_value(label, "<label>")
-        if isinstance(label, (str, os.PathLike)):
-            s = os.fspath(label)
-            if s.lower().endswith(TEXT_SUFFIXES) or os.path.sep in s or Path(s).is_file():
-                return self._read(Path(s))
-            return self._from_value(s, "<label>")
+        if _is_label_file(label):
+            return self._from_value(read_label_file(label), os.fspath(label))
+        return self._from_value(label, "<label>")
+
+
+_NOT_ALNUM = re.compile(r"[^a-z0-9]")
+
+
+def _norm(text: str) -> str:
+    return _NOT_ALNUM.sub("", str(text).lower())
+
+
+class MultiHotFromFile(Transform):
+    """Turn a multi-label label (a 0/1 vector, a list of names, or a label file naming them) into a vector.
+
+    The multi-label twin of :class:`ClassIndexFromFile`, for bundles whose classes are independent findings
+    (ChestX-ray14). A text label file lists the findings present separated by ``|`` (as NIH's
+    ``Finding Labels`` column), commas, semicolons or new lines, or holds one of ``none_names`` (``No Finding``)
+    for none; a JSON file holds ``{"label": [...]}`` or a list. Names match case-, space- and
+    underscore-insensitively (``pleural thickening`` is ``Pleural_Thickening``).
+
+    Args:
+        class_names: the bundle's finding order; the vector's entries follow it.
+        none_names: labels that mean no finding present.
+
+    Returns a float32 numpy vector of ``len(class_names)`` zeros and ones. A vector of another length or with
+    other values, an unknown name, a missing or empty file raises :class:`medplugin.errors.BadInputError`
+    naming the file (or ``<label>``) and the reason.
+    """
+
+    backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
+    SEPARATORS = re.compile(r"[|,;\n]")
+
+    def __init__(self, class_names: Sequence[str], none_names: Sequence[str] = ("No Finding",)) -> None:
+        names = [str(c) for c in class_names]
+        if not names:
+            raise ValueError("class_names must name at least one class, got an empty list.")
+        keys = [_norm(c) for c in names]
+        if len(set(keys)) != len(keys) or not all(keys):
+            raise ValueError(f"class_names must be unique ignoring case, spaces and punctuation, got {names!r}.")
+        self.class_names = names
+        self._index = {k: i for i, k in enumerate(keys)}
+        self._none = {_norm(n) for n in none_names}
+
+    def _from_names(self, names: Sequence[str], source: str) -> np.ndarray:
+        out = np.zeros(len(self.class_names), np.float32)
+        parts = [str(n).strip() for n in names]
+        if len(parts) == 1 and _norm(parts[0]) in self._none:
+            return out
+        for p in parts:
+            i = self._index.get(_norm(p))
+            if i is None:
+                raise BadInputError(source, f"unknown finding {p!r}; expected names from {self.class_names}"
+                                            " separated by '|' (or 'No Finding')")
+            out[i] = 1.0
+        return out
+
+    def _from_value(self, value: Any, source: str) -> np.ndarray:
+        if isinstance(value, str):
+            parts = [p for p in self.SEPARATORS.split(value) if p.strip()]
+            if not parts:
+                raise BadInputError(source, "no finding named (write 'No Finding' for none)")
+            return self._from_names(parts, source)
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value) and value:
+            return self._from_names(value, source)
+        try:
+            arr = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise BadInputError(source, f"a multi-label label must be finding names or 0/1 values, got {value!r}") from e
+        if arr.shape != (len(self.class_names),) or not np.isin(arr, (0.0, 1.0)).all():
+            raise BadInputError(source, f"a multi-label label must be {len(self.class_names)} values of 0/1 in the "
+                                        f"order {self.class_names}, got {value!r}")
+        return arr
+
+    def __call__(self, label: Any) -> np.ndarray:
+        """Return the 0/1 vector of ``label``."""
+        if _is_label_file(label):
+            return self._from_value(read_label_file(label), os.fspath(label))
         return self._from_value(label, "<label>")
 
 

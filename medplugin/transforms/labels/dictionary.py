@@ -10,9 +10,15 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from medplugin.errors import BadInputError
-from medplugin.transforms.labels.array import ClassIndexFromFile, ResizeToSourceImage, ToSourceVoxelOrder
+from medplugin.transforms.labels.array import (
+    ClassIndexFromFile,
+    MultiHotFromFile,
+    ResizeToSourceImage,
+    ToSourceVoxelOrder,
+)
 
-__all__ = ["ClassIndexFromFiled", "ClassIndexFromFileD", "ClassIndexFromFileDict", "ResizeToSourceImaged",
+__all__ = ["ClassIndexFromFiled", "ClassIndexFromFileD", "ClassIndexFromFileDict", "MultiHotFromFiled",
+           "MultiHotFromFileD", "MultiHotFromFileDict", "ResizeToSourceImaged",
            "ResizeToSourceImageD", "ResizeToSourceImageDict", "ToSourceVoxelOrderd", "ToSourceVoxelOrderD",
            "ToSourceVoxelOrderDict"]
 
@@ -51,6 +57,31 @@ class ClassIndexFromFiled(MapTransform):
 
 
 ClassIndexFromFileD = ClassIndexFromFileDict = ClassIndexFromFiled
+
+
+class MultiHotFromFiled(ClassIndexFromFiled):
+    """Dictionary twin of :class:`~medplugin.transforms.labels.array.MultiHotFromFile`.
+
+    Used in a multi-label bundle's MONAI Label training overlay, where ``label`` holds the path of the image's
+    label file (``labels/final/<id>.txt`` listing its findings, ``Effusion|Mass`` or ``No Finding``).
+
+    Args:
+        keys: label keys (usually ``"label"``).
+        class_names: the bundle's finding order.
+        none_names: labels that mean no finding present.
+        image_key: key whose value names the sample in error messages when the label is not a file.
+        allow_missing_keys: skip missing keys instead of raising.
+    """
+
+    backend = MultiHotFromFile.backend
+
+    def __init__(self, keys: KeysCollection, class_names: Sequence[str], none_names: Sequence[str] = ("No Finding",),
+                 image_key: str | None = "image", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, class_names, image_key, allow_missing_keys)
+        self.converter = MultiHotFromFile(class_names, none_names)
+
+
+MultiHotFromFileD = MultiHotFromFileDict = MultiHotFromFiled
 
 
 class ResizeToSourceImaged(MapTransform):

@@ -8,7 +8,14 @@ import torch
 from PIL import Image
 
 from medplugin.errors import BadInputError
-from medplugin.transforms import ClassIndexFromFile, ClassIndexFromFiled, ResizeToSourceImage, ResizeToSourceImaged
+from medplugin.transforms import (
+    ClassIndexFromFile,
+    ClassIndexFromFiled,
+    MultiHotFromFile,
+    MultiHotFromFiled,
+    ResizeToSourceImage,
+    ResizeToSourceImaged,
+)
 
 CLASSES = ["CNV", "DME", "DRUSEN", "NORMAL"]
 
@@ -135,3 +142,58 @@ def test_to_source_voxel_order_dictionary_sets_the_reference_grid_and_errors(sag
         ToSourceVoxelOrder()(torch.zeros(4, 6), path)
     with pytest.raises(ValueError, match="order must be"):
         ToSourceVoxelOrder("axial")
+
+
+FINDINGS = ["Atelectasis", "Effusion", "Mass", "Pleural_Thickening"]
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("Effusion|Mass", [0, 1, 1, 0]),             # NIH "Finding Labels" style
+    ("mass, pleural thickening\n", [0, 0, 1, 1]),  # commas, case, space for underscore
+    ("Atelectasis\nEffusion", [1, 1, 0, 0]),       # one a line
+    ("No Finding", [0, 0, 0, 0]),
+])
+def test_multi_hot_from_text_files(tmp_path, content, expected):
+    f = tmp_path / "l.txt"
+    f.write_text(content)
+    got = MultiHotFromFile(FINDINGS)(str(f))
+    assert got.dtype == np.float32 and got.tolist() == expected
+
+
+def test_multi_hot_from_json_vectors_and_names():
+    t = MultiHotFromFile(FINDINGS)
+    assert t([0, 1, 0, 1]).tolist() == [0, 1, 0, 1]                   # a datalist's vector passes unchanged
+    assert t(torch.tensor([1.0, 0, 0, 0])).tolist() == [1, 0, 0, 0]   # torch input
+    assert t(np.array([0, 0, 1, 0])).tolist() == [0, 0, 1, 0]         # numpy input
+    assert t(["Mass", "Effusion"]).tolist() == [0, 1, 1, 0]
+
+
+def test_multi_hot_json_label_file(tmp_path):
+    f = tmp_path / "l.json"
+    f.write_text('{"label": ["Effusion"]}')
+    assert MultiHotFromFile(FINDINGS)(f).tolist() == [0, 1, 0, 0]
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("Effusion|Glaucoma", "unknown finding 'Glaucoma'"),
+    ("", "empty label file"),
+    ("|", "no finding named"),
+    ('{"label": [0, 1]}', r"must be 4 values of 0/1"),
+    ('{"label": [0, 2, 0, 0]}', r"must be 4 values of 0/1"),
+])
+def test_bad_multi_label_files_name_the_file_and_the_reason(tmp_path, content, reason):
+    f = tmp_path / ("x.json" if content.startswith("{") else "x.txt")
+    f.write_text(content)
+    with pytest.raises(BadInputError, match=reason) as e:
+        MultiHotFromFile(FINDINGS)(str(f))
+    assert e.value.path == str(f)
+
+
+def test_multi_hot_dictionary_twin_names_the_image(tmp_path):
+    (tmp_path / "l.txt").write_text("Mass")
+    d = MultiHotFromFiled("label", FINDINGS)({"image": "/x/a.png", "label": str(tmp_path / "l.txt")})
+    assert d["image"] == "/x/a.png" and d["label"].tolist() == [0, 0, 1, 0]
+    with pytest.raises(BadInputError, match=r"^/x/a.png: a multi-label label must be 4 values"):
+        MultiHotFromFiled("label", FINDINGS)({"image": "/x/a.png", "label": [1, 0]})
+    with pytest.raises(ValueError, match="unique"):
+        MultiHotFromFile(["Mass", "mass"])
