@@ -2,7 +2,8 @@
 
 Every reader documents one error for bad input, :class:`medplugin.errors.BadInputError` naming the file. Here
 hypothesis truncates, overwrites, inserts and deletes bytes of real JPEG, PNG, DICOM (pydicom's test files),
-NumPy ``.npy``, NIfTI, CSV and datalist JSON files: a reader either returns a sane result or raises
+NumPy ``.npy``, NIfTI, the label CSVs of every layout (MRNet, ChestX-ray14, EyePACS, APTOS, clinical knee),
+MONAI Label's per-study label files and datalist JSON files: a reader either returns a sane result or raises
 ``BadInputError``; any other exception, or an example running past its deadline (a hang), fails the test.
 Bounded and deterministic (``derandomize=True``) so CI is fast and repeatable.
 """
@@ -342,3 +343,111 @@ def test_datalist_json(data, datalist_file, work):
             assert all(set(e) >= {"image", "path", "name"} for e in entries)
         except BadInputError as e:
             assert e.path == str(mutant) and e.reason
+
+
+def _index_mutated_csv(csv_path: Path, mutant: bytes, index, check) -> None:
+    """Index with ``csv_path`` replaced by ``mutant``: a ``BadInputError`` with a reason, or entries ``check`` accepts."""
+    original = csv_path.read_bytes()
+    try:
+        csv_path.write_bytes(mutant)
+        with _no_hang():
+            try:
+                dl = index()
+            except BadInputError as e:
+                assert e.reason
+                return
+        patients = [{e["patient_id"] for e in part} for part in dl.values()]
+        for i, a in enumerate(patients):  # a patient (both eyes, every exam) never lands in two splits
+            assert all(not (a & b) for b in patients[i + 1:])
+        for part in dl.values():
+            for entry in part:
+                assert Path(entry["image"]).exists()
+                check(entry)
+    finally:
+        csv_path.write_bytes(original)
+
+
+@pytest.fixture(scope="module")
+def fundus_roots(work) -> dict[str, Path]:
+    """A tiny EyePACS release (demo) and an APTOS 2019 one made of the same photographs."""
+    import csv as _csv
+
+    from PIL import Image
+
+    from medplugin.data.synthetic.fundus import make_eyepacs_demo
+
+    eyepacs = work / "eyepacs"
+    make_eyepacs_demo(eyepacs, n_patients=6, size=48, seed=0)
+    aptos = work / "aptos"
+    (aptos / "train_images").mkdir(parents=True)
+    rows = list(_csv.DictReader((eyepacs / "trainLabels.csv").open()))
+    with (aptos / "train.csv").open("w") as f:
+        f.write("id_code,diagnosis\n")
+        for i, r in enumerate(rows):
+            code = f"{i:04x}a1b2c3"
+            with Image.open(eyepacs / "train" / f"{r['image']}.jpeg") as im:
+                im.save(aptos / "train_images" / f"{code}.png")
+            f.write(f"{code},{r['level']}\n")
+    return {"eyepacs": eyepacs, "aptos": aptos}
+
+
+@settings(FUZZ, max_examples=60 * _SCALE)
+@given(data=st.data(), layout=st.sampled_from(["eyepacs", "aptos"]), skip=st.booleans(),
+       task=st.sampled_from(["grade", "referable"]))
+def test_fundus_label_csv(data, layout, skip, task, fundus_roots):
+    from medplugin.data.fundus import index_aptos, index_eyepacs
+
+    root = fundus_roots[layout]
+    csv_path = root / ("trainLabels.csv" if layout == "eyepacs" else "train.csv")
+    index = index_eyepacs if layout == "eyepacs" else index_aptos
+    n_classes = 5 if task == "grade" else 2
+    _index_mutated_csv(csv_path, data.draw(_text_mutations(csv_path.read_bytes())),
+                       lambda: index(root, task=task, val_fraction=0.2, test_fraction=0.2,
+                                     on_bad_input="skip" if skip else "fail"),
+                       lambda e: isinstance(e["label"], int) and 0 <= e["label"] < n_classes)
+
+
+@pytest.fixture(scope="module")
+def knee_root(work) -> Path:
+    from medplugin.data.synthetic.knee import make_knee_nifti_demo
+
+    return Path(make_knee_nifti_demo(work / "knee_clinical", n=8, shape=(4, 16, 16), seed=0)["root"])
+
+
+@settings(FUZZ, max_examples=60 * _SCALE)
+@given(data=st.data(), skip=st.booleans(), mode=st.sampled_from(["four", "binary"]))
+def test_knee_clinical_label_csv(data, skip, mode, knee_root):
+    from medplugin.data.knee import index_knee
+
+    csv_path = knee_root / "labels.csv"
+    n_classes = 4 if mode == "four" else 2
+    _index_mutated_csv(csv_path, data.draw(_text_mutations(csv_path.read_bytes())),
+                       lambda: index_knee(knee_root, label_mode=mode, val_fraction=0.25, test_fraction=0.25,
+                                          on_bad_input="skip" if skip else "fail"),
+                       lambda e: isinstance(e["label"], int) and 0 <= e["label"] < n_classes)
+
+
+@settings(FUZZ, max_examples=80 * _SCALE)
+@given(data=st.data(), kind=st.sampled_from(["class.txt", "class.json", "findings.txt", "findings.json"]))
+def test_monai_label_label_files(data, kind, work):
+    """MONAI Label's per-study label files, as the classification bundles' training overlays read them."""
+    from medplugin.transforms import ClassIndexFromFile, MultiHotFromFile
+
+    seeds = {"class.txt": b"partial_rupture\n", "class.json": b'{"label": "DRUSEN"}',
+             "findings.txt": b"Effusion|Mass\n", "findings.json": b'{"label": ["Effusion", "Pneumothorax"]}'}
+    path = work / f"label_{kind}"
+    path.write_bytes(data.draw(mutated(seeds[kind])))
+    if kind.startswith("class"):
+        t = ClassIndexFromFile(["CNV", "DME", "DRUSEN", "NORMAL", "healthy", "minor_strain", "partial_rupture"])
+    else:
+        t = MultiHotFromFile(FINDINGS)
+    with _no_hang():
+        try:
+            out = t(str(path))
+        except BadInputError as e:
+            assert e.path == str(path) and e.reason
+            return
+    if kind.startswith("class"):
+        assert isinstance(out, int) and 0 <= out < 7
+    else:
+        assert out.shape == (len(FINDINGS),) and set(out.tolist()) <= {0.0, 1.0}
