@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ignite.engine import Engine, Events
 
 from medplugin.handlers._engine import is_main_process, iter_samples
+from medplugin.handlers.panels import TensorBoardPanelHandler, mask_panel, to_numpy
 from medplugin.utils import atomic_write, safe_name, write_json
 
 __all__ = ["LungMaskWriter", "Segmentation2dReportWriter", "TensorBoardMaskHandler", "foreground_probability"]
@@ -21,8 +22,7 @@ __all__ = ["LungMaskWriter", "Segmentation2dReportWriter", "TensorBoardMaskHandl
 logger = logging.getLogger(__name__)
 
 
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+_np = to_numpy
 
 
 def foreground_probability(pred) -> np.ndarray:
@@ -263,7 +263,7 @@ class Segmentation2dReportWriter:
         plt.close(fig)
 
 
-class TensorBoardMaskHandler:
+class TensorBoardMaskHandler(TensorBoardPanelHandler):
     """Show validation segmentations in TensorBoard as three panels: image | reference (green) | prediction (red).
 
     Attach to the evaluator; the first ``max_images`` validation images are written at the end of each
@@ -279,49 +279,10 @@ class TensorBoardMaskHandler:
 
     def __init__(self, summary_writer, max_images: int = 4, tag: str = "val_masks", image_key: str = "image",
                  label_key: str = "label", pred_key: str = "pred") -> None:
-        if int(max_images) < 0:
-            raise ValueError(f"max_images must be >= 0, got {max_images!r}.")
-        self.writer = summary_writer
-        self.max_images = int(max_images)
-        self.tag = tag
-        self.keys = (image_key, label_key, pred_key)
-        self._panels: list[np.ndarray] = []
+        super().__init__(summary_writer, max_images, tag, image_key, label_key, pred_key)
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self._panels.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
-
-    def collect(self, engine: Engine) -> None:
-        for _, o in iter_samples(engine):
-            if len(self._panels) >= self.max_images:
-                return
-            img = _np(o[self.keys[0]]).astype(np.float32)
-            img = img[0] if img.ndim == 3 else img
-            pred = foreground_probability(o[self.keys[2]]) > 0.5
-            label = o.get(self.keys[1])
-            label = None if label is None else foreground_probability(label) > 0.5
-            self._panels.append(_panel(img, label, pred))
-
-    def write(self, engine: Engine) -> None:
-        if not self._panels or not is_main_process():
-            return
-        for i, panel in enumerate(self._panels):
-            self.writer.add_image(f"{self.tag}/{i}", panel, global_step=engine.state.epoch, dataformats="HWC")
-        if hasattr(self.writer, "flush"):
-            self.writer.flush()
-
-
-def _panel(image: np.ndarray, label: np.ndarray | None, pred: np.ndarray) -> np.ndarray:
-    """``(H, 3W, 3)`` float image in [0, 1]: the image, the reference in green and the prediction in red."""
-    lo, hi = np.percentile(image, [0.5, 99.5])
-    g = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
-    rgb = np.repeat(g[..., None], 3, axis=-1)
-    panels = [rgb]
-    for m, colour in ((label, (0.0, 1.0, 0.0)), (pred, (1.0, 0.0, 0.0))):
-        p = rgb.copy()
-        if m is not None:
-            p[m] = 0.5 * p[m] + 0.5 * np.asarray(colour)
-        panels.append(p)
-    return np.concatenate(panels, axis=1).astype(np.float32)
-
+    def panel(self, image: np.ndarray, label, pred) -> np.ndarray:
+        """The radiograph (first channel), its reference and predicted lung masks (foreground > 0.5)."""
+        img = image[0] if image.ndim == 3 else image
+        truth = None if label is None else foreground_probability(label) > 0.5
+        return mask_panel(img, truth, foreground_probability(pred) > 0.5)

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from ignite.engine import Engine, Events
 
 from medplugin.handlers._engine import is_main_process, iter_samples
+from medplugin.handlers.panels import TensorBoardPanelHandler, mask_panel, to_numpy
 from medplugin.utils import atomic_write, write_json
 
 __all__ = ["SegmentationWriter", "SegmentationReportWriter", "TensorBoardSliceHandler", "mask_of", "dice_score",
@@ -21,10 +21,7 @@ __all__ = ["SegmentationWriter", "SegmentationReportWriter", "TensorBoardSliceHa
 logger = logging.getLogger(__name__)
 
 
-def _np(x) -> np.ndarray:
-    if torch.is_tensor(x):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
+_np = to_numpy
 
 
 def mask_of(pred) -> np.ndarray:
@@ -220,22 +217,7 @@ class SegmentationReportWriter:
         plt.close(fig)
 
 
-def _overlay_panel(image: np.ndarray, label: np.ndarray | None, pred: np.ndarray) -> np.ndarray:
-    """``(H, 3W, 3)`` float image: the slice, the reference (green) and the prediction (red) on it."""
-    lo, hi = np.percentile(image, [0.5, 99.5])
-    g = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
-    rgb = np.repeat(g[..., None], 3, axis=-1)
-    panels = [rgb]
-    for m, colour in ((label, (0.0, 1.0, 0.0)), (pred, (1.0, 0.0, 0.0))):
-        p = rgb.copy()
-        if m is not None:
-            sel = m > 0
-            p[sel] = 0.5 * p[sel] + 0.5 * np.asarray(colour)
-        panels.append(p)
-    return np.concatenate(panels, axis=1).astype(np.float32)
-
-
-class TensorBoardSliceHandler:
+class TensorBoardSliceHandler(TensorBoardPanelHandler):
     """Show validation segmentations in TensorBoard: per exam the slice with the most reference (else predicted)
     foreground, as three panels (image | reference in green | prediction in red).
 
@@ -251,31 +233,14 @@ class TensorBoardSliceHandler:
 
     def __init__(self, summary_writer, max_images: int = 4, tag: str = "val_slices", image_key: str = "image",
                  label_key: str = "label", pred_key: str = "pred") -> None:
-        self.writer = summary_writer
-        self.max_images = int(max_images)
-        self.tag = tag
-        self.keys = (image_key, label_key, pred_key)
-        self._panels: list[np.ndarray] = []
+        super().__init__(summary_writer, max_images, tag, image_key, label_key, pred_key)
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self._panels.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+    def panel(self, image: np.ndarray, label, pred) -> np.ndarray:
+        """The slice with the most reference (else predicted) foreground, its reference and prediction."""
+        img = image[0] if image.ndim == 4 else image
+        pred = mask_of(pred)
+        label = mask_of(label) if label is not None else None
+        ref = label if label is not None and label.any() else pred
+        k = int(ref.reshape(ref.shape[0], -1).sum(1).argmax())
+        return mask_panel(img[k], None if label is None else label[k], pred[k])
 
-    def collect(self, engine: Engine) -> None:
-        for _, o in iter_samples(engine):
-            if len(self._panels) >= self.max_images:
-                return
-            img = _np(o[self.keys[0]])
-            img = img[0] if img.ndim == 4 else img
-            pred = mask_of(o[self.keys[2]])
-            label = mask_of(o[self.keys[1]]) if o.get(self.keys[1]) is not None else None
-            ref = label if label is not None and label.any() else pred
-            k = int(ref.reshape(ref.shape[0], -1).sum(1).argmax())
-            self._panels.append(_overlay_panel(img[k], None if label is None else label[k], pred[k]))
-
-    def write(self, engine: Engine) -> None:
-        for i, panel in enumerate(self._panels):
-            self.writer.add_image(f"{self.tag}/{i}", panel, global_step=engine.state.epoch, dataformats="HWC")
-        if hasattr(self.writer, "flush"):
-            self.writer.flush()
