@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import json
 import pickle
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 
 from medplugin.errors import BadInputError
 
-__all__ = ["read_state_dict", "load_matching", "adapt_input_channels"]
+__all__ = ["read_state_dict", "load_matching", "adapt_input_channels", "load_trained_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,3 +126,52 @@ def load_matching(
         len(loaded), type(network).__name__, len(missing), len(unexpected),
     )
     return {"loaded": loaded, "missing": missing, "unexpected": unexpected}
+
+
+def load_trained_model(
+    model_path: str | os.PathLike,
+    from_meta: Callable[[dict], torch.nn.Module],
+    what: str,
+    trained_by: str,
+    errors: tuple[type[Exception], ...] = (ValueError, TypeError),
+) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a bundle's trained network from ``model.pt`` and the ``model.json`` beside it.
+
+    Bundles whose model another bundle uses (the lung crop, the ACL crop) save the weights with a record of
+    how to rebuild the network (``medplugin.handlers.BestModelSaver``). The weights are read with
+    ``weights_only=True`` (:func:`read_state_dict`) and loaded strictly.
+
+    Args:
+        model_path: the ``model.pt`` file.
+        from_meta: builds the network from the parsed ``model.json`` (and checks it); raises one of ``errors``.
+        what: what the network does (``"lung segmentation"``), in error messages.
+        trained_by: the bundle that trains it, named in the error when the file is missing.
+        errors: exceptions of ``from_meta`` that mean ``model.json`` does not describe a usable network.
+
+    Returns:
+        ``(network on the CPU, in eval mode; the model.json dict)``.
+
+    Raises:
+        BadInputError: naming the file: ``model.pt`` or ``model.json`` missing, ``model.json`` unusable, or
+            weights that do not fit the network it describes.
+    """
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise BadInputError(model_path, f"no trained {what} model here: train {trained_by} first")
+    meta_path = model_path.with_suffix(".json")
+    if not meta_path.is_file():
+        raise BadInputError(meta_path, "model.json is missing beside model.pt (it records how to rebuild the network)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        network = from_meta(meta)
+    except json.JSONDecodeError as e:
+        raise BadInputError(meta_path, f"not valid JSON ({e.msg})") from e
+    except errors as e:
+        raise BadInputError(meta_path, f"cannot rebuild the {what} network ({e})") from e
+    state = read_state_dict(model_path)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise BadInputError(model_path, f"weights do not fit the network model.json describes ({str(e).splitlines()[0]})") from e
+    return network.eval(), meta
+

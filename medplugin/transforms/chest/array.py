@@ -11,7 +11,6 @@ radiographs"): :class:`SegmentLungs` runs the ``lung_xray_segmentation`` bundle'
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -313,29 +312,18 @@ class SegmentLungs(Transform):
         """Load (once) and return the network in eval mode; ``self.meta`` then holds ``model.json``."""
         if self._network is not None:
             return self._network
-        from medplugin.networks.pretrained import read_state_dict
+        from medplugin.networks.pretrained import load_trained_model
         from medplugin.networks.segmentation import lung_unet_from_meta
 
-        if not os.path.isfile(self.model_path):
-            raise BadInputError(self.model_path, "no trained lung segmentation model here: train lung_xray_segmentation first")
-        meta_path = Path(self.model_path).with_suffix(".json")
-        if not meta_path.is_file():
-            raise BadInputError(meta_path, "model.json is missing beside model.pt (it records how to rebuild the network)")
-        try:
-            meta = json.loads(meta_path.read_text())
+        def build(meta: dict) -> torch.nn.Module:
             network = lung_unet_from_meta(meta)
             self._image_size(meta)
             if meta.get("normalization", "zscore") not in LUNG_SEG_NORMALIZATIONS:
                 raise ValueError(f"unknown normalization {meta.get('normalization')!r}")
-        except (ValueError, TypeError, KeyError) as e:
-            raise BadInputError(meta_path, f"cannot rebuild the lung segmentation network ({e})") from e
-        state = read_state_dict(self.model_path)
-        try:
-            network.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise BadInputError(
-                self.model_path, f"weights do not fit the network model.json describes ({str(e).splitlines()[0]})"
-            ) from e
+            return network
+
+        network, meta = load_trained_model(self.model_path, build, "lung segmentation", "lung_xray_segmentation",
+                                           errors=(ValueError, TypeError, KeyError))
         self.meta = meta
         self._network = network.to(self.device).eval()
         return self._network

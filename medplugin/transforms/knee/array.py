@@ -10,11 +10,9 @@ using deep learning", Radiology: AI): :class:`SegmentROI` runs the knee segmenta
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -407,24 +405,10 @@ class SegmentROI(Transform):
         """Load (once) and return the network in eval mode."""
         if self._network is not None:
             return self._network
-        from medplugin.networks.pretrained import read_state_dict
+        from medplugin.networks.pretrained import load_trained_model
         from medplugin.networks.unet3d import unet3d_from_meta
 
-        if not os.path.isfile(self.model_path):
-            raise BadInputError(self.model_path, "no trained segmentation model here: train knee_mri_segmentation first")
-        meta_path = Path(self.model_path).with_suffix(".json")
-        if not meta_path.is_file():
-            raise BadInputError(meta_path, "model.json is missing beside model.pt (it records how to rebuild the network)")
-        try:
-            meta = json.loads(meta_path.read_text())
-            network = unet3d_from_meta(meta)
-        except (ValueError, TypeError) as e:
-            raise BadInputError(meta_path, f"cannot rebuild the segmentation network ({e})") from e
-        state = read_state_dict(self.model_path)
-        try:
-            network.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise BadInputError(self.model_path, f"weights do not fit the network model.json describes ({str(e).splitlines()[0]})") from e
+        network, meta = load_trained_model(self.model_path, unet3d_from_meta, "segmentation", "knee_mri_segmentation")
         self.meta = meta
         self._network = network.to(self.device).eval()
         return self._network
