@@ -26,7 +26,7 @@ def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
 
 
 class BestModelSaver:
-    """Save the network's state dict to ``ckpt_dir/model.pt`` whenever the key metric improves.
+    """Save the network's state dict to ``ckpt_dir/model.pt`` whenever the key metric improves (or equals the best).
 
     Written atomically (temporary file, then rename), by rank 0 only, with ``model.json`` beside it that
     records what the weights need (architecture, input size, channels, class names, normalisation) and the
@@ -39,14 +39,19 @@ class BestModelSaver:
         key_metric: name in ``engine.state.metrics`` (higher is better).
         model_meta: what to record in ``model.json``.
         filename: the weights file name.
+        greater_or_equal: a later evaluation whose key metric equals the best so far replaces the saved model
+            (as MONAI's ``key_metric_greater_or_equal``). On a small validation set a threshold-free metric such
+            as AUC often saturates (1.0) epochs before the model is done (an early model ranks every case right
+            but calls them all one class): the later, longer-trained model is kept. ``False`` keeps the first.
     """
 
     def __init__(self, network: torch.nn.Module, ckpt_dir: str, key_metric: str, model_meta: dict | None = None,
-                 filename: str = "model.pt") -> None:
+                 filename: str = "model.pt", greater_or_equal: bool = True) -> None:
         self.network = network
         self.path = Path(ckpt_dir) / filename
         self.key_metric = key_metric
         self.model_meta = dict(model_meta or {})
+        self.greater_or_equal = bool(greater_or_equal)
         self.best = -float("inf")
         self._checked_previous = False
 
@@ -77,7 +82,8 @@ class BestModelSaver:
         if self.key_metric not in engine.state.metrics:
             raise KeyError(f"key metric {self.key_metric!r} not in {sorted(engine.state.metrics)}.")
         value = float(engine.state.metrics[self.key_metric])
-        if not value > self.best or not is_main_process():
+        improved = value >= self.best if self.greater_or_equal else value > self.best
+        if not improved or not is_main_process():
             self.best = max(self.best, value)
             return
         self.best = value

@@ -169,3 +169,26 @@ def test_resume_checkpoint_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(BadInputError, match="cannot read this checkpoint safely"):
         _run(_training(tmp_path, epochs=2, resume=True))
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("greater_or_equal, saved_epoch", [(True, 3), (False, 1)])
+def test_best_model_on_a_saturated_metric_is_the_latest_by_default(tmp_path, greater_or_equal, saved_epoch):
+    """AUC 1.0 from epoch 1 on (a small validation set): the default keeps the longest-trained equal model."""
+    import json
+
+    net = torch.nn.Linear(2, 2)
+    validator = Engine(lambda e, b: None)
+    epoch = {"n": 0}
+
+    @validator.on(Events.EPOCH_COMPLETED)
+    def _metric(e):
+        epoch["n"] += 1
+        torch.nn.init.constant_(net.weight, float(epoch["n"]))  # the weights tell which epoch was saved
+        e.state.metrics["auc"] = [1.0, 1.0, 1.0, 0.5][epoch["n"] - 1]
+
+    BestModelSaver(net, str(tmp_path), key_metric="auc", greater_or_equal=greater_or_equal).attach(validator)
+    for _ in range(4):
+        validator.run([0], max_epochs=1)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert float(state["weight"][0, 0]) == saved_epoch  # a lower metric (epoch 4) never replaces it
+    assert json.loads((tmp_path / "model.json").read_text())["auc"] == 1.0
