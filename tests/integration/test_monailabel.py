@@ -16,6 +16,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -204,9 +205,17 @@ def _use_labels_of(url: str, cases: dict, name: str, state: dict, uploads: Path)
     for img, label in cases[name].labelled:
         _put_label(url, f"{name}__{_stem(img)}", _label_file(cases[name], img, label, uploads))
     state["labelled"] = name
-    listing = http_json(f"{url}/datastore/?output=all")
-    labelled = {k for k, v in listing["objects"].items() if v.get("labels", {}).get("final")}
-    assert labelled == {f"{name}__{_stem(img)}" for img, _ in cases[name].labelled}
+    # the local datastore also follows the studies folder with a file watcher, which may apply a removal a
+    # moment after the DELETE answered: wait (bounded) until the listing shows exactly the new labels
+    want = {f"{name}__{_stem(img)}" for img, _ in cases[name].labelled}
+    deadline = time.monotonic() + 30
+    while True:
+        listing = http_json(f"{url}/datastore/?output=all")
+        labelled = {k for k, v in listing["objects"].items() if v.get("labels", {}).get("final")}
+        if labelled == want or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert labelled == want
 
 
 @pytest.fixture(scope="module")
