@@ -17,11 +17,20 @@ import pytest
 import torch
 import yaml
 
-from tests.bundles._runner import REPO, SMOKE, bundle_dir, monai_bundle, run_bundle
+from tests.bundles._contract import (
+    PHI,
+    check_exports,
+    check_torchrun,
+    check_workflow_properties,
+    phi_leaks,
+    verify_metadata,
+    verify_net_in_out,
+    write_dicom_series,
+)
+from tests.bundles._runner import REPO, SMOKE, bundle_dir, run_bundle
 
 NAME = "knee_mri_classification"
 B = bundle_dir(NAME)
-SCHEMA = REPO / "schemas" / "meta_schema_20240725.json"
 CLASSES = ["healthy", "minor_strain", "partial_rupture", "complete_rupture"]
 TINY = {"num_slices": 8}
 
@@ -50,28 +59,17 @@ def trained(knee_nifti, tmp_path_factory):
 
 
 def test_metadata_validates_against_the_shipped_schema():
-    proc = monai_bundle("verify_metadata", "--meta_file", str(B / "configs" / "metadata.json"),
-                        "--filepath", str(SCHEMA))
-    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+    verify_metadata(B)
 
 
 def test_network_in_and_out_shapes():
-    proc = monai_bundle("verify_net_in_out", "network_def", "--meta_file", str(B / "configs" / "metadata.json"),
-                        "--config_file", str(B / "configs" / "inference.yaml"), "--bundle_root", str(B))
-    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
+    verify_net_in_out(B)
 
 
 @pytest.mark.parametrize("config, workflow", [("train.yaml", "train"), ("inference.yaml", "infer"),
                                               ("evaluate.yaml", "infer")])
 def test_workflow_properties(config, workflow, knee_nifti, tmp_path):
-    from monai.bundle import ConfigWorkflow
-
-    wf = ConfigWorkflow(config_file=str(B / "configs" / config), meta_file=str(B / "configs" / "metadata.json"),
-                        logging_file=str(B / "configs" / "logging.conf"), workflow_type=workflow,
-                        bundle_root=str(B), dataset_dir=str(knee_nifti / "exams" if config == "inference.yaml" else knee_nifti),
-                        output_dir=str(tmp_path))
-    wf.initialize()
-    assert wf.check_properties() == []
+    check_workflow_properties(B, config, workflow, knee_nifti / "exams" if config == "inference.yaml" else knee_nifti, tmp_path)
 
 
 def test_task_definition_is_identical_in_every_config():
@@ -151,35 +149,6 @@ def test_evaluate_writes_metrics_plots_and_nifti_cams(trained, knee_nifti, tmp_p
     assert "test_confusion_matrix" in acc.Tags()["images"]
 
 
-def _write_dicom_series(folder: Path, n: int = 6, rows: int = 40, cols: int = 36) -> None:
-    """A sagittal MR series written with pydicom (one file per slice, shuffled file order)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    from medplugin.data.synthetic.knee import synthetic_knee
-
-    folder.mkdir(parents=True)
-    vol = synthetic_knee((n, rows, cols), condition=3, rng=1)["volume"]
-    series, study = generate_uid(), generate_uid()
-    for file_no, k in enumerate(np.random.default_rng(0).permutation(n)):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.Modality, ds.PatientID, ds.SeriesNumber, ds.InstanceNumber = "MR", "knee01", 1, int(k) + 1
-        ds.ImageOrientationPatient = [0, -1, 0, 0, 0, -1]
-        ds.ImagePositionPatient = [float(k) * 3.0, 10.0, 40.0]
-        ds.PixelSpacing, ds.SliceThickness = [0.5, 0.5], 3.0
-        ds.Rows, ds.Columns = rows, cols
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.PixelData = (vol[k] * 1000).astype(np.uint16).tobytes()
-        ds.save_as(folder / f"IM{file_no:04d}.dcm", enforce_file_format=True)
-
-
 def test_inference_on_nifti_dicom_npy_and_a_real_mri_reports_the_corrupt_file(trained, knee_nifti, tmp_path):
     """NIfTI, a DICOM series folder, an MRNet .npy and nibabel's real anatomical MRI go through end to end."""
     import nibabel as nib
@@ -190,7 +159,7 @@ def test_inference_on_nifti_dicom_npy_and_a_real_mri_reports_the_corrupt_file(tr
     shutil.copy(knee_nifti / "exams" / "knee_000.nii.gz", src / "a.nii.gz")
     shutil.copy(_nibabel_anatomical(), src / "anatomical.nii")
     np.save(src / "sub" / "0007.npy", (np.random.default_rng(0).random((11, 48, 48)) * 255).astype(np.uint8))
-    _write_dicom_series(src / "series")
+    write_dicom_series(src / "series")
     (src / "broken.nii.gz").write_bytes((knee_nifti / "exams" / "knee_001.nii.gz").read_bytes()[:300])
     before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
     out = tmp_path / "inf"
@@ -222,32 +191,27 @@ def test_mismatched_settings_are_named(trained, knee_nifti, tmp_path):
 
 
 def test_torchscript_and_onnx_exports_match_pytorch(trained, tmp_path):
-    import onnxruntime as ort
-
     from medplugin.networks import knee_classifier
 
     ckpt, _ = trained
     net = knee_classifier("mrnet", "resnet18", num_classes=4)
     net.load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
-    net.eval()
     x = torch.randn(2, 1, 8, 32, 32, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = net(x).numpy()
+    check_exports(B, ckpt / "model.pt", net, x, tmp_path)
 
-    common = ["--meta_file", str(B / "configs" / "metadata.json"), "--config_file", str(B / "configs" / "inference.yaml"),
-              "--bundle_root", str(B), "--ckpt_file", str(ckpt / "model.pt")]
-    ts = tmp_path / "model.ts"
-    monai_bundle("ckpt_export", "network_def", "--filepath", str(ts), *common)
-    scripted = torch.jit.load(str(ts))
-    np.testing.assert_allclose(scripted(x).detach().numpy(), expected, atol=1e-4)
 
-    onnx_path = tmp_path / "model.onnx"
-    monai_bundle("onnx_export", "network_def", "--filepath", str(onnx_path), "--input_shape", "[1, 1, 8, 32, 32]",
-                 *common)
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    got = np.concatenate([sess.run(None, {name: x[i:i + 1].numpy()})[0] for i in range(2)])
-    np.testing.assert_allclose(got, expected, atol=1e-4)
+def test_patient_data_stays_out_of_inference_outputs(trained, tmp_path):
+    """A DICOM series whose patient tags carry distinctive values: none of them in the predictions, the CAM
+    NIfTI and montage, or the log."""
+    ckpt, _ = trained
+    src = tmp_path / "in"
+    write_dicom_series(src / "series", patient=PHI)
+    out = tmp_path / "inf"
+    proc = run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=ckpt, output_dir=out, **TINY)
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert len(rows) == 1 and rows[0]["error"] == ""
+    assert list(out.rglob("*.nii.gz")) and list(out.rglob("*.png"))  # the CAM volume and its montage
+    assert phi_leaks(out, proc.stdout + proc.stderr) == []
 
 
 def test_label_mode_binary_and_imbalance_are_one_override(knee_nifti):
@@ -287,19 +251,7 @@ def test_feature_extraction_fits_an_svc_saved_in_the_state_dict_and_infers(knee_
 
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo(knee_nifti, tmp_path):
-    import subprocess
-    import sys
-
-    ckpt, out = tmp_path / "models", tmp_path / "ddp"
-    files = json.dumps([str(B / "configs" / "train.yaml"), str(B / "configs" / "multi_gpu_train.yaml"), str(SMOKE)])
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
-         "--bundle_root", str(B), "--config_file", files, "--dataset_dir", str(knee_nifti), "--ckpt_dir", str(ckpt),
-         "--output_dir", str(out), "--num_slices", "8"],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert (ckpt / "model.pt").is_file()
-    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 only
+    check_torchrun(B, knee_nifti, tmp_path, num_slices=8)
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.bundles._contract import phi_leaks, with_phi
 from tests.bundles._runner import REPO, SMOKE, bundle_dir, run_bundle
 
 NAME = "retina_oct_classification"
@@ -153,43 +154,22 @@ def test_runs_refuse_the_input_folder_and_an_earlier_runs_folder(oct_demo, tmp_p
 
 # ---- patient data stays out of what a run writes; input names cannot escape the output folder ------------------
 
-PHI = {"PatientName": "Qzyxwvut^Jovankamil", "PatientID": "PHI7319842", "PatientBirthDate": "19010203",
-       "OtherPatientIDs": "ALTID55731", "InstitutionName": "Quuxbridge Infirmary"}
-PHI_NEEDLES = ["qzyxwvut", "jovankamil", "phi7319842", "19010203", "1901-02-03", "altid55731", "quuxbridge"]
-
 
 @pytest.fixture(scope="module")
 def phi_dicoms(tmp_path_factory):
     """16 real DICOM images (pydicom's CT and MR test files) whose patient tags carry distinctive values, with a
     datalist (training / validation / test) naming them by neutral file names."""
-    import pydicom
     from pydicom.data import get_testdata_file
 
     root = tmp_path_factory.mktemp("phi")
     sources = [get_testdata_file("CT_small.dcm"), get_testdata_file("MR_small.dcm")]
     entries = []
     for i in range(16):
-        ds = pydicom.dcmread(sources[i % 2])
-        for k, v in PHI.items():
-            setattr(ds, k, v)
-        path = root / "dicom" / f"img_{i:02d}.dcm"
-        path.parent.mkdir(exist_ok=True)
-        ds.save_as(path)
+        path = with_phi(sources[i % 2], root / "dicom" / f"img_{i:02d}.dcm")
         entries.append({"image": str(path), "label": (i // 2) % 4, "patient_id": f"p{i}"})
     dl = {"training": entries[:8], "validation": entries[8:12], "test": entries[12:]}
     (root / "datalist.json").write_text(json.dumps(dl))
     return root
-
-
-def _leaks(folder: Path, needles=PHI_NEEDLES) -> list[str]:
-    found = []
-    for p in folder.rglob("*"):
-        low_name = str(p.relative_to(folder)).lower()
-        found += [f"name {p}: {n}" for n in needles if n in low_name]
-        if p.is_file():
-            data = p.read_bytes().lower()
-            found += [f"content {p}: {n}" for n in needles if n.encode() in data]
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -213,8 +193,7 @@ def test_patient_data_stays_out_of_logs_tensorboard_and_outputs(phi_runs):
     assert json.loads((out / "evaluate" / "metrics.json").read_text())["n"] == 4
     rows = list(csv.DictReader((out / "inference" / "predictions.csv").open()))
     assert len(rows) == 16 and all(r["prediction"] and not r["error"] for r in rows)
-    assert _leaks(out) == []
-    assert [n for n in PHI_NEEDLES if n in log.lower()] == []
+    assert phi_leaks(out, log) == []
 
 
 def test_input_names_cannot_write_outside_the_output_folder(phi_runs, oct_demo, tmp_path):

@@ -12,11 +12,17 @@ import pytest
 import torch
 import yaml
 
-from tests.bundles._runner import REPO, SMOKE, bundle_dir, monai_bundle, run_bundle
+from tests.bundles._contract import (
+    check_exports,
+    check_torchrun,
+    check_workflow_properties,
+    verify_metadata,
+    verify_net_in_out,
+)
+from tests.bundles._runner import REPO, SMOKE, bundle_dir, run_bundle
 
 NAME = "retina_oct_classification"
 B = bundle_dir(NAME)
-SCHEMA = REPO / "schemas" / "meta_schema_20240725.json"
 
 
 @pytest.fixture(scope="module")
@@ -29,27 +35,17 @@ def trained(oct_demo, tmp_path_factory):
 
 
 def test_metadata_validates_against_the_shipped_schema():
-    proc = monai_bundle("verify_metadata", "--meta_file", str(B / "configs" / "metadata.json"),
-                        "--filepath", str(SCHEMA))
-    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+    verify_metadata(B)
 
 
 def test_network_in_and_out_shapes():
-    proc = monai_bundle("verify_net_in_out", "network_def", "--meta_file", str(B / "configs" / "metadata.json"),
-                        "--config_file", str(B / "configs" / "inference.yaml"), "--bundle_root", str(B))
-    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
+    verify_net_in_out(B)
 
 
 @pytest.mark.parametrize("config, workflow", [("train.yaml", "train"), ("inference.yaml", "infer"),
                                               ("evaluate.yaml", "infer")])
 def test_workflow_properties(config, workflow, oct_demo, tmp_path):
-    from monai.bundle import ConfigWorkflow
-
-    wf = ConfigWorkflow(config_file=str(B / "configs" / config), meta_file=str(B / "configs" / "metadata.json"),
-                        logging_file=str(B / "configs" / "logging.conf"), workflow_type=workflow,
-                        bundle_root=str(B), dataset_dir=str(oct_demo), output_dir=str(tmp_path))
-    wf.initialize()
-    assert wf.check_properties() == []
+    check_workflow_properties(B, config, workflow, oct_demo, tmp_path)
 
 
 def test_task_definition_is_identical_in_every_config():
@@ -138,49 +134,18 @@ def test_mismatched_settings_are_named(trained, oct_demo, tmp_path):
 
 
 def test_torchscript_and_onnx_exports_match_pytorch(trained, tmp_path):
-    import onnxruntime as ort
-
     from medplugin.networks import classifier
 
     ckpt, _ = trained
     net = classifier("resnet50", in_channels=1, num_classes=4)
     net.load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
-    net.eval()
     x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = net(x).numpy()
-
-    common = ["--meta_file", str(B / "configs" / "metadata.json"), "--config_file", str(B / "configs" / "inference.yaml"),
-              "--bundle_root", str(B), "--ckpt_file", str(ckpt / "model.pt")]
-    ts = tmp_path / "model.ts"
-    monai_bundle("ckpt_export", "network_def", "--filepath", str(ts), *common)
-    scripted = torch.jit.load(str(ts))
-    np.testing.assert_allclose(scripted(x).detach().numpy(), expected, atol=1e-4)
-
-    onnx_path = tmp_path / "model.onnx"
-    monai_bundle("onnx_export", "network_def", "--filepath", str(onnx_path), "--input_shape", "[1, 1, 32, 32]", *common)
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    got = np.concatenate([sess.run(None, {name: x[i:i + 1].numpy()})[0] for i in range(2)])
-    np.testing.assert_allclose(got, expected, atol=1e-4)
+    check_exports(B, ckpt / "model.pt", net, x, tmp_path)
 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo(oct_demo, tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    ckpt, out = tmp_path / "models", tmp_path / "ddp"
-    files = json.dumps([str(B / "configs" / "train.yaml"), str(B / "configs" / "multi_gpu_train.yaml"), str(SMOKE)])
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
-         "--bundle_root", str(B), "--config_file", files, "--dataset_dir", str(oct_demo), "--ckpt_dir", str(ckpt),
-         "--output_dir", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert (ckpt / "model.pt").is_file()
-    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 only
+    check_torchrun(B, oct_demo, tmp_path)
 
 
 @pytest.mark.slow

@@ -1,0 +1,164 @@
+"""Checks every bundle passes, run the way users run them (``python -m monai.bundle ...``, ``torchrun``).
+
+Each ``tests/bundles/test_<bundle>.py`` calls these with its own data and network, so the bundle contract
+(metadata schema, network in/out, workflow properties, TorchScript/ONNX export, multi-process training) is
+checked the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tests.bundles._runner import REPO, SMOKE, monai_bundle
+
+SCHEMA = REPO / "schemas" / "meta_schema_20240725.json"
+
+
+def verify_metadata(bundle: Path) -> dict:
+    """``verify_metadata`` against the shipped schema (offline); returns the metadata."""
+    meta_file = bundle / "configs" / "metadata.json"
+    proc = monai_bundle("verify_metadata", "--meta_file", str(meta_file), "--filepath", str(SCHEMA))
+    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+    meta = json.loads(meta_file.read_text())
+    assert meta["version"] in meta["changelog"]
+    return meta
+
+
+def verify_net_in_out(bundle: Path) -> None:
+    """``verify_net_in_out``: the inference config's network takes and gives the shapes metadata.json says."""
+    proc = monai_bundle("verify_net_in_out", "network_def", "--meta_file", str(bundle / "configs" / "metadata.json"),
+                        "--config_file", str(bundle / "configs" / "inference.yaml"), "--bundle_root", str(bundle))
+    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
+
+
+def check_workflow_properties(bundle: Path, config: str, workflow: str, dataset_dir: Path, output_dir: Path) -> None:
+    """MONAI's ``ConfigWorkflow(...).check_properties()`` finds every required property of ``workflow``."""
+    from monai.bundle import ConfigWorkflow
+
+    c = bundle / "configs"
+    wf = ConfigWorkflow(config_file=str(c / config), meta_file=str(c / "metadata.json"),
+                        logging_file=str(c / "logging.conf"), workflow_type=workflow, bundle_root=str(bundle),
+                        dataset_dir=str(dataset_dir), output_dir=str(output_dir))
+    wf.initialize()
+    assert wf.check_properties() == []
+
+
+def check_exports(bundle: Path, model_pt: Path, net: torch.nn.Module, x: torch.Tensor, out_dir: Path,
+                  *overrides: str) -> np.ndarray:
+    """``ckpt_export`` (TorchScript) and ``onnx_export`` of ``network_def`` give ``net``'s outputs within 1e-4.
+
+    ``net`` holds ``model_pt``'s weights; ``x`` is a batch of two inputs (ONNX is exported for batch 1 and run on
+    each); ``overrides`` are extra config overrides (``--image_size``, ...). Returns PyTorch's outputs.
+    """
+    import onnxruntime as ort
+
+    net.eval()
+    with torch.no_grad():
+        expected = net(x).numpy()
+    common = ["--meta_file", str(bundle / "configs" / "metadata.json"), "--config_file",
+              str(bundle / "configs" / "inference.yaml"), "--bundle_root", str(bundle), "--ckpt_file", str(model_pt),
+              *overrides]
+    ts = out_dir / "model.ts"
+    monai_bundle("ckpt_export", "network_def", "--filepath", str(ts), *common)
+    np.testing.assert_allclose(torch.jit.load(str(ts))(x).detach().numpy(), expected, atol=1e-4)
+
+    onnx_path = out_dir / "model.onnx"
+    monai_bundle("onnx_export", "network_def", "--filepath", str(onnx_path), "--input_shape",
+                 json.dumps([1, *x.shape[1:]]), *common)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    got = np.concatenate([sess.run(None, {name: x[i:i + 1].numpy()})[0] for i in range(len(x))])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    return expected
+
+
+def check_torchrun(bundle: Path, dataset_dir: Path, tmp_path: Path, **overrides) -> None:
+    """``torchrun --nproc_per_node=2`` with the bundle's multi_gpu_train.yaml (gloo on the CPU, smoke overlay):
+    the run ends well and only rank 0 writes the checkpoint and TensorBoard events."""
+    ckpt, out = tmp_path / "models", tmp_path / "ddp"
+    files = json.dumps([str(bundle / "configs" / "train.yaml"), str(bundle / "configs" / "multi_gpu_train.yaml"),
+                        str(SMOKE)])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+           "--bundle_root", str(bundle), "--config_file", files, "--dataset_dir", str(dataset_dir), "--ckpt_dir",
+           str(ckpt), "--output_dir", str(out)]
+    for k, v in overrides.items():
+        cmd += [f"--{k}", str(v)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (ckpt / "model.pt").is_file()
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 only
+
+
+# ---- patient data: DICOM files whose patient tags carry distinctive values, and a search for them -------------
+
+PHI = {"PatientName": "Qzyxwvut^Jovankamil", "PatientID": "PHI7319842", "PatientBirthDate": "19010203",
+       "OtherPatientIDs": "ALTID55731", "InstitutionName": "Quuxbridge Infirmary"}
+PHI_NEEDLES = ["qzyxwvut", "jovankamil", "phi7319842", "19010203", "1901-02-03", "altid55731", "quuxbridge"]
+
+
+def with_phi(source: str | Path, dest: Path) -> Path:
+    """Copy the DICOM file ``source`` to ``dest`` with :data:`PHI` in its patient tags."""
+    import pydicom
+
+    ds = pydicom.dcmread(str(source))
+    for k, v in PHI.items():
+        setattr(ds, k, v)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(dest)
+    return dest
+
+
+def phi_leaks(folder: Path, log: str = "", needles=PHI_NEEDLES) -> list[str]:
+    """Where a :data:`PHI` value appears: in a file or folder name, a file's bytes, or the run's ``log``."""
+    found = []
+    for p in folder.rglob("*"):
+        low_name = str(p.relative_to(folder)).lower()
+        found += [f"name {p}: {n}" for n in needles if n in low_name]
+        if p.is_file():
+            data = p.read_bytes().lower()
+            found += [f"content {p}: {n}" for n in needles if n.encode() in data]
+    found += [f"log: {n}" for n in needles if n in log.lower()]
+    return found
+
+
+def write_dicom_series(folder: Path, n: int = 6, rows: int = 40, cols: int = 36, patient: dict | None = None) -> Path:
+    """A sagittal MR series of a synthetic knee written with pydicom (one file per slice, shuffled file order).
+
+    ``patient`` sets patient tags (e.g. :data:`PHI`) on every slice; by default only ``PatientID`` is set.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    from medplugin.data.synthetic.knee import synthetic_knee
+
+    folder.mkdir(parents=True)
+    vol = synthetic_knee((n, rows, cols), condition=3, rng=1)["volume"]
+    series, study = generate_uid(), generate_uid()
+    for file_no, k in enumerate(np.random.default_rng(0).permutation(n)):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.Modality, ds.PatientID, ds.SeriesNumber, ds.InstanceNumber = "MR", "knee01", 1, int(k) + 1
+        for key, value in (patient or {}).items():
+            setattr(ds, key, value)
+        ds.ImageOrientationPatient = [0, -1, 0, 0, 0, -1]
+        ds.ImagePositionPatient = [float(k) * 3.0, 10.0, 40.0]
+        ds.PixelSpacing, ds.SliceThickness = [0.5, 0.5], 3.0
+        ds.Rows, ds.Columns = rows, cols
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = (vol[k] * 1000).astype(np.uint16).tobytes()
+        ds.save_as(folder / f"IM{file_no:04d}.dcm", enforce_file_format=True)
+    return folder
