@@ -269,8 +269,9 @@ def test_demo_job_learns_acl_tears_and_its_cam_finds_the_ligament(tmp_path):
     rows = list(csv.DictReader((tmp_path / "runs" / "inference" / "predictions.csv").open()))
     assert len(rows) == 16 and all(r["error"] == "" for r in rows)
 
-    # Grad-CAM of the ACL-damage class ("unhealthy") of the trained model on the demo's NIfTI-layout phantoms,
-    # whose ligament masks are known, computed with the bundle's own preprocessing and put back on the file grid
+    # Grad-CAM of the class the trained model predicts, on the demo's NIfTI-layout phantoms (all four conditions)
+    # whose ligament masks are known, computed with the bundle's own preprocessing and put back on the file grid.
+    # (The map of a class the model rejects is empty: Grad-CAM keeps positive evidence only.)
     import nibabel as nib
 
     from medplugin.networks.knee import knee_cam_layer, knee_classifier
@@ -284,16 +285,20 @@ def test_demo_job_learns_acl_tears_and_its_cam_finds_the_ligament(tmp_path):
     net.load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
     prep = knee_classification_preprocessing(meta["image_size"], meta["num_slices"], *meta["normalization"])
     cam = GradCAM(net.eval(), knee_cam_layer(meta["arch"], meta["backbone"]))
-    ratios, hot_on_acl = [], []
+    torn_ratios, hot_on_acl = [], []
     for p in sorted((nifti / "exams").glob("*.nii.gz")):
         d = prep({"image": str(p)})
-        maps, _ = cam(d["image"][None], class_idx=1)
+        with torch.no_grad():
+            pred = int(net(d["image"][None]).argmax())
+        maps, _ = cam(d["image"][None], class_idx=pred)
         c = cam_to_input_grid(maps[0, 0], d["geometry"])  # (slice, row, col) of the loaded volume
         band = nib.load(nifti / "masks" / p.name).get_fdata().transpose(2, 1, 0) > 0  # file (col, row, slice)
         assert band.shape == c.shape
-        ratios.append(c[band].mean() / max(c[~band].mean(), 1e-9))
+        if pred == 1:  # the evidence for a tear: how much stronger inside the band than outside
+            torn_ratios.append(c[band].mean() / max(c[~band].mean(), 1e-9))
         hot_on_acl.append(bool(band[int(np.argmax(c.reshape(c.shape[0], -1).max(1)))].any()))
-    assert len(ratios) == 24
-    # most volumes: the map is several times stronger inside the band than outside, and peaks on a slice with it
-    assert np.mean(np.asarray(ratios) > 2) >= 0.75, ratios
+    assert len(hot_on_acl) == 24 and len(torn_ratios) >= 6
+    # most volumes: the map peaks on a slice through the ligament; where the model sees a tear, the map is
+    # several times stronger inside the band than outside it
     assert np.mean(hot_on_acl) >= 0.75, hot_on_acl
+    assert np.mean(np.asarray(torn_ratios) > 2) >= 0.75, torn_ratios
