@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -43,6 +44,10 @@ class BestModelSaver:
             (as MONAI's ``key_metric_greater_or_equal``). On a small validation set a threshold-free metric such
             as AUC often saturates (1.0) epochs before the model is done (an early model ranks every case right
             but calls them all one class): the later, longer-trained model is kept. ``False`` keeps the first.
+
+    An undefined key metric (NaN, e.g. AUC on a validation split with one class) never replaces a defined
+    one; while no evaluation of the run has given a defined value, the latest model is saved (with
+    ``null`` for the metric in ``model.json``) and a warning says so, so a run always leaves a model.
     """
 
     def __init__(self, network: torch.nn.Module, ckpt_dir: str, key_metric: str, model_meta: dict | None = None,
@@ -82,16 +87,24 @@ class BestModelSaver:
         if self.key_metric not in engine.state.metrics:
             raise KeyError(f"key metric {self.key_metric!r} not in {sorted(engine.state.metrics)}.")
         value = float(engine.state.metrics[self.key_metric])
-        improved = value >= self.best if self.greater_or_equal else value > self.best
+        undefined = math.isnan(value)
+        if undefined:  # e.g. AUC on a validation split holding one class only
+            logger.warning("%s is undefined (NaN) at epoch %s (a validation split with one class?)%s",
+                           self.key_metric, engine.state.epoch,
+                           "; keeping the latest model until it is defined" if self.best == -math.inf else "")
+            improved = self.best == -math.inf  # no defined value yet: a run always leaves a model
+        else:
+            improved = value >= self.best if self.greater_or_equal else value > self.best
         if not improved or not is_main_process():
-            self.best = max(self.best, value)
+            self.best = self.best if undefined else max(self.best, value)
             return
-        self.best = value
+        if not undefined:
+            self.best = value
         if not self._checked_previous:
             self._keep_previous()
         state = {k: v.detach().cpu() for k, v in _unwrap(self.network).state_dict().items()}
         atomic_write(self.path, lambda tmp: torch.save(state, tmp))
-        write_json(self.path.with_suffix(".json"), {**self.model_meta, self.key_metric: value,
+        write_json(self.path.with_suffix(".json"), {**self.model_meta, self.key_metric: None if undefined else value,
                                                    "saved": datetime.datetime.now().isoformat(timespec="seconds")})
         logger.info("saved %s (%s = %.4f)", self.path, self.key_metric, value)
 

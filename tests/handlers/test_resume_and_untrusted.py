@@ -192,3 +192,32 @@ def test_best_model_on_a_saturated_metric_is_the_latest_by_default(tmp_path, gre
     state = torch.load(tmp_path / "model.pt", weights_only=True)
     assert float(state["weight"][0, 0]) == saved_epoch  # a lower metric (epoch 4) never replaces it
     assert json.loads((tmp_path / "model.json").read_text())["auc"] == 1.0
+
+
+def test_undefined_key_metric_still_leaves_a_model_and_never_replaces_a_defined_one(tmp_path, caplog):
+    """AUC is NaN on a one-class validation split (MONAI Label's small splits): the run still saves a model."""
+    import json
+    import logging
+
+    net = torch.nn.Linear(2, 2)
+    validator = Engine(lambda e, b: None)
+    epoch = {"n": 0}
+    values = [float("nan"), float("nan"), 0.7, float("nan"), 0.6]
+
+    @validator.on(Events.EPOCH_COMPLETED)
+    def _metric(e):
+        epoch["n"] += 1
+        torch.nn.init.constant_(net.weight, float(epoch["n"]))
+        e.state.metrics["auc"] = values[epoch["n"] - 1]
+
+    BestModelSaver(net, str(tmp_path), key_metric="auc").attach(validator)
+    saved = []
+    with caplog.at_level(logging.WARNING, logger="medplugin.handlers.checkpoint"):
+        for _ in values:
+            validator.run([0], max_epochs=1)
+            saved.append(float(torch.load(tmp_path / "model.pt", weights_only=True)["weight"][0, 0]))
+            if len(saved) == 1:
+                assert json.loads((tmp_path / "model.json").read_text())["auc"] is None
+    assert saved == [1, 2, 3, 3, 3]  # the latest while undefined, then the defined best
+    assert json.loads((tmp_path / "model.json").read_text())["auc"] == 0.7
+    assert "auc is undefined (NaN) at epoch" in caplog.text and "keeping the latest model" in caplog.text
