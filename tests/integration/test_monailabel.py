@@ -355,7 +355,7 @@ def test_train_one_epoch_updates_the_model(server, name):
     models = app / "model" / name / "models"
     before = _sha(models / "model.pt")
     old_state = torch.load(models / "model.pt", weights_only=True)
-    probe = f"{name}__test__{c.unlabelled[0].stem}"
+    probe = f"{name}__test__{_stem(c.unlabelled[0])}"
     answer_before = _post(f"{url}/infer/{name}?image={probe}&output=json")[1] if c.kind == "classification" else b""
 
     try:
