@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from ignite.metrics import Metric
-from monai.utils import evenly_divisible_all_gather
+
+from medplugin.metrics.base import ProbabilityMetric
 
 __all__ = ["roc_auc", "roc_curve", "confusion_matrix", "classification_report", "ClassificationMetrics"]
 
@@ -133,7 +133,7 @@ def flatten_report(report: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-class ClassificationMetrics(Metric):
+class ClassificationMetrics(ProbabilityMetric):
     """Ignite metric that accumulates probabilities and labels and computes :func:`classification_report`.
 
     With ``key`` set, ``compute`` returns that one scalar (usable as a key metric for checkpoints);
@@ -164,35 +164,19 @@ class ClassificationMetrics(Metric):
         if len(class_names) < 2:
             raise ValueError(f"need at least two class names, got {list(class_names)}.")
         self.class_names = list(class_names)
-        self.key = key
-        self.prefix = prefix
-        super().__init__(output_transform=output_transform, device=device)
+        super().__init__(len(self.class_names), key, prefix, output_transform, device)
 
-    def reset(self) -> None:
-        self._probs: list[torch.Tensor] = []
-        self._labels: list[torch.Tensor] = []
+    def _labels(self, labels: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        n = len(self.class_names)
+        if labels.dim() > 1 and labels.shape[-1] == n and labels.shape[-1] > 1:
+            labels = labels.argmax(dim=-1)  # one-hot
+        return labels.reshape(-1).long()
 
-    @staticmethod
-    def _stack(x) -> torch.Tensor:
-        if isinstance(x, (list, tuple)):
-            x = torch.stack([torch.as_tensor(v) for v in x])
-        return torch.as_tensor(x).detach().cpu()
+    def _empty_labels(self) -> torch.Tensor:
+        return torch.zeros(0, dtype=torch.long)
 
-    def update(self, output) -> None:
-        probs, labels = output
-        probs = self._stack(probs).float().reshape(-1, len(self.class_names))
-        labels = self._stack(labels)
-        if labels.dim() > 1 and labels.shape[-1] == len(self.class_names) and labels.shape[-1] > 1:
-            labels = labels.argmax(dim=-1)
-        self._probs.append(probs)
-        self._labels.append(labels.reshape(-1).long())
+    def report(self, probs: np.ndarray, labels: np.ndarray) -> dict:
+        return classification_report(probs, labels, self.class_names)
 
-    def compute(self):
-        probs = torch.cat(self._probs) if self._probs else torch.zeros(0, len(self.class_names))
-        labels = torch.cat(self._labels) if self._labels else torch.zeros(0, dtype=torch.long)
-        probs = evenly_divisible_all_gather(probs, concat=True)
-        labels = evenly_divisible_all_gather(labels, concat=True)
-        report = classification_report(probs.numpy(), labels.numpy(), self.class_names)
-        if self.key is not None:
-            return float(report[self.key])
-        return flatten_report(report, self.prefix)
+    def flatten(self, report: dict, prefix: str) -> dict[str, float]:
+        return flatten_report(report, prefix)

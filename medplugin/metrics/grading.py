@@ -13,9 +13,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from ignite.metrics import Metric
-from monai.utils import evenly_divisible_all_gather
 
+from medplugin.metrics.base import ProbabilityMetric
 from medplugin.metrics.classification import classification_report, roc_auc
 
 __all__ = [
@@ -202,7 +201,7 @@ def flatten_grading_report(report: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-class GradingMetrics(Metric):
+class GradingMetrics(ProbabilityMetric):
     """Ignite metric accumulating probabilities and labels and computing :func:`grading_report`.
 
     With ``key`` set, ``compute`` returns that scalar (a key metric for checkpoints: ``auc`` for referable DR,
@@ -242,37 +241,20 @@ class GradingMetrics(Metric):
             raise ValueError(f"key must be None or one of {allowed} for task {task!r}, got {key!r}.")
         if not 0.0 < float(target_specificity) <= 1.0:
             raise ValueError(f"target_specificity must be in (0, 1], got {target_specificity!r}.")
-        self.class_names, self.task, self.key, self.prefix = list(class_names), task, key, prefix
+        self.class_names, self.task = list(class_names), task
         self.target_specificity, self.threshold = float(target_specificity), float(threshold)
-        super().__init__(output_transform=output_transform, device=device)
+        super().__init__(len(self.class_names), key, prefix, output_transform, device)
 
-    def reset(self) -> None:
-        self._probs: list[torch.Tensor] = []
-        self._labels: list[torch.Tensor] = []
+    def _labels(self, labels: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        if labels.dim() > 1 and labels.shape[-1] == len(self.class_names):
+            labels = labels.argmax(dim=-1)  # one-hot
+        return labels.reshape(-1).long()
 
-    @staticmethod
-    def _stack(x) -> torch.Tensor:
-        if isinstance(x, (list, tuple)):
-            x = torch.stack([torch.as_tensor(v) for v in x])
-        return torch.as_tensor(x).detach().cpu()
+    def _empty_labels(self) -> torch.Tensor:
+        return torch.zeros(0, dtype=torch.long)
 
-    def update(self, output) -> None:
-        probs, labels = output
-        n = len(self.class_names)
-        self._probs.append(self._stack(probs).float().reshape(-1, n))
-        labels = self._stack(labels)
-        if labels.dim() > 1 and labels.shape[-1] == n:
-            labels = labels.argmax(dim=-1)
-        self._labels.append(labels.reshape(-1).long())
+    def report(self, probs: np.ndarray, labels: np.ndarray) -> dict:
+        return grading_report(probs, labels, self.class_names, self.task, self.target_specificity, self.threshold)
 
-    def compute(self):
-        n = len(self.class_names)
-        probs = torch.cat(self._probs) if self._probs else torch.zeros(0, n)
-        labels = torch.cat(self._labels) if self._labels else torch.zeros(0, dtype=torch.long)
-        probs = evenly_divisible_all_gather(probs, concat=True)
-        labels = evenly_divisible_all_gather(labels, concat=True)
-        report = grading_report(probs.numpy(), labels.numpy(), self.class_names, self.task,
-                                self.target_specificity, self.threshold)
-        if self.key is not None:
-            return float(report[self.key])
-        return flatten_grading_report(report, self.prefix)
+    def flatten(self, report: dict, prefix: str) -> dict[str, float]:
+        return flatten_grading_report(report, prefix)

@@ -13,9 +13,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from ignite.metrics import Metric
-from monai.utils import evenly_divisible_all_gather
 
+from medplugin.metrics.base import ProbabilityMetric
 from medplugin.metrics.classification import roc_auc
 
 __all__ = ["multilabel_report", "flatten_multilabel_report", "MultiLabelAUROC"]
@@ -100,7 +99,7 @@ def flatten_multilabel_report(report: dict, prefix: str = "") -> dict[str, float
     return out
 
 
-class MultiLabelAUROC(Metric):
+class MultiLabelAUROC(ProbabilityMetric):
     """Ignite metric: per-label AUROC and their mean, accumulated over an epoch (gathered over ranks).
 
     With ``key="mean_auroc"`` (the default) ``compute`` returns the mean AUROC, a scalar usable as the key
@@ -134,38 +133,21 @@ class MultiLabelAUROC(Metric):
         if len(label_names) < 1:
             raise ValueError("label_names must not be empty.")
         self.label_names = list(label_names)
-        self.key = key
-        self.prefix = prefix
-        super().__init__(output_transform=output_transform, device=device)
+        super().__init__(len(self.label_names), key, prefix, output_transform, device)
 
-    def reset(self) -> None:
-        self._probs: list[torch.Tensor] = []
-        self._labels: list[torch.Tensor] = []
-
-    @staticmethod
-    def _stack(x) -> torch.Tensor:
-        if isinstance(x, (list, tuple)):
-            x = torch.stack([torch.as_tensor(v) for v in x])
-        return torch.as_tensor(x).detach().cpu()
-
-    def update(self, output) -> None:
-        probs, labels = output
+    def _labels(self, labels: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         n = len(self.label_names)
-        probs = self._stack(probs).float()
-        labels = self._stack(labels).float()
+        labels = labels.float()
         if probs.numel() % n or labels.numel() != probs.numel():
             raise ValueError(f"expected (batch, {n}) probabilities and labels, got shapes {tuple(probs.shape)} "
                              f"and {tuple(labels.shape)}.")
-        self._probs.append(probs.reshape(-1, n))
-        self._labels.append(labels.reshape(-1, n))
+        return labels.reshape(-1, n)
 
-    def compute(self):
-        n = len(self.label_names)
-        probs = torch.cat(self._probs) if self._probs else torch.zeros(0, n)
-        labels = torch.cat(self._labels) if self._labels else torch.zeros(0, n)
-        probs = evenly_divisible_all_gather(probs, concat=True)
-        labels = evenly_divisible_all_gather(labels, concat=True)
-        report = multilabel_report(probs.numpy(), labels.numpy(), self.label_names)
-        if self.key is not None:
-            return float(report[self.key])
-        return flatten_multilabel_report(report, self.prefix)
+    def _empty_labels(self) -> torch.Tensor:
+        return torch.zeros(0, len(self.label_names))
+
+    def report(self, probs: np.ndarray, labels: np.ndarray) -> dict:
+        return multilabel_report(probs, labels, self.label_names)
+
+    def flatten(self, report: dict, prefix: str) -> dict[str, float]:
+        return flatten_multilabel_report(report, prefix)
