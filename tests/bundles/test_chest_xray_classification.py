@@ -109,7 +109,7 @@ def test_train_writes_checkpoint_metadata_and_tensorboard(trained):
     acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
-    assert {"train_loss", "learning_rate", "val_mean_auroc"} <= scalars
+    assert {"train_loss", "learning_rate", "val_mean_auroc", "perf/images_per_s", "perf/data_wait_fraction"} <= scalars
     assert {f"val_{f}_auroc" for f in FINDINGS} <= scalars  # every finding's AUROC, every validation
     assert any(t.startswith("gradcam/") for t in acc.Tags()["images"])
 

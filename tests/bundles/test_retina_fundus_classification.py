@@ -96,7 +96,8 @@ def test_train_writes_checkpoint_metadata_and_tensorboard(trained):
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
     scalars, images = _scalars(out / "tensorboard")
     assert {"train_loss", "learning_rate", "val_accuracy", "val_auc", "val_pr_auc", "val_sensitivity",
-            "val_specificity", "val_operating_sensitivity", "val_operating_specificity"} <= scalars
+            "val_specificity", "val_operating_sensitivity", "val_operating_specificity", "perf/images_per_s",
+            "perf/data_wait_fraction"} <= scalars
     assert any(t.startswith("gradcam/") for t in images)
 
 
