@@ -16,6 +16,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from medplugin.handlers._engine import is_main_process, iter_samples
+from medplugin.handlers.reports import PredictionWriter
 from medplugin.metrics.localization import localization_report, localization_scores, scale_box
 from medplugin.metrics.multilabel import multilabel_report
 from medplugin.utils import atomic_write, safe_name, write_json
@@ -165,7 +166,7 @@ class MultiLabelReportWriter:
         _write_text(self.output_dir / "auroc.md", "\n".join(md) + "\n")
 
 
-class MultiLabelPredictionWriter:
+class MultiLabelPredictionWriter(PredictionWriter):
     """Write ``predictions.csv``: file, the findings called positive, one probability per finding, error.
 
     ``findings`` lists (``|``-separated, ``No Finding`` when none) the findings whose probability is at least
@@ -180,39 +181,18 @@ class MultiLabelPredictionWriter:
         filename: CSV name.
     """
 
+    prediction_column = "findings"
+    lineterminator = "\n"
+
     def __init__(self, output_dir: str, class_names: Sequence[str], threshold: float | Sequence[float] = 0.5,
                  pred_key: str = "pred", filename: str = "predictions.csv") -> None:
-        self.path = Path(output_dir) / filename
-        self.class_names = list(class_names)
+        super().__init__(output_dir, class_names, pred_key, filename)
         self.threshold = _thresholds(threshold, len(self.class_names))
-        self.pred_key = pred_key
-        self.rows: list[list] = []
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda e: self.rows.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.COMPLETED, self.write)
-
-    def collect(self, engine: Engine) -> None:
-        for b, o in iter_samples(engine):
-            err = b.get("error", "")
-            if err:
-                self.rows.append([b.get("path", ""), "", *[""] * len(self.class_names), err])
-                continue
-            p = _vec(o[self.pred_key])
-            called = [c for c, v, t in zip(self.class_names, p, self.threshold) if v >= t]
-            self.rows.append([b.get("path", ""), "|".join(called) or "No Finding", *[f"{v:.6f}" for v in p], ""])
-
-    def write(self, engine: Engine | None = None) -> None:
-        if not is_main_process():
-            return
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["file", "findings", *[f"prob_{c}" for c in self.class_names], "error"])
-        w.writerows(self.rows)
-        _write_text(self.path, buf.getvalue())
-        logger.info("wrote %d predictions (%d errors) to %s", len(self.rows), sum(1 for r in self.rows if r[-1]),
-                    self.path)
+    def _prediction(self, probs: np.ndarray) -> str:
+        """The findings whose probability reaches their threshold, ``|``-separated (``No Finding`` if none)."""
+        called = [c for c, v, t in zip(self.class_names, probs, self.threshold) if v >= t]
+        return "|".join(called) or "No Finding"
 
 
 def _map_on_original(cam: np.ndarray, crop: list[int] | None, shape: tuple[int, int]) -> np.ndarray:

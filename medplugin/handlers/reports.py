@@ -97,6 +97,9 @@ class PredictionWriter:
         filename: CSV name.
     """
 
+    prediction_column = "prediction"
+    lineterminator = "\r\n"  # the csv module's default
+
     def __init__(self, output_dir: str, class_names: Sequence[str], pred_key: str = "pred",
                  filename: str = "predictions.csv") -> None:
         self.path = Path(output_dir) / filename
@@ -116,14 +119,18 @@ class PredictionWriter:
                 self.rows.append([b.get("path", ""), "", *[""] * len(self.class_names), err])
                 continue
             p = _probs(o, self.pred_key)
-            self.rows.append([b.get("path", ""), self.class_names[int(p.argmax())], *[f"{v:.6f}" for v in p], ""])
+            self.rows.append([b.get("path", ""), self._prediction(p), *[f"{v:.6f}" for v in p], ""])
+
+    def _prediction(self, probs: np.ndarray) -> str:
+        """The prediction column of one image: the most probable class."""
+        return self.class_names[int(probs.argmax())]
 
     def write(self, engine: Engine | None = None) -> None:
         if not is_main_process():
             return
         buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["file", "prediction", *[f"prob_{c}" for c in self.class_names], "error"])
+        w = csv.writer(buf, lineterminator=self.lineterminator)
+        w.writerow(["file", self.prediction_column, *[f"prob_{c}" for c in self.class_names], "error"])
         w.writerows(self.rows)
         atomic_write(self.path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
         n_err = sum(1 for r in self.rows if r[-1])
