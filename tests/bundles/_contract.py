@@ -50,6 +50,10 @@ def check_workflow_properties(bundle: Path, config: str, workflow: str, dataset_
     assert wf.check_properties() == []
 
 
+# as in the README's export command: use_trace passes converter_kwargs on to torch.onnx.export
+ONNX_EXPORT_FLAGS = ("--use_trace", "True", "--converter_kwargs", "{'external_data': False}")
+
+
 def check_exports(bundle: Path, model_pt: Path, net: torch.nn.Module, x: torch.Tensor, out_dir: Path,
                   *overrides: str) -> np.ndarray:
     """``ckpt_export`` (TorchScript) and ``onnx_export`` of ``network_def`` give ``net``'s outputs within 1e-4.
@@ -69,9 +73,15 @@ def check_exports(bundle: Path, model_pt: Path, net: torch.nn.Module, x: torch.T
     monai_bundle("ckpt_export", "network_def", "--filepath", str(ts), *common)
     np.testing.assert_allclose(torch.jit.load(str(ts))(x).detach().numpy(), expected, atol=1e-4)
 
-    onnx_path = out_dir / "model.onnx"
+    # the README's command: MONAI exports through a temporary file, and torch's exporter writes the weights
+    # beside it (model-size files MONAI never deletes) unless external_data is off. Nothing may stay behind.
+    onnx_path, tmpdir = out_dir / "model.onnx", out_dir / "tmp"
+    tmpdir.mkdir()
     monai_bundle("onnx_export", "network_def", "--filepath", str(onnx_path), "--input_shape",
-                 json.dumps([1, *x.shape[1:]]), *common)
+                 json.dumps([1, *x.shape[1:]]), *ONNX_EXPORT_FLAGS, *common,
+                 env={"TMPDIR": str(tmpdir)})
+    left = sorted(p.name for p in tmpdir.iterdir())
+    assert left == [], f"onnx_export left {left} in its temp folder"
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     got = np.concatenate([sess.run(None, {name: x[i:i + 1].numpy()})[0] for i in range(len(x))])

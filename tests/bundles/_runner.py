@@ -16,8 +16,8 @@ def bundle_dir(name: str) -> Path:
     return REPO / "bundles" / name
 
 
-def monai_bundle(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "2"}
+def monai_bundle(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "2", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO, env=env, text=True,
                           capture_output=True, timeout=timeout)
     if proc.returncode != 0:
