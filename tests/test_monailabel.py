@@ -77,3 +77,32 @@ def test_tensorboard_command_needs_a_run_folder(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "medplugin.cli", "tensorboard", str(tmp_path / "none")],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no such run folder" in proc.stderr
+
+
+def test_torch_is_shared_with_its_cuda_wheels(tmp_path):
+    """The links cover torch, torchvision and every CUDA/triton wheel torch needs (else the env's torch would not
+    find libcudart and friends), and nothing else (what MONAI Label pins differently must come from its env)."""
+    names = {monailabel._norm(d.metadata["Name"]) for d in monailabel.shareable_distributions()}
+    assert {"torch", "torchvision"} <= names
+    assert all(n in ("torch", "torchvision", "triton") or n.startswith(("nvidia-", "cuda-")) for n in names)
+    assert "numpy" not in names and "pydicom" not in names
+    if sys.platform == "linux" and "+cu" in __import__("torch").__version__:
+        assert {"nvidia-cudnn-cu13", "nvidia-cublas", "triton"} <= names  # the CUDA build's own wheels
+
+
+def test_a_broken_link_makes_the_environment_not_ready(tmp_path):
+    """If the main environment is removed, the MONAI Label env's links dangle: ensure_env must relink or install
+    its own torch, not hand back an interpreter that cannot import torch."""
+    env = tmp_path / "env"
+    layer = env / monailabel.SHARED_LAYER
+    layer.mkdir(parents=True)
+    (env / ".medplugin-installed").write_text(monailabel._stamp(monailabel.requirements()) + "\n")
+    target = tmp_path / "torch"
+    target.mkdir()
+    (layer / "torch").symlink_to(target, target_is_directory=True)
+    assert monailabel.env_ready(env)
+    target.rmdir()
+    assert not monailabel.env_ready(env)
+    (env / ".medplugin-installed").write_text("other requirements\n")
+    target.mkdir()
+    assert not monailabel.env_ready(env)

@@ -398,3 +398,21 @@ def test_train_one_epoch_updates_the_model(server, name):
         scores = [[p["score"] for p in json.loads(a)["prediction"]]
                   for a in (answer_before, _post(f"{url}/infer/{name}?image={probe}&output=json")[1])]
         assert not np.allclose(scores[0], scores[1], atol=1e-6)
+
+
+def test_environment_uses_the_main_torch_and_its_own_pydicom():
+    """The MONAI Label env links to this environment's torch (no second 5.5 GB copy), while its own pydicom 2
+    (for pydicom-seg) and NumPy shadow the main environment's."""
+    py = monailabel.ensure_env()
+    code = ("import json, torch, torchvision, pydicom, numpy, sysconfig; "
+            "nms = torchvision.ops.nms(torch.tensor([[0, 0, 1, 1.], [0, 0, 1, 1.]]), torch.tensor([1., .5]), .5); "
+            "print(json.dumps([torch.__file__, torch.__version__, pydicom.__version__, numpy.__file__, "
+            "nms.tolist(), sysconfig.get_paths()['purelib']]))")
+    out = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    torch_file, version, pydicom_version, numpy_file, nms, site = json.loads(out.stdout.strip().splitlines()[-1])
+    assert Path(torch_file).resolve() == Path(torch.__file__).resolve() and version == torch.__version__
+    assert not (Path(site) / "torch").exists()
+    assert int(pydicom_version.split(".")[0]) < 3
+    assert Path(numpy_file).resolve().is_relative_to(Path(site).resolve())
+    assert nms == [0]
