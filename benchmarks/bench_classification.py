@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 from monai.engines import SupervisedTrainer
-from monai.handlers import from_engine  # noqa: F401  (same imports as the bundle)
 from torch.utils.data import DataLoader, TensorDataset
 
 from medplugin.networks import classifier

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import pickle
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 
-from medplugin.data.synthetic.knee import KNEE_DEMO_AFFINE, make_knee_nifti_demo, synthetic_knee
+from medplugin.data.synthetic.knee import make_knee_nifti_demo, synthetic_knee
 from medplugin.errors import BadInputError
 from medplugin.networks import knee_unet3d
 from medplugin.transforms import CropToMask, CropToMaskd, LoadKneeVolume, LoadKneeVolumed, SegmentROI, SegmentROId
