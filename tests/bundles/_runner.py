@@ -32,3 +32,46 @@ def run_bundle(name: str, config: str, *overlays: Path, **overrides) -> subproce
     for k, v in overrides.items():
         args += [f"--{k}", str(v)]
     return monai_bundle(*args)
+
+
+def quiet_env() -> dict:
+    """Environment of a training subprocess: no warnings, one thread (the tests run beside each other's I/O)."""
+    return {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+
+
+def tb_scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of every event file in ``tb_dir``, read by TensorBoard: tag -> [(step, value), ...]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for f in sorted(Path(tb_dir).glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return out
+
+
+def kill_after_first_checkpoint(cmd: list[str], bundle_root: Path, timeout: float = 300) -> tuple[int, str]:
+    """Start training ``cmd``; SIGKILL it the moment its first per-epoch checkpoint under ``bundle_root`` appears.
+
+    Returns (return code, output). Fails if the run ends, or writes no checkpoint, before that.
+    """
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=REPO, env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not list(Path(bundle_root).glob("runs/train_*/checkpoints/training_checkpoint_*.pt")):
+            assert proc.poll() is None, f"training ended before its first checkpoint:\n{proc.stdout.read()[-4000:]}"
+            assert time.monotonic() < deadline, f"no checkpoint within {timeout} s"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, out

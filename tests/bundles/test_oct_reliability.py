@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.bundles._contract import phi_leaks, with_phi
-from tests.bundles._runner import REPO, SMOKE, bundle_dir, run_bundle
+from tests.bundles._runner import (REPO, SMOKE, bundle_dir, kill_after_first_checkpoint, quiet_env, run_bundle,
+                                   tb_scalars)
 
 NAME = "retina_oct_classification"
 B = bundle_dir(NAME)
@@ -30,43 +29,13 @@ def _train_cmd(bundle_root: Path, dataset: Path, *extra: str) -> list[str]:
             "--dataset_dir", str(dataset), *extra]
 
 
-def _env() -> dict:
-    return {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-
-
-def _scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar of every event file in ``tb_dir``: tag -> [(step, value), ...] in file order."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, list[tuple[int, float]]] = {}
-    for f in sorted(tb_dir.glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
-    return out
-
-
 @pytest.mark.slow  # real multi-epoch trainings
 def test_killed_training_resumes_from_its_last_checkpoint(oct_demo, tmp_path):
     """SIGKILL mid-run, then ``--resume true``: same run folder, all epochs done once, best metric carried over."""
     root = tmp_path / "bundle"  # a private bundle_root: runs/ and models/ go here
     epochs = 4
-    proc = subprocess.Popen(_train_cmd(root, oct_demo, "--num_epochs", str(epochs)), cwd=REPO, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    try:
-        while not list(root.glob("runs/train_*/checkpoints/training_checkpoint_*.pt")):
-            assert proc.poll() is None, f"training ended before its first checkpoint:\n{proc.stdout.read()[-4000:]}"
-            assert time.monotonic() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        first_log = proc.communicate(timeout=60)[0]
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    code, first_log = kill_after_first_checkpoint(_train_cmd(root, oct_demo, "--num_epochs", str(epochs)), root)
+    assert code == -signal.SIGKILL
     assert f"Epoch[{epochs}] Complete" not in first_log  # really killed before the end
     (run,) = list((root / "runs").iterdir())
     (ckpt1,) = list((run / "checkpoints").glob("training_checkpoint_*.pt"))
@@ -75,7 +44,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(oct_demo, tmp_path):
     assert 1 <= killed_at < epochs
 
     resumed = subprocess.run(_train_cmd(root, oct_demo, "--num_epochs", str(epochs), "--resume", "true"), cwd=REPO,
-                             env=_env(), capture_output=True, text=True, timeout=600)
+                             env=quiet_env(), capture_output=True, text=True, timeout=600)
     log = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, log[-6000:]
     assert [p.name for p in (root / "runs").iterdir()] == [run.name]  # wrote into the same run folder
@@ -90,7 +59,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(oct_demo, tmp_path):
     assert state["lr_scheduler"]["last_epoch"] == epochs  # the cosine schedule went on, not restarted
     assert state["optimizer"]["state"]  # Adam moments saved
 
-    scalars = _scalars(run / "tensorboard")
+    scalars = tb_scalars(run / "tensorboard")
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 2  # both processes logged here
     val = scalars["val_accuracy"]
     assert sorted({s for s, _ in val}) == list(range(1, epochs + 1))
@@ -106,7 +75,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(oct_demo, tmp_path):
 
 
 def test_resume_without_an_earlier_run_says_so(oct_demo, tmp_path):
-    proc = subprocess.run(_train_cmd(tmp_path, oct_demo, "--resume", "true"), cwd=REPO, env=_env(),
+    proc = subprocess.run(_train_cmd(tmp_path, oct_demo, "--resume", "true"), cwd=REPO, env=quiet_env(),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "no earlier 'train_*' run with a checkpoint here" in proc.stdout + proc.stderr
@@ -122,7 +91,7 @@ def test_same_seed_same_data_gives_identical_metrics_on_cpu(oct_demo, tmp_path):
                    output_dir=tmp_path / k / "train", num_epochs=2)
         runs.append(tmp_path / k)
     # every logged loss, learning rate and validation metric at every step; not the timings (perf/...)
-    a, b = ({t: [(s, "nan" if v != v else v) for s, v in vals] for t, vals in _scalars(r / "train" / "tensorboard").items()
+    a, b = ({t: [(s, "nan" if v != v else v) for s, v in vals] for t, vals in tb_scalars(r / "train" / "tensorboard").items()
              if not t.startswith("perf/")} for r in runs)
     assert {"train_loss", "val_accuracy", "val_macro_auc"} <= set(a)
     assert a == b

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,7 +17,7 @@ from typing import Callable
 import pytest
 import torch
 
-from tests.bundles._runner import REPO, SMOKE, bundle_dir
+from tests.bundles._runner import REPO, SMOKE, bundle_dir, kill_after_first_checkpoint, quiet_env, tb_scalars
 
 
 def _chest(root: Path) -> Path:
@@ -80,22 +78,6 @@ def _train_cmd(name: str, bundle_root: Path, dataset: Path, **overrides) -> list
     return cmd
 
 
-def _env() -> dict:
-    return {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-
-
-def _scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, list[tuple[int, float]]] = {}
-    for f in sorted(tb_dir.glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
-    return out
-
-
 @pytest.fixture(scope="module", params=sorted(SPECS))
 def bundle_data(request, tmp_path_factory) -> tuple[str, Path]:
     name = request.param
@@ -108,21 +90,8 @@ def test_killed_training_resumes_from_its_last_checkpoint(bundle_data, tmp_path)
     the schedule and the best metric carried over, the best model kept by the key metric over all epochs."""
     name, data = bundle_data
     root, epochs = tmp_path / "bundle", 5
-    proc = subprocess.Popen(_train_cmd(name, root, data, num_epochs=epochs), cwd=REPO, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    try:
-        while not list(root.glob("runs/train_*/checkpoints/training_checkpoint_*.pt")):
-            assert proc.poll() is None, f"training ended before its first checkpoint:\n{proc.stdout.read()[-4000:]}"
-            assert time.monotonic() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        first_log = proc.communicate(timeout=60)[0]
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    code, first_log = kill_after_first_checkpoint(_train_cmd(name, root, data, num_epochs=epochs), root)
+    assert code == -signal.SIGKILL
     assert f"Epoch[{epochs}] Complete" not in first_log
     (run,) = list((root / "runs").iterdir())
     (ckpt1,) = list((run / "checkpoints").glob("training_checkpoint_*.pt"))
@@ -130,8 +99,8 @@ def test_killed_training_resumes_from_its_last_checkpoint(bundle_data, tmp_path)
     killed_at = tstate["iteration"] // tstate["epoch_length"]
     assert 1 <= killed_at < epochs
 
-    resumed = subprocess.run(_train_cmd(name, root, data, num_epochs=epochs, resume="true"), cwd=REPO, env=_env(),
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(_train_cmd(name, root, data, num_epochs=epochs, resume="true"), cwd=REPO,
+                             env=quiet_env(), capture_output=True, text=True, timeout=600)
     log = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, log[-6000:]
     assert [p.name for p in (root / "runs").iterdir()] == [run.name]
@@ -146,7 +115,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(bundle_data, tmp_path)
         assert state["lr_scheduler"]["last_epoch"] == epochs
     assert state["optimizer"]["state"]
 
-    scalars = _scalars(run / "tensorboard")
+    scalars = tb_scalars(run / "tensorboard")
     key = SPECS[name].key_metric
     val = scalars[key]
     assert sorted({s for s, _ in val}) == list(range(1, epochs + 1))  # every epoch validated once, across both
@@ -167,11 +136,11 @@ def test_same_seed_same_data_gives_identical_metrics_on_cpu(bundle_data, tmp_pat
     for k in ("a", "b"):
         cmd = _train_cmd(name, tmp_path / k, data, num_epochs=2, ckpt_dir=tmp_path / k / "models",
                          output_dir=tmp_path / k / "train")
-        proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(cmd, cwd=REPO, env=quiet_env(), capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
         runs.append(tmp_path / k)
     a, b = ({t: [(s, "nan" if v != v else v) for s, v in vals]
-             for t, vals in _scalars(r / "train" / "tensorboard").items() if not t.startswith("perf/")} for r in runs)
+             for t, vals in tb_scalars(r / "train" / "tensorboard").items() if not t.startswith("perf/")} for r in runs)
     assert {"train_loss", SPECS[name].key_metric} <= set(a)
     assert a == b
     wa, wb = (torch.load(r / "models" / "model.pt", weights_only=True) for r in runs)
