@@ -35,7 +35,9 @@ from monai.utils import optional_import
 from medplugin.errors import BadInputError
 
 pydicom, _HAS_PYDICOM = optional_import("pydicom")
-pixels, _ = optional_import("pydicom.pixels")
+pixels, _HAS_PIXELS = optional_import("pydicom.pixels")
+if _HAS_PYDICOM and not _HAS_PIXELS:  # pydicom 2 (MONAI Label's environment): the same functions, older home
+    from medplugin.io import _pydicom2 as pixels
 InvalidDicomError, _ = optional_import("pydicom.errors", name="InvalidDicomError")
 
 __all__ = ["is_dicom", "read_dicom_image"]
@@ -87,7 +89,7 @@ _GRAY = ("MONOCHROME1", "MONOCHROME2")
 
 def _require_pydicom() -> None:
     if not _HAS_PYDICOM:
-        raise ImportError("reading DICOM needs pydicom: pip install 'pydicom>=3'")
+        raise ImportError("reading DICOM needs pydicom: pip install 'pydicom>=3' (2.4 works too)")
 
 
 def _has_magic(path: Path) -> bool:
