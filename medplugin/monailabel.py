@@ -40,6 +40,9 @@ BASE_REQUIREMENTS = (f"torch=={TORCH}", f"torchvision=={TORCHVISION}", f"monaila
 BUNDLE_REQUIREMENTS = (
     "pyyaml>=6", "nibabel", "pytorch-ignite", "tensorboard", "scipy", "pillow", "matplotlib", "tqdm", "fire",
     "scikit-learn",
+    # compressed DICOM (JPEG lossless/extended, JPEG 2000) as in the main environment; NumPy 1 kept for
+    # MONAI Label's own numpymaxflow and pydicom-seg (newer pylibjpeg-libjpeg releases would pull NumPy 2)
+    "numpy<2", "pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1", "pylibjpeg-openjpeg>=2.3",
 )
 
 
@@ -189,10 +192,11 @@ def ensure_env(env: Path | str = DEFAULT_ENV, repo: Path | str = REPO_ROOT, pyth
 
 # ---- the app folder ------------------------------------------------------------------------------------------
 
-# the studies folder may hold JPEG images and text class labels: MONAI Label's datastore only lists files with
-# these extensions (its default lacks .jpeg and .txt). DICOM files are left out: medplugin's DICOM reader needs
-# pydicom 3, and MONAI Label's environment has pydicom 2 (convert radiographs to PNG for MONAI Label).
-DATASTORE_FILE_EXT = ("*.nii.gz", "*.nii", "*.nrrd", "*.jpg", "*.jpeg", "*.png", "*.tif", "*.txt", "*.json")
+# the studies folder may hold JPEG images, DICOM radiographs and text class labels: MONAI Label's datastore only
+# lists files with these extensions (its default lacks .jpeg, .dcm and .txt). medplugin's DICOM reader runs on
+# the environment's pydicom 2 through medplugin.io._pydicom2.
+DATASTORE_FILE_EXT = ("*.nii.gz", "*.nii", "*.nrrd", "*.jpg", "*.jpeg", "*.png", "*.tif", "*.dcm", "*.txt",
+                      "*.json")
 # overlays a bundle may ship for MONAI Label, merged after its own config into the app's JSON config
 OVERLAYS = {"train": "monailabel_train.yaml", "inference": "monailabel_inference.yaml"}
 

@@ -124,6 +124,10 @@ def _chest_case(tmp: Path, request) -> Case:
     rows = sorted(csv.DictReader(Path(demo["csv"]).open()), key=lambda r: r["Image Index"])
     labelled = [(images[r["Image Index"]], r["Finding Labels"]) for r in rows[:8]]  # "Effusion|Mass", "No Finding"
     unlabelled = [images[r["Image Index"]] for r in rows[8:10]]
+    # and two real radiographs as DICOM (uncompressed and JPEG 2000), read on the server's pydicom 2
+    from pydicom.data import get_testdata_file
+
+    unlabelled += [Path(get_testdata_file(n)) for n in ("RG1_UNCR.dcm", "RG1_J2KR.dcm")]
     return Case(CHEST, "classification", ckpt / "model.pt", labelled, unlabelled, list(FINDINGS), multi_label=True)
 
 
