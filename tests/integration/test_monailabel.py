@@ -78,7 +78,10 @@ def _lung_case(tmp: Path, request) -> Case:
         lungs = [np.asarray(Image.open(root / "ManualMask" / side / img.name)) > 0 for side in ("leftMask", "rightMask")]
         Image.fromarray((lungs[0] | lungs[1]).astype(np.uint8)).save(masks / img.name)
         labelled.append((img, masks / img.name))
-    return Case(LUNG, "segmentation", ckpt / "model.pt", labelled, images[8:10], ["background", "lung"])
+    from pydicom.data import get_testdata_file
+
+    unlabelled = [*images[8:10], Path(get_testdata_file("RG1_UNCR.dcm"))]  # and a real DICOM radiograph
+    return Case(LUNG, "segmentation", ckpt / "model.pt", labelled, unlabelled, ["background", "lung"])
 
 
 def _fundus_case(tmp: Path, request) -> Case:
@@ -321,14 +324,24 @@ def test_infer_answers_for_every_bundle(server, name):
             if not c.multi_label:  # one class of several: the scores sum to 1
                 assert scores.sum() == pytest.approx(1.0, abs=1e-4)
             np.testing.assert_allclose(scores, _expected(app, name, img, c.multi_label).numpy(), atol=1e-4)
-        elif img.suffix == ".png":  # the mask, as a PNG on the radiograph's pixel grid
-            from PIL import Image
-
+        elif img.suffix in (".png", ".dcm"):  # the mask, as a PNG (DICOM) on the radiograph's pixel grid
             status, body = _post(f"{url}/infer/{name}?image={sid}&output=image")
-            assert status == 200 and body[:8] == b"\x89PNG\r\n\x1a\n"
-            mask = np.asarray(Image.open(io.BytesIO(body)))
-            with Image.open(img) as im:
-                assert mask.shape == (im.height, im.width) and mask.dtype == np.uint8
+            assert status == 200
+            if img.suffix == ".png":
+                from PIL import Image
+
+                assert body[:8] == b"\x89PNG\r\n\x1a\n"
+                mask = np.asarray(Image.open(io.BytesIO(body)))
+                with Image.open(img) as im:
+                    assert mask.shape == (im.height, im.width)
+            else:
+                import pydicom
+
+                assert body[128:132] == b"DICM"
+                mask = pydicom.dcmread(io.BytesIO(body)).pixel_array
+                src = pydicom.dcmread(img, stop_before_pixels=True)
+                assert mask.shape == (src.Rows, src.Columns)
+            assert mask.dtype == np.uint8
             assert set(np.unique(mask)) <= set(range(len(c.class_names)))
             probs = _expected(app, name, img)
             expected = torch.nn.functional.interpolate(probs.argmax(0)[None, None].float(), size=mask.shape,
