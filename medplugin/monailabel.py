@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -85,14 +84,13 @@ SHARED_LAYER = "shared-torch"  # folder of links, inside the MONAI Label environ
 SHARED_PTH = "medplugin-shared-torch.pth"  # puts it on sys.path, after the environment's own site-packages
 
 
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def shareable_distributions() -> list | None:
     """torch, torchvision and the CUDA and triton wheels they pull in, as installed beside this interpreter, when
     torch and torchvision are the releases the MONAI Label environment pins; None when they are not."""
     from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
 
     try:
         if metadata.version("torch") != TORCH or metadata.version("torchvision") != TORCHVISION:
@@ -101,7 +99,7 @@ def shareable_distributions() -> list | None:
         return None
     seen, todo, out = set(), ["torch", "torchvision"], []
     while todo:
-        name = _norm(todo.pop())
+        name = todo.pop()
         if name in seen:
             continue
         seen.add(name)
@@ -111,39 +109,30 @@ def shareable_distributions() -> list | None:
             continue  # an optional or platform-only requirement that is not installed
         out.append(dist)
         for req in dist.requires or []:
-            m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
-            if m and (_norm(m.group(1)).startswith(("nvidia-", "cuda-")) or _norm(m.group(1)) == "triton"):
-                todo.append(m.group(1))
+            dep = canonicalize_name(Requirement(req).name)
+            if dep.startswith(("nvidia-", "cuda-")) or dep == "triton":
+                todo.append(dep)
     return out
 
 
-def _site_packages(py: Path) -> Path:
-    out = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         check=True, capture_output=True, text=True).stdout.strip()
-    return Path(out)
-
-
-def _same_python(py: Path) -> bool:
-    out = subprocess.run([str(py), "-c", "import sys; print(*sys.version_info[:2])"], check=True,
-                         capture_output=True, text=True).stdout.split()
-    return tuple(int(v) for v in out) == tuple(sys.version_info[:2])
-
-
-def link_shared_torch(env: Path | str, py: Path) -> bool:
-    """Make ``env`` use this interpreter's torch, torchvision and CUDA wheels through a folder of links.
+def link_shared_torch(env: Path | str, py: Path, dists: list | None) -> bool:
+    """Make ``env`` use this interpreter's torch, torchvision and CUDA wheels (``dists``, from
+    :func:`shareable_distributions`) through a folder of links.
 
     The links are on ``sys.path`` after ``env``'s own site-packages, so what ``env`` installs itself (``pydicom<3``,
     an older NumPy) still comes first, and pip there takes the pinned torch as installed. Returns whether ``env``
-    now shares them; where they cannot be shared (other releases here, another Python minor version there), any
-    old links are removed and pip installs ``env``'s own copy.
+    now shares them; where they cannot be shared (no ``dists``, another Python minor version there), any old links
+    are removed and pip installs ``env``'s own copy.
     """
     env = Path(env)
-    layer, pth = env / SHARED_LAYER, _site_packages(py) / SHARED_PTH
+    code = "import sys, sysconfig; print(*sys.version_info[:2]); print(sysconfig.get_paths()['purelib'])"
+    version, site = subprocess.run([str(py), "-c", code], check=True, capture_output=True,
+                                   text=True).stdout.strip().splitlines()
+    layer, pth = env / SHARED_LAYER, Path(site) / SHARED_PTH
     if layer.is_dir():
         shutil.rmtree(layer)  # links only: rmtree removes a link, never what it points to
     pth.unlink(missing_ok=True)
-    dists = shareable_distributions()
-    if not dists or not _same_python(py):
+    if not dists or tuple(int(v) for v in version.split()) != tuple(sys.version_info[:2]):
         return False
     layer.mkdir()
     for dist in dists:
@@ -176,11 +165,11 @@ def ensure_env(env: Path | str = DEFAULT_ENV, repo: Path | str = REPO_ROOT, pyth
         return py
     reqs = requirements()
     start = time.monotonic()
+    dists = shareable_distributions()
     if not py.exists():
-        share = shareable_distributions() is not None
-        creator = python or (sys.executable if share else None) or shutil.which("python3") or sys.executable
+        creator = python or (sys.executable if dists else None) or shutil.which("python3") or sys.executable
         subprocess.run([creator, "-m", "venv", str(env)], check=True)
-    shared = link_shared_torch(env, py)
+    shared = link_shared_torch(env, py, dists)
     pip = [str(py), "-m", "pip", "install", "-q"]
     subprocess.run([*pip, *reqs], check=True)
     subprocess.run([*pip, "--no-deps", "-e", str(repo)], check=True)

@@ -82,7 +82,9 @@ def test_tensorboard_command_needs_a_run_folder(tmp_path):
 def test_torch_is_shared_with_its_cuda_wheels(tmp_path):
     """The links cover torch, torchvision and every CUDA/triton wheel torch needs (else the env's torch would not
     find libcudart and friends), and nothing else (what MONAI Label pins differently must come from its env)."""
-    names = {monailabel._norm(d.metadata["Name"]) for d in monailabel.shareable_distributions()}
+    from packaging.utils import canonicalize_name
+
+    names = {canonicalize_name(d.metadata["Name"]) for d in monailabel.shareable_distributions()}
     assert {"torch", "torchvision"} <= names
     assert all(n in ("torch", "torchvision", "triton") or n.startswith(("nvidia-", "cuda-")) for n in names)
     assert "numpy" not in names and "pydicom" not in names
