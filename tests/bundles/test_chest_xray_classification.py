@@ -34,16 +34,6 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def cxr_demo(tmp_path_factory) -> Path:
-    """A tiny ChestX-ray14-layout release: 24 patients with follow-ups, 64x64, official split lists, boxes."""
-    from medplugin.data.synthetic.chest_xray import make_chestxray14_demo
-
-    root = tmp_path_factory.mktemp("cxr") / "nih"
-    make_chestxray14_demo(root, n_patients=24, size=64, seed=1)
-    return root
-
-
-@pytest.fixture(scope="module")
 def trained(cxr_demo, tmp_path_factory):
     """One smoke training run shared by the tests below: (ckpt_dir, train output_dir)."""
     tmp = tmp_path_factory.mktemp("cxr_bundle")

@@ -42,14 +42,6 @@ def _nibabel_anatomical() -> Path:
 
 
 @pytest.fixture(scope="module")
-def knee_nifti(tmp_path_factory) -> Path:
-    """16 clinical-layout NIfTI exams (8 x 32 x 32, four conditions balanced) with ACL masks."""
-    from medplugin.data.synthetic.knee import make_knee_nifti_demo
-
-    return Path(make_knee_nifti_demo(tmp_path_factory.mktemp("knee_nifti"), n=16, shape=(8, 32, 32), seed=0)["root"])
-
-
-@pytest.fixture(scope="module")
 def trained(knee_nifti, tmp_path_factory):
     """One smoke training run shared by the tests below: (ckpt_dir, train output_dir)."""
     tmp = tmp_path_factory.mktemp("knee_cls_bundle")

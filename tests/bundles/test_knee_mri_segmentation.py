@@ -24,20 +24,11 @@ from tests.bundles._contract import (
     verify_net_in_out,
     write_dicom_series,
 )
+from tests.bundles.conftest import KNEE_SEG_SHAPE as SHAPE
 from tests.bundles._runner import REPO, SMOKE, bundle_dir, run_bundle
 
 NAME = "knee_mri_segmentation"
 B = bundle_dir(NAME)
-SHAPE = (16, 32, 32)  # (slices, H, W) of the smoke volumes; smoke.yaml's image_size 32 is the in-plane patch size
-
-
-@pytest.fixture(scope="module")
-def knee_seg_demo(tmp_path_factory) -> Path:
-    """8 synthetic sagittal knee volumes 16x32x32 with ACL masks, NIfTI, 2 exams per patient."""
-    from medplugin.data.synthetic.knee import make_knee_nifti_demo
-
-    out = tmp_path_factory.mktemp("knee_seg_demo")
-    return Path(make_knee_nifti_demo(out, n=8, shape=SHAPE, seed=1, exams_per_patient=2)["root"])
 
 
 @pytest.fixture(scope="module")

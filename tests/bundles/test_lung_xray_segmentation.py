@@ -38,16 +38,6 @@ def _testfile(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def lung_demo(tmp_path_factory) -> Path:
-    """12 synthetic radiographs (64x64) in the Montgomery layout: 8 training, 2 validation, 2 test images."""
-    from medplugin.data.synthetic.chest_xray import make_lung_seg_demo
-
-    root = tmp_path_factory.mktemp("lung_demo") / "MontgomerySet"
-    make_lung_seg_demo(root, n=12, size=64, seed=1)
-    return root
-
-
-@pytest.fixture(scope="module")
 def trained(lung_demo, tmp_path_factory):
     """One smoke training run shared by the tests below: (ckpt_dir, train output_dir)."""
     tmp = tmp_path_factory.mktemp("lung_bundle")

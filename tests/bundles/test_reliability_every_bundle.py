@@ -12,7 +12,6 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -20,52 +19,19 @@ import torch
 from tests.bundles._runner import REPO, SMOKE, bundle_dir, kill_after_first_checkpoint, quiet_env, tb_scalars
 
 
-def _chest(root: Path) -> Path:
-    from medplugin.data.synthetic.chest_xray import make_chestxray14_demo
-
-    make_chestxray14_demo(root / "nih", n_patients=24, size=64, seed=1)
-    return root / "nih"
-
-
-def _lung(root: Path) -> Path:
-    from medplugin.data.synthetic.chest_xray import make_lung_seg_demo
-
-    make_lung_seg_demo(root / "MontgomerySet", n=12, size=64, seed=1)
-    return root / "MontgomerySet"
-
-
-def _fundus(root: Path) -> Path:
-    from medplugin.data.synthetic.fundus import make_eyepacs_demo
-
-    make_eyepacs_demo(root / "eyepacs", n_patients=8, size=64, seed=0, n_test_patients=3)
-    return root / "eyepacs"
-
-
-def _knee(root: Path) -> Path:
-    from medplugin.data.synthetic.knee import make_knee_nifti_demo
-
-    return Path(make_knee_nifti_demo(root, n=16, shape=(8, 32, 32), seed=0)["root"])
-
-
-def _knee_seg(root: Path) -> Path:
-    from medplugin.data.synthetic.knee import make_knee_nifti_demo
-
-    return Path(make_knee_nifti_demo(root, n=8, shape=(16, 32, 32), seed=1, exams_per_patient=2)["root"])
-
-
 @dataclass(frozen=True)
 class Spec:
-    make: Callable[[Path], Path]
+    data: str  # the fixture (tests/bundles/conftest.py) of the bundle's tiny dataset
     key_metric: str  # the validation metric the best model is chosen by
     overrides: dict = field(default_factory=dict)
 
 
 SPECS = {
-    "chest_xray_classification": Spec(_chest, "val_mean_auroc", {"val_fraction": 0.3}),
-    "lung_xray_segmentation": Spec(_lung, "val_mean_dice"),
-    "retina_fundus_classification": Spec(_fundus, "val_auc"),
-    "knee_mri_classification": Spec(_knee, "val_auc", {"num_slices": 8}),
-    "knee_mri_segmentation": Spec(_knee_seg, "val_mean_dice", {"patch_slices": 16}),
+    "chest_xray_classification": Spec("cxr_demo", "val_mean_auroc", {"val_fraction": 0.3}),
+    "lung_xray_segmentation": Spec("lung_demo", "val_mean_dice"),
+    "retina_fundus_classification": Spec("fundus_demo", "val_auc"),
+    "knee_mri_classification": Spec("knee_nifti", "val_auc", {"num_slices": 8}),
+    "knee_mri_segmentation": Spec("knee_seg_demo", "val_mean_dice", {"patch_slices": 16}),
 }
 
 
@@ -79,9 +45,9 @@ def _train_cmd(name: str, bundle_root: Path, dataset: Path, **overrides) -> list
 
 
 @pytest.fixture(scope="module", params=sorted(SPECS))
-def bundle_data(request, tmp_path_factory) -> tuple[str, Path]:
+def bundle_data(request) -> tuple[str, Path]:
     name = request.param
-    return name, SPECS[name].make(tmp_path_factory.mktemp(name))
+    return name, request.getfixturevalue(SPECS[name].data)
 
 
 @pytest.mark.slow  # real multi-epoch trainings

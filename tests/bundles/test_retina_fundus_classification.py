@@ -27,16 +27,6 @@ CLASSES = ["non-referable", "referable"]
 
 
 @pytest.fixture(scope="module")
-def fundus_demo(tmp_path_factory):
-    """8 training + 3 test patients (two eyes each, grades 0-4 in turn) of 64x64 synthetic photographs."""
-    from medplugin.data.synthetic.fundus import make_eyepacs_demo
-
-    root = tmp_path_factory.mktemp("fundus_demo") / "eyepacs"
-    make_eyepacs_demo(root, n_patients=8, size=64, seed=0, n_test_patients=3)
-    return root
-
-
-@pytest.fixture(scope="module")
 def trained(fundus_demo, tmp_path_factory):
     """One smoke training run shared by the tests below: (ckpt_dir, train output_dir)."""
     tmp = tmp_path_factory.mktemp("fundus_bundle")
