@@ -7,12 +7,17 @@ import pytest
 import torch
 
 from medplugin.metrics.localization import (
+    IOBB_THRESHOLDS,
+    IOU_THRESHOLDS,
+    box_iobb,
     box_iou,
     box_mask,
+    film_localization_scores,
     localization_report,
     localization_scores,
     map_box_iou,
     map_to_box,
+    map_peak,
     mask_iou,
     pointing_game_hit,
     scale_box,
@@ -79,3 +84,60 @@ def test_report_aggregates_per_finding():
     assert rep["per_finding"]["Hernia"]["n_boxes"] == 0 and np.isnan(rep["per_finding"]["Hernia"]["hit_rate"])
     with pytest.raises(ValueError, match="not in"):
         localization_report(recs, ["Mass"])
+
+
+def test_pointing_game_tolerance_is_in_film_pixels_not_model_pixels():
+    """A 224 x 224 map of a 1024 x 1024 film; the peak lies 60 film pixels right of the box."""
+    box = (400.0, 400.0, 100.0, 100.0)  # film pixels, as in BBox_List_2017.csv
+    cam = np.zeros((224, 224))
+    col = int(560 * 224 / 1024)  # film x = 560: 60 pixels right of the box's edge at 500
+    cam[98, col] = 1.0  # film y ~ 450
+    peak_x = (col + 0.5) * 1024 / 224
+    assert 55 < peak_x - 500 < 65
+    film = film_localization_scores(cam, box, (1024, 1024), tolerance=15)
+    assert not film["hit"]  # 15 film pixels do not reach it
+    assert film_localization_scores(cam, box, (1024, 1024), tolerance=70)["hit"]
+    # the same 15 as model-input pixels would be 69 film pixels: a hit (the old, too lenient reading)
+    in_model = scale_box(box, (1024, 1024), (224, 224))
+    assert pointing_game_hit(cam, in_model, tolerance=15)
+    assert film["peak"] == pytest.approx([peak_x, (98 + 0.5) * 1024 / 224], abs=0.01)
+
+
+def test_a_crop_is_mapped_back_to_the_film_and_the_centre_guess_is_scored():
+    # the map covers rows 100..900 and columns 50..950 of a 1024 x 1024 film (a lung crop), at 64 x 64
+    cam = np.zeros((64, 64))
+    cam[32, 16] = 1.0  # centre of pixel (32, 16): film x = 50 + 16.5 * 900 / 64, y = 100 + 32.5 * 800 / 64
+    x, y = 50 + 16.5 * 900 / 64, 100 + 32.5 * 800 / 64
+    box = (x - 10, y - 10, 20, 20)
+    res = film_localization_scores(cam, box, (800, 900), offset=(100, 50), film_size=(1024, 1024))
+    assert res["hit"] and res["peak"] == pytest.approx([x, y], abs=0.01)
+    assert not res["centre_hit"]  # the film centre (512, 512) is far from this box
+    central = film_localization_scores(cam, (480, 480, 64, 64), (800, 900), offset=(100, 50), film_size=(1024, 1024))
+    assert central["centre_hit"] and not central["hit"]
+    with pytest.raises(ValueError, match="needs the film_size"):
+        film_localization_scores(cam, box, (800, 900), offset=(100, 50))
+    assert map_peak(np.ones((4, 4))) is None
+    assert not film_localization_scores(np.ones((4, 4)), box, (1024, 1024))["hit"]
+
+
+def test_iobb_and_the_chestxray8_accuracies():
+    assert box_iobb((10, 10, 10, 10), (0, 0, 100, 100)) == 1.0  # a small box inside a large finding
+    assert box_iou((10, 10, 10, 10), (0, 0, 100, 100)) == pytest.approx(0.01)
+    assert box_iobb((0, 0, 20, 10), (10, 0, 20, 10)) == pytest.approx(0.5)
+    assert IOBB_THRESHOLDS == (0.1, 0.25, 0.5, 0.75, 0.9)  # Wang et al. 2017, Table 4
+    assert IOU_THRESHOLDS == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    recs = [{"finding": "Mass", "hit": True, "centre_hit": False, "iou": 0.5, "iobb": 0.5, "mask_iou": 0.4},
+            {"finding": "Mass", "hit": False, "centre_hit": True, "iou": 0.05, "iobb": 0.3, "mask_iou": 0.0},
+            {"finding": "Nodule", "hit": False, "centre_hit": False, "iou": 0.0, "iobb": 0.0, "mask_iou": 0.0}]
+    rep = localization_report(recs, ["Mass", "Nodule"])
+    assert rep["centre_hit_rate"] == pytest.approx(1 / 3) and rep["hit_rate"] == pytest.approx(1 / 3)
+    assert rep["mean_iobb"] == pytest.approx(0.8 / 3)
+    # correct when IoBB > T (strictly): 0.5 counts at T = 0.25, not at T = 0.5
+    assert rep["iobb_accuracy"] == pytest.approx({"0.1": 2 / 3, "0.25": 2 / 3, "0.5": 0.0, "0.75": 0.0, "0.9": 0.0})
+    assert rep["iou_accuracy"]["0.1"] == pytest.approx(1 / 3) and rep["iou_accuracy"]["0.5"] == 0.0
+    assert rep["per_finding"]["Mass"]["iobb_accuracy"]["0.25"] == 1.0
+    # a map scored with localization_scores gets the IoBB of the same (largest-region) box as its IoU
+    cam = np.zeros((32, 32))
+    cam[8:16, 4:20] = 1.0
+    s = localization_scores(cam, (0, 0, 32, 32))
+    assert s["iobb"] == 1.0 and s["iou"] == pytest.approx(128 / 1024)
