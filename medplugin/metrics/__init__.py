@@ -17,6 +17,28 @@ from medplugin.metrics.grading import (
     sensitivity_specificity,
     threshold_for_specificity,
 )
+from medplugin.metrics.bootstrap import (
+    PatientBootstrap,
+    bootstrap_intervals,
+    bootstrap_metric,
+    ci_entries,
+    format_ci,
+    headline_figures,
+)
+from medplugin.metrics.calibration import (
+    apply_temperature,
+    calibration_report,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_bins,
+)
+from medplugin.metrics.comparison import delong_test, paired_bootstrap
+from medplugin.metrics.operating_points import (
+    apply_operating_points,
+    choose_operating_points,
+    operating_point_metrics,
+    parse_criterion,
+)
 
 __all__ = [
     "MultiLabelAUROC",
@@ -34,4 +56,23 @@ __all__ = [
     "flatten_report",
     "roc_auc",
     "roc_curve",
+]
+__all__ += [
+    "PatientBootstrap",
+    "bootstrap_intervals",
+    "bootstrap_metric",
+    "ci_entries",
+    "format_ci",
+    "headline_figures",
+    "apply_temperature",
+    "calibration_report",
+    "expected_calibration_error",
+    "fit_temperature",
+    "reliability_bins",
+    "delong_test",
+    "paired_bootstrap",
+    "apply_operating_points",
+    "choose_operating_points",
+    "operating_point_metrics",
+    "parse_criterion",
 ]

@@ -166,13 +166,43 @@ def ratio_figure(numerator, denominator) -> Figure:
     return _memo(figure)
 
 
-def rate_figures(calls, positives, name: str = "") -> dict[str, Figure]:
-    """Sensitivity, specificity, PPV and NPV of 0/1 ``calls`` as ``{name + "_sensitivity": figure, ...}``."""
-    k = np.asarray(calls).astype(bool).reshape(-1)
-    p = np.asarray(positives).astype(bool).reshape(-1)
-    pre = f"{name}_" if name else ""
-    return {f"{pre}sensitivity": ratio_figure(k & p, p), f"{pre}specificity": ratio_figure(~k & ~p, ~p),
-            f"{pre}ppv": ratio_figure(k & p, k), f"{pre}npv": ratio_figure(~k & ~p, ~k)}
+def rate_figures(calls, positives, name: str | Sequence[str] = "") -> dict[str, Figure]:
+    """Sensitivity, specificity, PPV and NPV of 0/1 ``calls`` as ``{name + "_sensitivity": figure, ...}``.
+
+    ``calls`` and ``positives`` are ``(N,)`` with one ``name`` (``""``: no prefix), or ``(N, C)`` with C names;
+    the counts of all C classes come from one matrix product per block of resamples.
+    """
+    k, p = np.asarray(calls).astype(bool), np.asarray(positives).astype(bool)
+    if k.shape != p.shape:
+        raise ValueError(f"calls have shape {k.shape} but positives {p.shape}.")
+    if k.ndim == 1:
+        k, p, names = k[:, None], p[:, None], [name]
+    else:
+        names = [name] if isinstance(name, str) else list(name)
+        if len(names) != k.shape[1]:
+            raise ValueError(f"{k.shape[1]} columns of calls but {len(names)} names {names}.")
+    c = k.shape[1]
+    # columns: true positives, positives, true negatives, negatives, calls, non-calls of each class
+    mat = np.concatenate([k & p, p, ~k & ~p, ~p, k, ~k], axis=1).astype(np.float64)
+    counts = _memo(lambda w: w @ mat)
+
+    def rate(num: int, den: int) -> Figure:
+        def figure(w: np.ndarray) -> np.ndarray:
+            m = counts(w)
+            d = m[:, den]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(d > 0, m[:, num] / np.where(d > 0, d, 1.0), np.nan)
+
+        return figure
+
+    out: dict[str, Figure] = {}
+    for i, nm in enumerate(names):
+        pre = f"{nm}_" if nm else ""
+        out[f"{pre}sensitivity"] = rate(i, c + i)
+        out[f"{pre}specificity"] = rate(2 * c + i, 3 * c + i)
+        out[f"{pre}ppv"] = rate(i, 4 * c + i)
+        out[f"{pre}npv"] = rate(2 * c + i, 5 * c + i)
+    return out
 
 
 def kappa_figure(labels, preds, num_classes: int, weighting: str | None = "quadratic") -> Figure:
@@ -270,8 +300,7 @@ def headline_figures(scores=None, labels=None, class_names: Sequence[str] | None
             k = np.asarray(calls).astype(bool)
             if k.shape != pos.shape:
                 raise ValueError(f"calls have shape {k.shape}, expected {pos.shape}.")
-            for c, name in enumerate(names):
-                figs.update(rate_figures(k[:, c], pos[:, c], name))
+            figs.update(rate_figures(k, pos, names))
         if kappa is not None:
             if kind != "multiclass":
                 raise ValueError("kappa is a figure of multi-class (graded) runs.")

@@ -173,6 +173,10 @@ def test_headline_figures_and_metrics_json_entries():
     assert {"accuracy", "a_auroc", "macro_auroc", "b_sensitivity", "c_npv", "kappa", "mean_dice"} <= set(figs)
     res = bootstrap_intervals(figs, np.arange(240) // 4, n_resamples=300, seed=0)
     flat = ci_entries(res)
+    k, pos = calls[:, 1].astype(bool), y == 1
+    assert flat["b_sensitivity"] == pytest.approx((k & pos).sum() / pos.sum())
+    assert flat["b_ppv"] == pytest.approx((k & pos).sum() / k.sum())
+    assert flat["b_specificity"] == pytest.approx((~k & ~pos).sum() / (~pos).sum())
     assert flat["accuracy"] == pytest.approx(np.mean(p.argmax(1) == y))
     for k in figs:
         lo, hi = flat[f"{k}_ci95"]
