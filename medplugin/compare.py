@@ -44,8 +44,8 @@ from medplugin.metrics.bootstrap import format_interval, headline_figures
 from medplugin.metrics.comparison import delong_test, paired_bootstrap
 from medplugin.utils import write_json
 
-__all__ = ["EvaluationRun", "read_run", "align_runs", "compare_runs", "format_table", "add_compare_parser",
-           "cmd_compare", "main"]
+__all__ = ["EvaluationRun", "prediction_header", "read_run", "align_runs", "compare_runs", "format_table",
+           "add_compare_parser", "cmd_compare", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,18 @@ class EvaluationRun:
     dice: np.ndarray | None  # (N,)
     kind: str  # multiclass | multilabel | segmentation
     kappa: bool
+
+
+def prediction_header(class_names: Sequence[str], calls: bool = True,
+                      prediction_column: str = "prediction") -> list[str]:
+    """The columns of a classification ``predictions.csv`` that :func:`read_run` reads, in the order to write.
+
+    ``file, patient_id, <prediction_column>, prob_<c>..., true_<c>..., [call_<c>...], error``: ``true_<c>`` is
+    0/1 (one-hot for a multi-class model), ``call_<c>`` the 0/1 call at the stored operating point.
+    """
+    names = list(class_names)
+    cols = ["file", "patient_id", prediction_column, *[f"prob_{c}" for c in names], *[f"true_{c}" for c in names]]
+    return [*cols, *([f"call_{c}" for c in names] if calls else []), "error"]
 
 
 def _float(path: Path, row: int, col: str, value: str) -> float:

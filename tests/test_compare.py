@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medplugin.compare import compare_runs, format_table, main, read_run
+from medplugin.compare import compare_runs, format_table, main, prediction_header, read_run
 from medplugin.errors import BadInputError
 
 FINDINGS = ["Effusion", "Mass"]
@@ -20,9 +20,7 @@ def _write_run(folder: Path, files, patients, probs, truth, calls=None, root="/d
     folder.mkdir(parents=True)
     with open(folder / "predictions.csv", "w", newline="") as f:
         w = csv.writer(f)
-        head = ["file", "patient_id", "findings", *[f"prob_{c}" for c in FINDINGS], *[f"true_{c}" for c in FINDINGS]]
-        head += [f"call_{c}" for c in FINDINGS] if calls is not None else []
-        w.writerow([*head, "error"])
+        w.writerow(prediction_header(FINDINGS, calls is not None, "findings"))
         for i, name in enumerate(files):
             row = [f"{root}/{name}", patients[i], "", *[f"{v:.6f}" for v in probs[i]], *[int(v) for v in truth[i]]]
             row += [int(v) for v in calls[i]] if calls is not None else []
@@ -83,7 +81,8 @@ def test_runs_on_different_test_sets_are_refused(tmp_path):
     probs, truth = rng.random((20, 2)), (rng.random((20, 2)) < 0.5).astype(int)
     a = _write_run(tmp_path / "a", files, pats, probs, truth)
     other_files = _write_run(tmp_path / "b1", files[:-1] + ["img99.png"], pats, probs, truth)
-    with pytest.raises(BadInputError, match=r"not the test set of run A .*1 files only in A \(e\.g\. \['/data/test/img19"):
+    only_a = r"not the test set of run A .*1 files only in A \(e\.g\. \['/data/test/img19"
+    with pytest.raises(BadInputError, match=only_a):
         compare_runs(a, other_files, n_resamples=10)
     other_patients = _write_run(tmp_path / "b2", files, [f"q{i}" for i in range(20)], probs, truth)
     with pytest.raises(BadInputError, match="20 files belong to other patients"):

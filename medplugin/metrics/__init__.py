@@ -39,6 +39,7 @@ from medplugin.metrics.operating_points import (
     operating_point_metrics,
     parse_criterion,
 )
+from medplugin.metrics.statistics import evaluation_statistics, fit_model_statistics, write_reliability
 
 __all__ = [
     "MultiLabelAUROC",
@@ -75,4 +76,7 @@ __all__ += [
     "choose_operating_points",
     "operating_point_metrics",
     "parse_criterion",
+    "evaluation_statistics",
+    "fit_model_statistics",
+    "write_reliability",
 ]
