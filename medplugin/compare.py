@@ -286,7 +286,10 @@ def format_table(result: dict, digits: int = 3) -> str:
 def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``compare`` sub-command to ``medplugin``'s sub-parsers (``cli.build_parser``)."""
     c = subparsers.add_parser("compare", help="compare two evaluation runs on the same test set (paired bootstrap, "
-                                              "DeLong)", description=__doc__.split("\n\n")[0])
+                                              "DeLong)",
+                              description="Compare two evaluation runs on the same test set: differences B - A of "
+                                          "every headline figure with a paired patient-level bootstrap (95% "
+                                          "interval, p-value) and DeLong's test for each AUROC.")
     c.add_argument("run_a", help="evaluation run folder A (the reference)")
     c.add_argument("run_b", help="evaluation run folder B; differences are B - A")
     c.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="resamples (default 1000)")
