@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medplugin import monailabel
+from medplugin.tools import monailabel
 from medplugin.errors import BadInputError
 from medplugin.io.dicom import read_dicom_image
 
