@@ -14,11 +14,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from tests.bundles._runner import REPO
 
@@ -146,7 +146,8 @@ def test_editable_install_finds_its_projects_bundles(tmp_path):
     _pip_install(py, "--no-deps", "-e", str(src))
     work = tmp_path / "elsewhere"
     work.mkdir()
-    code = "import medplugin.resources as r; print(r.editable_project()); print(r.bundles_dir()); print(r.overlays_dir())"
+    code = ("import medplugin.resources as r; "
+            "print(r.editable_project()); print(r.bundles_dir()); print(r.overlays_dir())")
     where = subprocess.run([str(py), "-c", code], cwd=work, env=_clean_env(), capture_output=True, text=True,
                            timeout=300)
     assert where.returncode == 0, where.stderr[-3000:]
