@@ -3,11 +3,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo/run_$(shell date +%Y%m%d_%H%M%S)
 
-.PHONY: setup demo test test-fast bench
+.PHONY: setup demo lint test test-fast test-integration bench
+
+# test tiers (markers in pyproject.toml, set in tests/conftest.py): the unit tier runs in-process only; the rest
+# starts bundle runs, the medplugin command, servers or virtual environments. Together they are the whole suite,
+# each test once.
+UNIT := not slow and not integration
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
@@ -17,11 +22,17 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/medplugin demo retina_oct_classification --out $(DEMO_DIR) --run
 
-test: setup
-	$(PY) -m pytest
+lint: setup
+	$(VENV)/bin/ruff check .
+
+# everything: lint, then the unit tier (a failure stops here, in minutes), then the integration tier
+test: lint test-fast test-integration
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "$(UNIT)"
+
+test-integration: setup
+	$(PY) -m pytest -m "not ($(UNIT))"
 
 bench: setup
 	$(PY) -m benchmarks

@@ -11,13 +11,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from medplugin import __version__
+from medplugin import __version__, resources
 from medplugin.errors import BadInputError
 from medplugin.utils import write_json
 
 logger = logging.getLogger("medplugin")
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _datalist_oct2017(args) -> dict:
@@ -150,17 +148,26 @@ DATALISTS["lungseg"] = _datalist_lungseg  # Montgomery layout or images/ + masks
 DEMOS["lung_xray_segmentation"] = _demo_lung_segmentation
 
 
-def _bundle_dir(name: str) -> Path:
-    path = REPO_ROOT / "bundles" / name
-    if not path.is_dir():
-        raise SystemExit(f"bundle folder {path} not found: run the demo from a clone of the medplugin repository.")
-    return path
+def _demo_overlays(bundle: str, extra: Sequence[str]) -> list[Path]:
+    """The demo overlay of ``bundle`` (its own ``demo_<bundle>.yaml`` when there is one, else ``demo.yaml``), then
+    the ``--overlay`` files in their order."""
+    root = resources.overlays_dir()
+    own = root / f"demo_{bundle}.yaml"
+    demo = own if own.is_file() else resources.overlay_file("demo", root)
+    return [demo, *(resources.overlay_file(o, root) for o in extra)]
 
 
-def _run_bundle(bundle: Path, config: str, overrides: dict[str, str]) -> None:
-    overlay = REPO_ROOT / "configs" / f"demo_{bundle.name}.yaml"  # a bundle's own demo overlay, when it has one
-    configs = [str(bundle / "configs" / config), str(overlay if overlay.is_file() else REPO_ROOT / "configs" / "demo.yaml")]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(bundle), "--config_file", json.dumps(configs)]
+def _run_bundle(bundle: Path, config: str | Sequence[str], overrides: dict[str, str],
+                overlays: Sequence[Path] = ()) -> None:
+    """``python -m monai.bundle run`` of ``bundle``'s ``config`` file(s), merged with ``overlays`` and ``overrides``.
+
+    Every output goes where ``overrides`` say (the demo passes ``ckpt_dir`` and ``output_dir``): the bundle folder
+    may be inside an installed package and is only read.
+    """
+    files = [config] if isinstance(config, str) else list(config)
+    configs = [*(str(bundle / "configs" / c) for c in files), *(str(o) for o in overlays)]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(bundle),
+           "--config_file", json.dumps(configs)]
     for k, v in overrides.items():
         cmd += [f"--{k}", v]
     print("$", " ".join(cmd), flush=True)
@@ -184,16 +191,21 @@ def cmd_datalist(args) -> int:
 
 def cmd_demo(args) -> int:
     out = Path(args.out).resolve()
+    if args.run or args.overlay:  # the bundle and its overlays are found before anything is written
+        bundle = resources.bundle_dir(args.bundle, args.bundles_dir)
+        overlays = _demo_overlays(args.bundle, args.overlay)
     info = DEMOS[args.bundle](out, args)
     print(f"demo data for {args.bundle} written to {info['dataset_dir']}")
     if not args.run:
         return 0
-    bundle = _bundle_dir(args.bundle)
     ckpt, runs = out / "models", out / "runs"
     common = {"ckpt_dir": str(ckpt)}
-    _run_bundle(bundle, "train.yaml", {**common, "dataset_dir": info["dataset_dir"], "output_dir": str(runs / "train")})
-    _run_bundle(bundle, "evaluate.yaml", {**common, "dataset_dir": info["dataset_dir"], "output_dir": str(runs / "evaluate")})
-    _run_bundle(bundle, "inference.yaml", {**common, "dataset_dir": info["inference_dir"], "output_dir": str(runs / "inference")})
+    _run_bundle(bundle, "train.yaml",
+                {**common, "dataset_dir": info["dataset_dir"], "output_dir": str(runs / "train")}, overlays)
+    _run_bundle(bundle, "evaluate.yaml",
+                {**common, "dataset_dir": info["dataset_dir"], "output_dir": str(runs / "evaluate")}, overlays)
+    _run_bundle(bundle, "inference.yaml",
+                {**common, "dataset_dir": info["inference_dir"], "output_dir": str(runs / "inference")}, overlays)
     metrics = json.loads((runs / "evaluate" / "metrics.json").read_text())
     if "mean_dice" in metrics:  # segmentation bundles
         print(f"\ndemo finished: test mean Dice {metrics['mean_dice']:.4f} on {metrics['n']} volumes")
@@ -211,7 +223,7 @@ def cmd_demo(args) -> int:
 def cmd_tensorboard(args) -> int:
     import signal
 
-    from medplugin.review import free_port, serve
+    from medplugin.tools.review import free_port, serve
 
     if not Path(args.run_dir).is_dir():
         print(f"error: {args.run_dir}: no such run folder", file=sys.stderr)
@@ -224,7 +236,7 @@ def cmd_tensorboard(args) -> int:
 
 
 def cmd_monailabel_app(args) -> int:
-    from medplugin import monailabel
+    from medplugin.tools import monailabel
 
     names = [n for n in args.bundles.split(",") if n] or None
     overrides = {}
@@ -241,9 +253,10 @@ def cmd_monailabel_app(args) -> int:
             print(f"error: --weights takes BUNDLE=PATH, got {item!r}", file=sys.stderr)
             return 2
         weights[name] = Path(path)
-    env = Path(args.env) if args.env else monailabel.DEFAULT_ENV
+    env = Path(args.env) if args.env else monailabel.default_env()
     try:
-        app = monailabel.assemble_app(args.out, names, overrides=overrides, weights=weights, env=env)
+        app = monailabel.assemble_app(args.out, names, overrides=overrides, weights=weights, env=env,
+                                      bundles_root=args.bundles_dir)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -264,11 +277,24 @@ def _config_value(text: str):
 
 
 def cmd_monailabel_env(args) -> int:
-    from medplugin import monailabel
+    from medplugin.tools import monailabel
 
-    py = monailabel.ensure_env(args.env or monailabel.DEFAULT_ENV)
+    py = monailabel.ensure_env(args.env)
     print(f"MONAI Label environment ready: {py.parent}")
     return 0
+
+
+def cmd_bundles(args) -> int:
+    root = resources.bundles_dir(args.bundles_dir)
+    for name in resources.list_bundles(root):
+        print(f"{name}\t{root / name}")
+    print(f"overlays\t{resources.overlays_dir()}")
+    return 0
+
+
+BUNDLES_DIR_HELP = (f"folder of bundles (default: ${resources.BUNDLES_ENV}, else those installed with medplugin, "
+                    "else an editable install's bundles/)")
+ENV_HELP = "environment folder (default: $MEDPLUGIN_MONAILABEL_ENV, else .venv-monailabel in the current folder)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -291,7 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="folder for the demo data and the runs")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--run", action="store_true", help="then train, evaluate and infer with the bundle")
+    m.add_argument("--overlay", action="append", default=[], metavar="NAME|FILE",
+                   help="another overlay merged after the demo's own, e.g. --overlay smoke (a seconds-long run) or "
+                        "--overlay ./mine.yaml; repeatable")
+    m.add_argument("--bundles-dir", default=None, metavar="DIR", help=BUNDLES_DIR_HELP)
     m.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bundles", help="list the bundles (name and folder) and the overlays folder")
+    b.add_argument("--bundles-dir", default=None, metavar="DIR", help=BUNDLES_DIR_HELP)
+    b.set_defaults(func=cmd_bundles)
 
     t = sub.add_parser("tensorboard", help="review a training run (or a folder of runs) in TensorBoard")
     t.add_argument("run_dir", help="a run folder (e.g. bundles/<bundle>/runs/train_<time>) or a folder of runs")
@@ -301,18 +335,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     ml = sub.add_parser("monailabel-app", help="assemble a MONAI Label monaibundle app folder holding the bundles")
     ml.add_argument("--out", required=True, help="app folder to write (must not exist)")
-    ml.add_argument("--bundles", default="", help="comma-separated bundle names (default: every bundle in bundles/)")
+    ml.add_argument("--bundles", default="",
+                    help="comma-separated bundle names (default: every bundle of --bundles-dir)")
     ml.add_argument("--studies", default="STUDIES", help="studies folder to print in the start_server line")
     ml.add_argument("--port", type=int, default=8000)
     ml.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config id to set in every bundle's MONAI Label configs, e.g. --set num_workers=0")
-    ml.add_argument("--env", default=None, help="MONAI Label environment (default: .venv-monailabel in the repo)")
+    ml.add_argument("--bundles-dir", default=None, metavar="DIR", help=BUNDLES_DIR_HELP)
+    ml.add_argument("--env", default=None, help=ENV_HELP)
     ml.add_argument("--weights", action="append", default=[], metavar="BUNDLE=PATH",
                     help="use this model.pt for a bundle instead of bundles/<bundle>/models/model.pt")
     ml.set_defaults(func=cmd_monailabel_app)
 
     me = sub.add_parser("monailabel-env", help="create (or reuse) the MONAI Label virtual environment")
-    me.add_argument("--env", default=None, help="environment folder (default: .venv-monailabel in the repo)")
+    me.add_argument("--env", default=None, help=ENV_HELP)
     me.set_defaults(func=cmd_monailabel_env)
     return p
 
@@ -322,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except FileExistsError as e:
+    except (FileExistsError, FileNotFoundError) as e:  # a bundle, overlay or folder named wrong: the message says which
         print(f"error: {e}", file=sys.stderr)
         return 2
 

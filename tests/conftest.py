@@ -1,17 +1,69 @@
-"""Shared fixtures: tiny synthetic datasets laid out like the real releases."""
+"""Shared fixtures (tiny synthetic datasets laid out like the real releases) and the test tiers.
+
+Tiers: ``make test-fast`` runs ``-m "not slow and not integration"``, the in-process unit tests. A test that starts
+another process (a bundle run, the ``medplugin`` command, a server, a virtual environment) or trains a bundle's
+network is marked ``integration``: every test under tests/bundles and tests/integration, and every test using the
+``oct_smoke_run`` fixture, gets the mark here; elsewhere it is written on the test. An unmarked test that starts a
+Python process fails with a message saying so (:func:`_unit_tests_start_no_python`).
+"""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from medplugin import resources
+
 REPO = Path(__file__).resolve().parent.parent
 
 # keep test runs predictable on 2-core machines
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# the tests exercise this checkout's bundles and overlays: every `medplugin` command they start (and every
+# in-process call) finds them through these variables, never an installed copy or another checkout's
+os.environ[resources.BUNDLES_ENV] = str(REPO / "bundles")
+os.environ[resources.OVERLAYS_ENV] = str(REPO / "configs")
+
+INTEGRATION_DIRS = (REPO / "tests" / "bundles", REPO / "tests" / "integration")
+INTEGRATION_FIXTURES = {"oct_smoke_run"}  # a bundle training in a subprocess
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(str(item.fspath)).resolve()
+        if any(path.is_relative_to(d) for d in INTEGRATION_DIRS) or INTEGRATION_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
+
+
+def _starts_python(args) -> bool:
+    argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+    if not argv:
+        return False
+    first = os.path.basename(os.fsdecode(argv[0]).split()[0]) if argv[0] else ""
+    return (os.fsdecode(argv[0]) == sys.executable or first.startswith("python")
+            or first in {"medplugin", "monailabel", "torchrun", "tensorboard", "pip"})
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_python(request, monkeypatch):
+    """Keep the unit tier a unit tier: a test without the ``integration`` or ``slow`` mark that starts a Python
+    process (a bundle, the ``medplugin`` command, a server) fails and is told to take the mark."""
+    if request.node.get_closest_marker("integration") or request.node.get_closest_marker("slow"):
+        return
+    original = subprocess.Popen.__init__
+
+    def guarded(self, args, *a, **k):
+        if _starts_python(args):
+            pytest.fail(f"{request.node.nodeid} starts a Python process ({args!r}): mark it "
+                        "@pytest.mark.integration (make test-fast runs unit tests only)", pytrace=False)
+        return original(self, args, *a, **k)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
 
 
 @pytest.fixture(scope="session")

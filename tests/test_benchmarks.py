@@ -7,11 +7,13 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.bundles._runner import REPO
 
 
+@pytest.mark.integration  # runs `python -m benchmarks` in a subprocess
 def test_quick_suite_prints_the_table_with_cache_cam_and_gpu_parts():
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "cache", "cam", "gpu"], cwd=REPO,
                           capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -116,6 +116,7 @@ def test_unknown_layout_and_bad_arguments(tmp_path):
         index_fundus(tmp_path, task="severity")
 
 
+@pytest.mark.integration  # runs the medplugin command in a subprocess
 def test_cli_writes_the_datalist_the_bundle_reads_for_either_task(tmp_path):
     root = _eyepacs(tmp_path / "e", n_patients=10)
     out = tmp_path / "dl.json"

@@ -126,6 +126,7 @@ def test_mask_of_another_size_than_its_image_at_load_time(tmp_path):
         LoadLungMask()([str(tmp_path / "m.png"), str(tmp_path / "m2.png")])
 
 
+@pytest.mark.integration  # runs the medplugin command in a subprocess
 def test_cli_datalist_and_demo(mc, tmp_path):
     out = tmp_path / "lung.json"
     proc = subprocess.run([sys.executable, "-m", "medplugin.cli", "datalist", "lungseg", str(mc), "-o", str(out),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,11 +27,13 @@ import numpy as np
 import pytest
 import torch
 
-from medplugin import monailabel
-from medplugin.review import free_port, http_json, stop_process, wait_for_http
+from medplugin.tools import monailabel
+from medplugin.tools.review import free_port, http_json, stop_process, wait_for_http
 from tests.bundles._runner import REPO, SMOKE, run_bundle
 
 pytestmark = pytest.mark.slow
+
+ML_ENV = REPO / ".venv-monailabel"  # the checkout's MONAI Label environment, whatever folder pytest runs from
 
 OCT = "retina_oct_classification"
 LUNG = "lung_xray_segmentation"
@@ -75,7 +78,8 @@ def _lung_case(tmp: Path, request) -> Case:
     masks.mkdir()
     labelled = []
     for img in images[:8]:  # one label map per image, as MONAI Label stores it: 0 background, 1 lung
-        lungs = [np.asarray(Image.open(root / "ManualMask" / side / img.name)) > 0 for side in ("leftMask", "rightMask")]
+        lungs = [np.asarray(Image.open(root / "ManualMask" / side / img.name)) > 0
+                 for side in ("leftMask", "rightMask")]
         Image.fromarray((lungs[0] | lungs[1]).astype(np.uint8)).save(masks / img.name)
         labelled.append((img, masks / img.name))
     from pydicom.data import get_testdata_file
@@ -195,7 +199,8 @@ def _put_label(url: str, image_id: str, label: Path) -> None:
     boundary = "medplugin" + hashlib.md5(label.read_bytes()).hexdigest()
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{{}}\r\n"
             f"--{boundary}\r\nContent-Disposition: form-data; name=\"label\"; filename=\"{label.name}\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + label.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + label.read_bytes()
+    body += f"\r\n--{boundary}--\r\n".encode()
     status, _ = _request(f"{url}/datastore/label?image={image_id}&tag=final", "PUT", body,
                          f"multipart/form-data; boundary={boundary}")
     assert status == 200
@@ -228,13 +233,14 @@ def _use_labels_of(url: str, cases: dict, name: str, state: dict, uploads: Path)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, request):
     """A running server: (base url, app dir, studies dir, {name: Case}, log); stopped after the module."""
-    py = monailabel.ensure_env()  # created once (minutes), reused after
+    py = monailabel.ensure_env(ML_ENV)  # created once (minutes), reused after
     tmp = tmp_path_factory.mktemp("monailabel")
     cases = {n: CASES[n](tmp, request) for n in PRESENT}
 
     app = tmp / "app"
     cli = [sys.executable, "-m", "medplugin.cli", "monailabel-app", "--out", str(app), "--bundles", ",".join(cases),
-           "--set", "num_workers=0", "--set", "batch_size=4", "--set", "cam_images=2", "--studies", str(tmp / "studies")]
+           "--set", "num_workers=0", "--set", "batch_size=4", "--set", "cam_images=2",
+           "--studies", str(tmp / "studies"), "--env", str(ML_ENV), "--bundles-dir", str(REPO / "bundles")]
     for n, c in cases.items():
         cli += ["--weights", f"{n}={c.weights}"]
     proc = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -258,7 +264,7 @@ def server(tmp_path_factory, request):
     state = {"labelled": PRESENT[0]}
 
     port = free_port()
-    env = monailabel.server_environment()
+    env = monailabel.server_environment(ML_ENV)
     env.update(OMP_NUM_THREADS="1", MONAI_LABEL_SESSION_PATH=str(tmp / "sessions"))
     cmd = monailabel.server_command(app, studies, list(cases), port=port,
                                     executable=str(py.parent / "monailabel"))
@@ -420,16 +426,20 @@ def test_train_one_epoch_updates_the_model(server, name):
 def test_environment_uses_the_main_torch_and_its_own_pydicom():
     """The MONAI Label env links to this environment's torch (no second 5.5 GB copy), while its own pydicom 2
     (for pydicom-seg) and NumPy shadow the main environment's."""
-    py = monailabel.ensure_env()
-    code = ("import json, torch, torchvision, pydicom, numpy, sysconfig; "
+    py = monailabel.ensure_env(ML_ENV)
+    code = ("import json, torch, torchvision, pydicom, numpy, sysconfig, medplugin; "
             "nms = torchvision.ops.nms(torch.tensor([[0, 0, 1, 1.], [0, 0, 1, 1.]]), torch.tensor([1., .5]), .5); "
             "print(json.dumps([torch.__file__, torch.__version__, pydicom.__version__, numpy.__file__, "
-            "nms.tolist(), sysconfig.get_paths()['purelib']]))")
-    out = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=300)
+            "nms.tolist(), sysconfig.get_paths()['purelib'], medplugin.__file__]))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # medplugin through the env's own link
+    out = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    torch_file, version, pydicom_version, numpy_file, nms, site = json.loads(out.stdout.strip().splitlines()[-1])
+    torch_file, version, pydicom_version, numpy_file, nms, site, medplugin_file = json.loads(
+        out.stdout.strip().splitlines()[-1])
     assert Path(torch_file).resolve() == Path(torch.__file__).resolve() and version == torch.__version__
     assert not (Path(site) / "torch").exists()
     assert int(pydicom_version.split(".")[0]) < 3
     assert Path(numpy_file).resolve().is_relative_to(Path(site).resolve())
     assert nms == [0]
+    # the server runs the caller's medplugin package (through the env's link), not a copy or another checkout
+    assert Path(medplugin_file).resolve() == monailabel.imported_medplugin() / "__init__.py"

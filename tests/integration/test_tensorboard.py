@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from medplugin.review import free_port, http_json, stop_process, wait_for_http
+from medplugin.tools.review import free_port, http_json, stop_process, wait_for_http
 from tests.bundles._runner import REPO
 
 CLASSES = ["CNV", "DME", "DRUSEN", "NORMAL"]

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medplugin import monailabel
 from medplugin.errors import BadInputError
 from medplugin.io.dicom import read_dicom_image
+from medplugin.tools import monailabel
 
 READ_ALL = """
 import json, sys, numpy as np

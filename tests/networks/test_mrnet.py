@@ -228,6 +228,7 @@ def _blob_task(n, rng, s=4, hw=32):
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
+@pytest.mark.integration  # trains an MRNet to a known task
 def test_tiny_mrnet_learns_a_known_task(seeded, record_property):
     """A class-1 volume has a bright blob in one of its slices; max over slices must find it."""
     rng = np.random.default_rng(0)

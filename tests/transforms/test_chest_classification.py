@@ -33,6 +33,7 @@ def test_preprocessing_image_and_label(tmp_path):
         chest_xray_preprocessing(32, 1, [0.5, 0.5], [0.2, 0.2])
 
 
+@pytest.mark.integration  # trains a tiny lung U-Net
 def test_lung_crop_cuts_to_the_lungs(tmp_path):
     from tests.transforms.chest._tiny_model import train_tiny_lung_model
 

@@ -41,6 +41,7 @@ def trained():
     return net
 
 
+@pytest.mark.integration  # `trained` trains a CNN to the planted-lesion task
 def test_network_learned_the_task(trained):
     x, y, _ = _planted(128, seed=1)
     trained.eval()
@@ -48,6 +49,7 @@ def test_network_learned_the_task(trained):
     assert acc >= 0.95
 
 
+@pytest.mark.integration  # `trained` trains a CNN to the planted-lesion task
 def test_gradcam_peaks_inside_the_planted_lesion(trained):
     x, y, centres = _planted(64, seed=2)
     maps, logits = GradCAM(trained, "6")(x, class_idx=1)  # the last conv's ReLU
@@ -61,6 +63,7 @@ def test_gradcam_peaks_inside_the_planted_lesion(trained):
     assert hits / len(positives) >= 0.9
 
 
+@pytest.mark.integration  # `trained` trains a CNN to the planted-lesion task
 def test_hooks_are_removed_and_mode_restored(trained):
     trained.train()
     n_hooks = sum(len(m._forward_hooks) for m in trained.modules())
@@ -71,6 +74,7 @@ def test_hooks_are_removed_and_mode_restored(trained):
         GradCAM(trained, "nope")
 
 
+@pytest.mark.integration  # `trained` trains a CNN to the planted-lesion task
 def test_inferer_gives_the_same_maps_under_no_grad(trained):
     trained.eval()
     x, _, _ = _planted(8, seed=3)

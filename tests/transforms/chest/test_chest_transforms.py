@@ -112,6 +112,7 @@ def _dice(a, b):
     return 2 * (a & b).sum() / (a.sum() + b.sum())
 
 
+@pytest.mark.integration  # lung_model trains a tiny lung U-Net
 @pytest.mark.parametrize("kind", ["numpy", "torch", "meta"])
 def test_segment_lungs_finds_the_lungs_at_the_image_size(lung_model, kind):
     images, masks = synthetic_pairs(3, 80, seed=123)  # other images, other size than training (32)
@@ -131,6 +132,7 @@ def test_segment_lungs_finds_the_lungs_at_the_image_size(lung_model, kind):
     assert _dice(seg(rgb)[0], masks[0]) > 0.9
 
 
+@pytest.mark.integration  # lung_model trains a tiny lung U-Net
 def test_segment_lungs_loads_once_and_pickles_without_network(lung_model):
     seg = SegmentLungs(lung_model)
     img = np.random.default_rng(0).uniform(0, 255, (1, 32, 48)).astype(np.float32)
@@ -143,6 +145,7 @@ def test_segment_lungs_loads_once_and_pickles_without_network(lung_model):
     np.testing.assert_array_equal(clone(img), seg(img))
 
 
+@pytest.mark.integration  # lung_model trains a tiny lung U-Net
 def test_segment_lungsd_then_crop_contains_the_lungs(lung_model):
     images, masks = synthetic_pairs(1, 64, seed=7)
     d = {"image": MetaTensor(torch.as_tensor(images[0][None], dtype=torch.float32))}
@@ -155,6 +158,7 @@ def test_segment_lungsd_then_crop_contains_the_lungs(lung_model):
     assert out["image"].shape[-1] < 64 and out["image"].shape[-2] < 64
 
 
+@pytest.mark.integration  # lung_model trains a tiny lung U-Net
 def test_segment_lungs_errors_name_the_file(lung_model, tmp_path):
     with pytest.raises(BadInputError, match=r"nowhere/model.pt: no trained lung segmentation model"):
         SegmentLungs(tmp_path / "nowhere" / "model.pt")(np.zeros((1, 32, 32)))

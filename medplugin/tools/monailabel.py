@@ -2,10 +2,15 @@
 
 MONAI Label 0.8.5 cannot share the main environment: it needs a working torchvision and ``pydicom<3`` (its
 ``pydicom-seg`` dependency imports a module pydicom 3 removed). :func:`ensure_env` creates (or reuses) a
-separate virtual environment holding MONAI Label, the MONAI release of the main environment and medplugin
-itself (editable, so the bundles' ``medplugin.*`` components resolve inside the server). Where the main
-environment has the pinned torch and torchvision, the new environment uses those (and the CUDA wheels under
+separate virtual environment holding MONAI Label and the MONAI release of the main environment; the ``medplugin``
+package imported by the caller is linked into it, so the bundles' ``medplugin.*`` components resolve inside the
+server to the same code (a wheel install, an editable checkout or a checkout on ``PYTHONPATH`` alike). Where the
+main environment has the pinned torch and torchvision, the new environment uses those (and the CUDA wheels under
 them) through links instead of a second copy: about 5.5 GB less on disk.
+
+The environment's folder is ``--env`` / the ``env`` argument, else ``$MEDPLUGIN_MONAILABEL_ENV``, else
+``.venv-monailabel`` in the current folder (:func:`default_env`). The bundles come from
+:func:`medplugin.resources.bundles_dir`.
 
 :func:`assemble_app` writes an app folder in the layout of MONAI Label's stock ``monaibundle`` sample app
 (``main.py``, ``lib/``, ``model/<bundle>``) with our bundles copied into ``model/``; :func:`server_command`
@@ -25,10 +30,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from medplugin import resources
+
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ENV = REPO_ROOT / ".venv-monailabel"
+ENV_VARIABLE = "MEDPLUGIN_MONAILABEL_ENV"
 
 MONAILABEL_VERSION = "0.8.5"
 # torch/torchvision as in the main environment (a torchvision that imports beside torch is required by
@@ -54,27 +60,39 @@ def _main_monai_version() -> str:
         return "1.6.1"
 
 
+def default_env() -> Path:
+    """The MONAI Label environment's folder when none is given: ``$MEDPLUGIN_MONAILABEL_ENV``, else
+    ``.venv-monailabel`` in the current folder (the checkout's root for ``make monailabel-env``)."""
+    return Path(os.environ.get(ENV_VARIABLE) or ".venv-monailabel").resolve()
+
+
+def _env(env: Path | str | None) -> Path:
+    return Path(env) if env else default_env()
+
+
 def requirements() -> list[str]:
     """The full requirement list of the MONAI Label environment (MONAI pinned to the main env's release)."""
     return [*BASE_REQUIREMENTS, f"monai=={_main_monai_version()}", *BUNDLE_REQUIREMENTS]
 
 
-def env_python(env: Path | str = DEFAULT_ENV) -> Path:
-    """The Python interpreter of the MONAI Label environment ``env``."""
-    return Path(env) / "bin" / "python"
+def env_python(env: Path | str | None = None) -> Path:
+    """The Python interpreter of the MONAI Label environment ``env`` (default: :func:`default_env`)."""
+    return _env(env) / "bin" / "python"
 
 
 def _stamp(reqs: Sequence[str]) -> str:
-    return hashlib.sha256(json.dumps(list(reqs)).encode()).hexdigest()[:16]
+    # "medplugin linked": environments of earlier releases had medplugin installed editable from the checkout
+    return hashlib.sha256(json.dumps([*reqs, "medplugin linked"]).encode()).hexdigest()[:16]
 
 
-def env_ready(env: Path | str = DEFAULT_ENV) -> bool:
+def env_ready(env: Path | str | None = None) -> bool:
     """Whether ``env`` holds a finished install of the current requirement list (and, where it shares the main
     environment's torch, whether every link to it still resolves)."""
-    stamp = Path(env) / ".medplugin-installed"
+    env = _env(env)
+    stamp = env / ".medplugin-installed"
     if not (stamp.is_file() and stamp.read_text().strip() == _stamp(requirements())):
         return False
-    layer = Path(env) / SHARED_LAYER
+    layer = env / SHARED_LAYER
     return not layer.is_dir() or all(p.exists() for p in layer.iterdir())
 
 
@@ -82,6 +100,8 @@ def env_ready(env: Path | str = DEFAULT_ENV) -> bool:
 
 SHARED_LAYER = "shared-torch"  # folder of links, inside the MONAI Label environment
 SHARED_PTH = "medplugin-shared-torch.pth"  # puts it on sys.path, after the environment's own site-packages
+MEDPLUGIN_LAYER = "medplugin-link"  # folder holding one link: medplugin -> the package the caller imports
+MEDPLUGIN_PTH = "medplugin-link.pth"
 
 
 def shareable_distributions() -> list | None:
@@ -115,9 +135,24 @@ def shareable_distributions() -> list | None:
     return out
 
 
-def link_shared_torch(env: Path | str, py: Path, dists: list | None) -> bool:
+def _python_site(py: Path) -> tuple[tuple[int, int], Path]:
+    """``py``'s (major, minor) version and its site-packages folder (asked once, in one subprocess)."""
+    code = "import sys, sysconfig; print(*sys.version_info[:2]); print(sysconfig.get_paths()['purelib'])"
+    version, site = subprocess.run([str(py), "-c", code], check=True, capture_output=True,
+                                   text=True).stdout.strip().splitlines()
+    major, minor = (int(v) for v in version.split())
+    return (major, minor), Path(site)
+
+
+def link_shared_torch(env: Path | str, site: Path, version: tuple[int, int], dists: list | None) -> bool:
     """Make ``env`` use this interpreter's torch, torchvision and CUDA wheels (``dists``, from
     :func:`shareable_distributions`) through a folder of links.
+
+    Args:
+        env: the MONAI Label environment.
+        site: its site-packages folder (where the ``.pth`` file that puts the links on ``sys.path`` goes).
+        version: its Python (major, minor) version; links are made only where it is this interpreter's.
+        dists: the distributions to link, or ``None``.
 
     The links are on ``sys.path`` after ``env``'s own site-packages, so what ``env`` installs itself (``pydicom<3``,
     an older NumPy) still comes first, and pip there takes the pinned torch as installed. Returns whether ``env``
@@ -125,14 +160,11 @@ def link_shared_torch(env: Path | str, py: Path, dists: list | None) -> bool:
     are removed and pip installs ``env``'s own copy.
     """
     env = Path(env)
-    code = "import sys, sysconfig; print(*sys.version_info[:2]); print(sysconfig.get_paths()['purelib'])"
-    version, site = subprocess.run([str(py), "-c", code], check=True, capture_output=True,
-                                   text=True).stdout.strip().splitlines()
     layer, pth = env / SHARED_LAYER, Path(site) / SHARED_PTH
     if layer.is_dir():
         shutil.rmtree(layer)  # links only: rmtree removes a link, never what it points to
     pth.unlink(missing_ok=True)
-    if not dists or tuple(int(v) for v in version.split()) != tuple(sys.version_info[:2]):
+    if not dists or tuple(version) != tuple(sys.version_info[:2]):
         return False
     layer.mkdir()
     for dist in dists:
@@ -145,23 +177,54 @@ def link_shared_torch(env: Path | str, py: Path, dists: list | None) -> bool:
     return True
 
 
-def ensure_env(env: Path | str = DEFAULT_ENV, repo: Path | str = REPO_ROOT, python: str | None = None) -> Path:
+def imported_medplugin() -> Path:
+    """The folder of the ``medplugin`` package this interpreter imports (installed, editable or on PYTHONPATH)."""
+    import medplugin
+
+    return Path(next(iter(medplugin.__path__))).resolve()
+
+
+def link_medplugin(env: Path | str, site: Path | None = None) -> Path:
+    """Make ``env`` import the same ``medplugin`` package as this interpreter: ``<env>/medplugin-link/medplugin``
+    links to :func:`imported_medplugin`.
+
+    Args:
+        env: the MONAI Label environment.
+        site: its site-packages folder; when given, the ``.pth`` file that puts the link folder on ``sys.path``
+            (after the environment's own packages) is written there. Only the link changes afterwards.
+
+    The server then runs the code of the caller, wherever it was installed from; no checkout is needed. Returns the
+    package folder linked to.
+    """
+    layer = Path(env) / MEDPLUGIN_LAYER
+    layer.mkdir(parents=True, exist_ok=True)
+    target, link = imported_medplugin(), layer / "medplugin"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(target, target_is_directory=True)
+    if site is not None:
+        (Path(site) / MEDPLUGIN_PTH).write_text(f"{layer}\n")
+    return target
+
+
+def ensure_env(env: Path | str | None = None, python: str | None = None) -> Path:
     """Create (or reuse) the MONAI Label virtual environment and return its interpreter.
 
     Args:
-        env: folder of the environment (default ``.venv-monailabel`` in the repository root, git-ignored).
-        repo: the medplugin checkout installed editable (``pip install --no-deps -e``) into it.
+        env: folder of the environment (default: :func:`default_env`).
         python: interpreter that creates the venv (default: this interpreter where its torch can be shared,
             else ``python3`` from PATH).
 
     A finished install leaves a stamp of the requirement list; a later call with the same list returns at
     once, a changed list reinstalls into the same folder. Where this interpreter has the pinned torch and
     torchvision, the environment links to them (:func:`link_shared_torch`) instead of installing a copy; if
-    those links break (the main environment was removed), the next call relinks or installs a copy.
+    those links break (the main environment was removed), the next call relinks or installs a copy. Every call
+    points the environment's ``medplugin`` at the package this interpreter imports (:func:`link_medplugin`).
     """
-    env, repo = Path(env).resolve(), Path(repo).resolve()
+    env = _env(env).resolve()
     py = env_python(env)
     if env_ready(env) and py.exists():
+        link_medplugin(env)
         return py
     reqs = requirements()
     start = time.monotonic()
@@ -169,10 +232,13 @@ def ensure_env(env: Path | str = DEFAULT_ENV, repo: Path | str = REPO_ROOT, pyth
     if not py.exists():
         creator = python or (sys.executable if dists else None) or shutil.which("python3") or sys.executable
         subprocess.run([creator, "-m", "venv", str(env)], check=True)
-    shared = link_shared_torch(env, py, dists)
-    pip = [str(py), "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, *reqs], check=True)
-    subprocess.run([*pip, "--no-deps", "-e", str(repo)], check=True)
+    version, site = _python_site(py)
+    shared = link_shared_torch(env, site, version, dists)
+    pip = [str(py), "-m", "pip"]
+    subprocess.run([*pip, "install", "-q", *reqs], check=True)
+    if list(site.glob("medplugin-*.dist-info")):  # an editable install made by an earlier release: the link replaces it
+        subprocess.run([*pip, "uninstall", "-q", "-y", "medplugin"], check=True)
+    link_medplugin(env, site)
     (env / ".medplugin-installed").write_text(_stamp(reqs) + "\n")
     logger.info("MONAI Label environment %s ready in %.0f s (%s)", env, time.monotonic() - start,
                 "torch shared with this environment" if shared else "its own torch")
@@ -190,12 +256,12 @@ DATASTORE_FILE_EXT = ("*.nii.gz", "*.nii", "*.nrrd", "*.jpg", "*.jpeg", "*.png",
 OVERLAYS = {"train": "monailabel_train.yaml", "inference": "monailabel_inference.yaml"}
 
 
-def stock_app_dir(env: Path | str = DEFAULT_ENV) -> Path:
-    """The stock ``monaibundle`` sample app installed with MONAI Label in ``env``.
+def stock_app_dir(env: Path | str | None = None) -> Path:
+    """The stock ``monaibundle`` sample app installed with MONAI Label in ``env`` (default: :func:`default_env`).
 
     The wheel installs the sample apps as data files under ``<env>/monailabel/sample-apps``.
     """
-    env = Path(env)
+    env = _env(env)
     candidates = [env / "monailabel" / "sample-apps" / "monaibundle",
                   *sorted(env.glob("lib/python3*/site-packages/monailabel/sample-apps/monaibundle"))]
     for c in candidates:
@@ -205,10 +271,11 @@ def stock_app_dir(env: Path | str = DEFAULT_ENV) -> Path:
                             "create the environment with `medplugin monailabel-env` first")
 
 
-def available_bundles(bundles_root: Path | str = REPO_ROOT / "bundles") -> list[str]:
-    """Names of the bundles under ``bundles_root`` MONAI Label can load (metadata and an inference config)."""
+def available_bundles(bundles_root: Path | str | None = None) -> list[str]:
+    """Names of the bundles under ``bundles_root`` (default: :func:`medplugin.resources.bundles_dir`) MONAI Label
+    can load (metadata and an inference config)."""
     out = []
-    for b in sorted(Path(bundles_root).glob("*")):
+    for b in sorted(resources.bundles_dir(bundles_root).glob("*")):
         c = b / "configs"
         if (c / "metadata.json").is_file() and any((c / f"inference.{e}").is_file() for e in ("yaml", "json")):
             out.append(b.name)
@@ -270,8 +337,8 @@ def weights_settings(model_json: Path | str, config: dict) -> dict:
 
 
 def assemble_app(out: Path | str, bundles: Sequence[str] | None = None, overrides: dict | None = None,
-                 weights: dict[str, Path | str] | None = None, env: Path | str = DEFAULT_ENV,
-                 bundles_root: Path | str = REPO_ROOT / "bundles") -> dict:
+                 weights: dict[str, Path | str] | None = None, env: Path | str | None = None,
+                 bundles_root: Path | str | None = None) -> dict:
     """Write a ready MONAI Label app: the stock ``monaibundle`` app with our bundles in ``model/<name>``.
 
     Args:
@@ -279,8 +346,8 @@ def assemble_app(out: Path | str, bundles: Sequence[str] | None = None, override
         bundles: bundle names (default: every bundle :func:`available_bundles` finds).
         overrides: config ids set in every bundle's train and inference config (e.g. ``{"num_workers": 0}``).
         weights: bundle name -> a ``model.pt`` to use instead of the bundle's own ``models/model.pt``.
-        env: the MONAI Label environment holding the stock app.
-        bundles_root: where the bundles are.
+        env: the MONAI Label environment holding the stock app (default: :func:`default_env`).
+        bundles_root: where the bundles are (default: :func:`medplugin.resources.bundles_dir`).
 
     Each bundle folder gets its ``configs/``, ``docs/``, ``LICENSE`` and, where trained, ``models/model.pt``
     with ``model.json``. MONAI Label reads ``configs/train.json`` and ``configs/inference.json`` before the
@@ -296,7 +363,7 @@ def assemble_app(out: Path | str, bundles: Sequence[str] | None = None, override
     out = Path(out).resolve()
     if out.exists():
         raise FileExistsError(f"{out} exists; choose a new folder (nothing is overwritten)")
-    bundles_root = Path(bundles_root)
+    bundles_root = resources.bundles_dir(bundles_root)
     names = list(bundles) if bundles else available_bundles(bundles_root)
     if not names:
         raise FileNotFoundError(f"{bundles_root}: no bundle with configs/metadata.json and an inference config")
@@ -358,21 +425,21 @@ def server_command(app_dir: Path | str, studies: Path | str, models: Sequence[st
             "--conf", "sam2", "false"]
 
 
-def server_environment(env: Path | str = DEFAULT_ENV, base: dict | None = None) -> dict:
+def server_environment(env: Path | str | None = None, base: dict | None = None) -> dict:
     """Process environment for the server: ``env``'s ``bin`` first on PATH (``monailabel`` starts ``python``
     from PATH) and the datastore extensions of :data:`DATASTORE_FILE_EXT`."""
     base = dict(os.environ if base is None else base)
     base.pop("VIRTUAL_ENV", None)
-    base["PATH"] = str(Path(env).resolve() / "bin") + os.pathsep + base.get("PATH", "")
+    base["PATH"] = str(_env(env).resolve() / "bin") + os.pathsep + base.get("PATH", "")
     base["MONAI_LABEL_DATASTORE_FILE_EXT"] = json.dumps(list(DATASTORE_FILE_EXT))
     return base
 
 
 def server_line(app_dir: Path | str, studies: Path | str, models: Sequence[str], host: str = "127.0.0.1",
-                port: int = 8000, env: Path | str = DEFAULT_ENV) -> str:
+                port: int = 8000, env: Path | str | None = None) -> str:
     """The shell line that starts the server for an assembled app (environment variables included)."""
     import shlex
 
     exts = shlex.quote(json.dumps(list(DATASTORE_FILE_EXT)))
     cmd = " ".join(shlex.quote(c) for c in server_command(app_dir, studies, models, host, port))
-    return f"PATH={shlex.quote(str(Path(env).resolve() / 'bin'))}:$PATH MONAI_LABEL_DATASTORE_FILE_EXT={exts} {cmd}"
+    return f"PATH={shlex.quote(str(_env(env).resolve() / 'bin'))}:$PATH MONAI_LABEL_DATASTORE_FILE_EXT={exts} {cmd}"

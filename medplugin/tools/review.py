@@ -49,7 +49,8 @@ def http_json(url: str, data: dict | None = None, timeout: float = 30.0):
         return json.loads(r.read().decode())
 
 
-def wait_for_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 120.0, interval: float = 0.5) -> None:
+def wait_for_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 120.0,
+                  interval: float = 0.5) -> None:
     """Poll ``url`` until it answers 200; fail early with the server's output when ``proc`` exits first."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None

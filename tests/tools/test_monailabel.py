@@ -1,14 +1,18 @@
-"""medplugin.monailabel helpers that need no MONAI Label environment (the server test is tests/integration)."""
+"""medplugin.tools.monailabel helpers that need no MONAI Label environment (the server test is tests/integration)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from medplugin import monailabel
+import medplugin
+from medplugin.cli import main
+from medplugin.tools import monailabel
 from tests.bundles._runner import REPO
 
 OCT = REPO / "bundles" / "retina_oct_classification"
@@ -59,24 +63,60 @@ def test_server_line_is_offline_on_loopback(tmp_path):
     (["--weights", "retina_oct_classification"], "--weights takes BUNDLE=PATH"),
     (["--weights", "retina_oct_classification=/nonexistent/model.pt"], "/nonexistent/model.pt: weights file"),
 ])
-def test_monailabel_app_refuses_bad_arguments(tmp_path, args, message):
-    proc = subprocess.run([sys.executable, "-m", "medplugin.cli", "monailabel-app", "--out", str(tmp_path / "app"),
-                           *args], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and message in proc.stderr
+def test_monailabel_app_refuses_bad_arguments(tmp_path, args, message, capsys):
+    rc = main(["monailabel-app", "--out", str(tmp_path / "app"), *args])
+    assert rc == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "app").exists()
 
 
-def test_monailabel_app_never_overwrites(tmp_path):
+def test_monailabel_app_never_overwrites(tmp_path, capsys):
     (tmp_path / "app").mkdir()
-    proc = subprocess.run([sys.executable, "-m", "medplugin.cli", "monailabel-app", "--out", str(tmp_path / "app")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "exists; choose a new folder" in proc.stderr
+    rc = main(["monailabel-app", "--out", str(tmp_path / "app")])
+    assert rc == 2 and "exists; choose a new folder" in capsys.readouterr().err
 
 
-def test_tensorboard_command_needs_a_run_folder(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "medplugin.cli", "tensorboard", str(tmp_path / "none")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "no such run folder" in proc.stderr
+def test_monailabel_app_names_a_wrong_bundles_folder(tmp_path, capsys):
+    rc = main(["monailabel-app", "--out", str(tmp_path / "app"), "--bundles-dir", str(tmp_path / "none")])
+    assert rc == 2 and f"{tmp_path / 'none'}: no such folder (bundles folder from the folder given)" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "app").exists()
+
+
+def test_tensorboard_command_needs_a_run_folder(tmp_path, capsys):
+    rc = main(["tensorboard", str(tmp_path / "none")])
+    assert rc == 2 and "no such run folder" in capsys.readouterr().err
+
+
+def test_default_env_is_the_variable_else_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv(monailabel.ENV_VARIABLE, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert monailabel.default_env() == tmp_path / ".venv-monailabel"
+    assert monailabel.env_python() == tmp_path / ".venv-monailabel" / "bin" / "python"
+    monkeypatch.setenv(monailabel.ENV_VARIABLE, str(tmp_path / "ml"))
+    assert monailabel.default_env() == tmp_path / "ml"
+    assert monailabel.server_environment(base={"PATH": "/bin"})["PATH"] == f"{tmp_path / 'ml' / 'bin'}{os.pathsep}/bin"
+
+
+@pytest.mark.integration  # creates a bare virtual environment and runs its Python
+def test_the_environment_imports_the_callers_medplugin_through_its_link(tmp_path):
+    """No checkout needed: the MONAI Label env imports the very package this interpreter imports (a wheel install,
+    an editable checkout or PYTHONPATH), through one link that each ensure_env call points at it again."""
+    env = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True, timeout=120)
+    py = monailabel.env_python(env)
+    _, site = monailabel._python_site(py)
+    target = monailabel.link_medplugin(env, site)
+    assert target == Path(medplugin.__file__).resolve().parent
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = "import medplugin, sys; print(medplugin.__file__); print(medplugin.__version__)"
+    out = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=120, env=clean, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    file, version = out.stdout.split()
+    assert Path(file) == env / monailabel.MEDPLUGIN_LAYER / "medplugin" / "__init__.py"
+    assert Path(file).resolve() == target / "__init__.py" and version == medplugin.__version__
+    # a later call relinks (to the same package here) and leaves one link
+    assert monailabel.link_medplugin(env) == target
+    assert [p.name for p in (env / monailabel.MEDPLUGIN_LAYER).iterdir()] == ["medplugin"]
 
 
 def test_torch_is_shared_with_its_cuda_wheels(tmp_path):
