@@ -1,4 +1,4 @@
-"""Metrics as plain functions and as ignite metrics."""
+"""Metrics as plain functions on scikit-learn and as ignite ``EpochMetric``s gathered over ranks."""
 
 from medplugin.metrics.classification import (
     ClassificationMetrics,
@@ -7,31 +7,17 @@ from medplugin.metrics.classification import (
     flatten_report,
     roc_auc,
     roc_curve,
+    sensitivity_specificity,
 )
-from medplugin.metrics.multilabel import MultiLabelAUROC, flatten_multilabel_report, multilabel_report
 from medplugin.metrics.grading import (
     GradingMetrics,
     grading_report,
     pr_auc,
     quadratic_weighted_kappa,
-    sensitivity_specificity,
     threshold_for_specificity,
 )
+from medplugin.metrics.multilabel import MultiLabelAUROC, flatten_multilabel_report, multilabel_report
 
-__all__ = [
-    "MultiLabelAUROC",
-    "flatten_multilabel_report",
-    "multilabel_report",
-    "ClassificationMetrics",
-    "GradingMetrics",
-    "grading_report",
-    "pr_auc",
-    "quadratic_weighted_kappa",
-    "sensitivity_specificity",
-    "threshold_for_specificity",
-    "classification_report",
-    "confusion_matrix",
-    "flatten_report",
-    "roc_auc",
-    "roc_curve",
-]
+__all__ = ["ClassificationMetrics", "GradingMetrics", "MultiLabelAUROC", "classification_report", "confusion_matrix",
+           "flatten_multilabel_report", "flatten_report", "grading_report", "multilabel_report", "pr_auc",
+           "quadratic_weighted_kappa", "roc_auc", "roc_curve", "sensitivity_specificity", "threshold_for_specificity"]
