@@ -2,7 +2,8 @@
 
 The thin wrappers fix what scikit-learn leaves open for our reports: the class set (``0..C-1``, also when a
 class is absent), the argument order ``(scores, positives)`` and NaN for a figure that is undefined (an AUC
-without positives or negatives, a precision of a class never predicted) instead of a warning or an error.
+without positives or negatives, a precision of a class never predicted) instead of a warning or an error,
+the same on every scikit-learn release the package allows.
 """
 
 from __future__ import annotations
@@ -81,21 +82,23 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, class_names: Se
         raise ValueError(f"{probs.shape[0]} predictions but {labels.shape[0]} labels.")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must be in [0, {num_classes - 1}], got values {sorted(set(labels.tolist()))}.")
-    n, preds, classes = int(labels.size), probs.argmax(axis=1), np.arange(num_classes)
+    n, preds = int(labels.size), probs.argmax(axis=1)
     cm = confusion_matrix(labels, preds, num_classes)
-    fp, tn = cm.sum(0) - np.diag(cm), n - cm.sum(0) - cm.sum(1) + np.diag(cm)
-    if n:
-        precision, recall, f1, support = skm.precision_recall_fscore_support(labels, preds, labels=classes,
-                                                                            zero_division=np.nan)
-        weighted = skm.precision_recall_fscore_support(labels, preds, labels=classes, average="weighted",
-                                                       zero_division=0.0)[:3]
-    else:
-        precision = recall = f1 = np.full(num_classes, np.nan)
-        support, weighted = np.zeros(num_classes, dtype=np.int64), (np.nan,) * 3
+    # the count figures from the confusion matrix: precision_recall_fscore_support's zero_division handling
+    # differs between scikit-learn releases (1.3 gives F1 nan, not 0, for a class present but never predicted)
+    tp = np.diag(cm).astype(np.float64)
+    fp, fn, support = cm.sum(0) - tp, cm.sum(1) - tp, cm.sum(1)
+    tn = n - tp - fp - fn
+
+    def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.divide(a, b, out=np.full(num_classes, np.nan), where=b > 0)
+
+    recall, precision, f1 = ratio(tp, tp + fn), ratio(tp, tp + fp), ratio(2 * tp, 2 * tp + fp + fn)
+    specificity = ratio(tn, tn + fp)
     per_class = {
         name: {
             "sensitivity": float(recall[c]),
-            "specificity": float(tn[c] / (tn[c] + fp[c])) if tn[c] + fp[c] else float("nan"),
+            "specificity": float(specificity[c]),
             "precision": float(precision[c]),
             "recall": float(recall[c]),
             "f1": float(f1[c]),
@@ -105,14 +108,17 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, class_names: Se
         for c, name in enumerate(class_names)
     }
     aucs = [v["auc"] for v in per_class.values() if not np.isnan(v["auc"])]
-    accuracy = float(skm.accuracy_score(labels, preds)) if n else float("nan")
+    accuracy = float(np.trace(cm) / n) if n else float("nan")
+    # support-weighted; an undefined figure (a class never predicted has no precision) counts 0
+    weighted = {k: float(np.average(np.nan_to_num(v), weights=support)) if n else float("nan")
+                for k, v in (("precision", precision), ("recall", recall), ("f1", f1))}
     return {
         "n": n,
         "accuracy": accuracy,
         "misclassification_rate": 1.0 - accuracy if n else float("nan"),
         "macro_auc": float(np.mean(aucs)) if aucs else float("nan"),
         "per_class": per_class,
-        "weighted_avg": {k: float(v) for k, v in zip(("precision", "recall", "f1"), weighted, strict=True)},
+        "weighted_avg": weighted,
         "confusion_matrix": cm.tolist(),
     }
 
