@@ -1,4 +1,4 @@
-"""Metrics as plain functions and as ignite metrics."""
+"""Metrics as plain functions on scikit-learn and as ignite ``EpochMetric``s gathered over ranks."""
 
 from medplugin.metrics.classification import (
     ClassificationMetrics,
@@ -7,16 +7,16 @@ from medplugin.metrics.classification import (
     flatten_report,
     roc_auc,
     roc_curve,
+    sensitivity_specificity,
 )
-from medplugin.metrics.multilabel import MultiLabelAUROC, flatten_multilabel_report, multilabel_report
 from medplugin.metrics.grading import (
     GradingMetrics,
     grading_report,
     pr_auc,
     quadratic_weighted_kappa,
-    sensitivity_specificity,
     threshold_for_specificity,
 )
+from medplugin.metrics.multilabel import MultiLabelAUROC, flatten_multilabel_report, multilabel_report
 from medplugin.metrics.bootstrap import (
     PatientBootstrap,
     bootstrap_intervals,
@@ -41,42 +41,12 @@ from medplugin.metrics.operating_points import (
 )
 from medplugin.metrics.statistics import evaluation_statistics, fit_model_statistics, write_reliability
 
-__all__ = [
-    "MultiLabelAUROC",
-    "flatten_multilabel_report",
-    "multilabel_report",
-    "ClassificationMetrics",
-    "GradingMetrics",
-    "grading_report",
-    "pr_auc",
-    "quadratic_weighted_kappa",
-    "sensitivity_specificity",
-    "threshold_for_specificity",
-    "classification_report",
-    "confusion_matrix",
-    "flatten_report",
-    "roc_auc",
-    "roc_curve",
-]
-__all__ += [
-    "PatientBootstrap",
-    "bootstrap_intervals",
-    "bootstrap_metric",
-    "ci_entries",
-    "format_ci",
-    "headline_figures",
-    "apply_temperature",
-    "calibration_report",
-    "expected_calibration_error",
-    "fit_temperature",
-    "reliability_bins",
-    "delong_test",
-    "paired_bootstrap",
-    "apply_operating_points",
-    "choose_operating_points",
-    "operating_point_metrics",
-    "parse_criterion",
-    "evaluation_statistics",
-    "fit_model_statistics",
-    "write_reliability",
-]
+__all__ = ["ClassificationMetrics", "GradingMetrics", "MultiLabelAUROC", "classification_report", "confusion_matrix",
+           "flatten_multilabel_report", "flatten_report", "grading_report", "multilabel_report", "pr_auc",
+           "quadratic_weighted_kappa", "roc_auc", "roc_curve", "sensitivity_specificity", "threshold_for_specificity"]
+# the statistics of an evaluation: operating points, calibration, patient-level intervals, comparisons
+__all__ += ["PatientBootstrap", "bootstrap_intervals", "bootstrap_metric", "ci_entries", "format_ci", "headline_figures",
+            "apply_temperature", "calibration_report", "expected_calibration_error", "fit_temperature",
+            "reliability_bins", "delong_test", "paired_bootstrap", "apply_operating_points", "choose_operating_points",
+            "operating_point_metrics", "parse_criterion", "evaluation_statistics", "fit_model_statistics",
+            "write_reliability"]

@@ -1,4 +1,10 @@
-"""Multi-class classification metrics: one functional core, used by the ignite metric and the reports."""
+"""Multi-class classification metrics on scikit-learn: one report, used by the ignite metric and the evaluation.
+
+The thin wrappers fix what scikit-learn leaves open for our reports: the class set (``0..C-1``, also when a
+class is absent), the argument order ``(scores, positives)`` and NaN for a figure that is undefined (an AUC
+without positives or negatives, a precision of a class never predicted) instead of a warning or an error,
+the same on every scikit-learn release the package allows.
+"""
 
 from __future__ import annotations
 
@@ -6,45 +12,47 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from sklearn import metrics as skm
 
-from medplugin.metrics.base import ProbabilityMetric
+from medplugin.metrics.base import ReportMetric
 
-__all__ = ["roc_auc", "roc_curve", "confusion_matrix", "classification_report", "ClassificationMetrics"]
+__all__ = ["ClassificationMetrics", "classification_report", "confusion_matrix", "flatten_report", "roc_auc",
+           "roc_curve", "sensitivity_specificity"]
 
 
 def roc_curve(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ROC curve of binary ``positives`` ranked by ``scores``: ``(fpr, tpr, thresholds)`` (ties grouped)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    positives = np.asarray(positives).astype(bool)
-    order = np.argsort(-scores, kind="mergesort")
-    s, p = scores[order], positives[order]
-    distinct = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]
-    tps = np.cumsum(p)[distinct]
-    fps = (distinct + 1) - tps
-    n_pos, n_neg = p.sum(), (~p).sum()
-    tpr = np.r_[0.0, tps / n_pos] if n_pos else np.full(distinct.size + 1, np.nan)
-    fpr = np.r_[0.0, fps / n_neg] if n_neg else np.full(distinct.size + 1, np.nan)
-    return fpr, tpr, np.r_[np.inf, s[distinct]]
+    """ROC curve of binary ``positives`` ranked by ``scores``: ``(fpr, tpr, thresholds)``, one point per distinct
+    score (``sklearn.metrics.roc_curve`` with ``drop_intermediate=False``); the first threshold is ``inf``."""
+    return skm.roc_curve(np.asarray(positives).astype(bool).reshape(-1),
+                         np.asarray(scores, dtype=np.float64).reshape(-1), drop_intermediate=False)
 
 
 def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney with tie correction); ``nan`` when one class is absent."""
-    scores = np.asarray(scores, dtype=np.float64)
-    positives = np.asarray(positives).astype(bool)
-    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
-    if n_pos == 0 or n_neg == 0:
+    """Area under the ROC curve (``sklearn.metrics.roc_auc_score``; ties count half); ``nan`` when one class
+    is absent."""
+    positives = np.asarray(positives).astype(bool).reshape(-1)
+    if positives.all() or not positives.any():
         return float("nan")
-    from scipy.stats import rankdata
-
-    ranks = rankdata(scores)
-    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(skm.roc_auc_score(positives, np.asarray(scores, dtype=np.float64).reshape(-1)))
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-    """``(num_classes, num_classes)`` counts, rows = true class, columns = predicted class."""
-    labels = np.asarray(labels, dtype=np.int64)
-    preds = np.asarray(preds, dtype=np.int64)
-    return np.bincount(labels * num_classes + preds, minlength=num_classes**2).reshape(num_classes, num_classes)
+    """``(num_classes, num_classes)`` counts, rows = true class, columns = predicted class (zeros without samples)."""
+    labels, preds = np.asarray(labels, dtype=np.int64).reshape(-1), np.asarray(preds, dtype=np.int64).reshape(-1)
+    if labels.size == 0:
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+    return skm.confusion_matrix(labels, preds, labels=np.arange(num_classes))
+
+
+def sensitivity_specificity(scores: np.ndarray, positives: np.ndarray, threshold: float = 0.5) -> tuple[float, float]:
+    """Sensitivity and specificity of the rule ``score >= threshold`` (``nan`` where a class is absent)."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    positives = np.asarray(positives).astype(bool).reshape(-1)
+    called = scores >= threshold
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    sens = float((called & positives).sum() / n_pos) if n_pos else float("nan")
+    spec = float((~called & ~positives).sum() / n_neg) if n_neg else float("nan")
+    return sens, spec
 
 
 def classification_report(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict:
@@ -58,8 +66,9 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, class_names: Se
     Returns:
         dict with ``accuracy``, ``misclassification_rate``, ``macro_auc`` (one-vs-rest, mean over classes
         with both outcomes present), ``n``, ``per_class`` {name: sensitivity, specificity, precision, recall
-        (= sensitivity), f1, auc, support}, ``weighted_avg`` {precision, recall, f1} (support-weighted) and
-        ``confusion_matrix`` (rows true, columns predicted).
+        (= sensitivity), f1, auc, support}, ``weighted_avg`` {precision, recall, f1} (support-weighted, a
+        precision of a class never predicted counting 0) and ``confusion_matrix`` (rows true, columns
+        predicted). Undefined figures (no samples, a class absent or never predicted) are ``nan``.
     """
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels)
@@ -73,50 +82,45 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, class_names: Se
         raise ValueError(f"{probs.shape[0]} predictions but {labels.shape[0]} labels.")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must be in [0, {num_classes - 1}], got values {sorted(set(labels.tolist()))}.")
-    preds = probs.argmax(axis=1)
+    n, preds = int(labels.size), probs.argmax(axis=1)
     cm = confusion_matrix(labels, preds, num_classes)
-    n = int(labels.size)
-    correct = int(np.trace(cm))
-    per_class, aucs = {}, []
-    for c, name in enumerate(class_names):
-        tp = cm[c, c]
-        fn = cm[c].sum() - tp
-        fp = cm[:, c].sum() - tp
-        tn = n - tp - fn - fp
-        auc = roc_auc(probs[:, c], labels == c)
-        if not np.isnan(auc):
-            aucs.append(auc)
-        precision = float(tp / (tp + fp)) if tp + fp else float("nan")
-        recall = float(tp / (tp + fn)) if tp + fn else float("nan")
-        per_class[name] = {
-            "sensitivity": recall,
-            "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
-            "precision": precision,
-            "recall": recall,
-            "f1": float(2 * tp / (2 * tp + fp + fn)) if 2 * tp + fp + fn else float("nan"),
-            "auc": auc,
-            "support": int(tp + fn),
+    # the count figures from the confusion matrix: precision_recall_fscore_support's zero_division handling
+    # differs between scikit-learn releases (1.3 gives F1 nan, not 0, for a class present but never predicted)
+    tp = np.diag(cm).astype(np.float64)
+    fp, fn, support = cm.sum(0) - tp, cm.sum(1) - tp, cm.sum(1)
+    tn = n - tp - fp - fn
+
+    def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.divide(a, b, out=np.full(num_classes, np.nan), where=b > 0)
+
+    recall, precision, f1 = ratio(tp, tp + fn), ratio(tp, tp + fp), ratio(2 * tp, 2 * tp + fp + fn)
+    specificity = ratio(tn, tn + fp)
+    per_class = {
+        name: {
+            "sensitivity": float(recall[c]),
+            "specificity": float(specificity[c]),
+            "precision": float(precision[c]),
+            "recall": float(recall[c]),
+            "f1": float(f1[c]),
+            "auc": roc_auc(probs[:, c], labels == c),
+            "support": int(support[c]),
         }
-    accuracy = correct / n if n else float("nan")
+        for c, name in enumerate(class_names)
+    }
+    aucs = [v["auc"] for v in per_class.values() if not np.isnan(v["auc"])]
+    accuracy = float(np.trace(cm) / n) if n else float("nan")
+    # support-weighted; an undefined figure (a class never predicted has no precision) counts 0
+    weighted = {k: float(np.average(np.nan_to_num(v), weights=support)) if n else float("nan")
+                for k, v in (("precision", precision), ("recall", recall), ("f1", f1))}
     return {
         "n": n,
         "accuracy": accuracy,
         "misclassification_rate": 1.0 - accuracy if n else float("nan"),
         "macro_auc": float(np.mean(aucs)) if aucs else float("nan"),
         "per_class": per_class,
-        "weighted_avg": _weighted_average(per_class),
+        "weighted_avg": weighted,
         "confusion_matrix": cm.tolist(),
     }
-
-
-def _weighted_average(per_class: dict) -> dict:
-    """Support-weighted mean of per-class precision, recall and F1 (a nan of an unpredicted class counts as 0)."""
-    support = np.asarray([v["support"] for v in per_class.values()], dtype=np.float64)
-    out = {}
-    for k in ("precision", "recall", "f1"):
-        vals = np.nan_to_num(np.asarray([v[k] for v in per_class.values()], dtype=np.float64), nan=0.0)
-        out[k] = float((vals * support).sum() / support.sum()) if support.sum() else float("nan")
-    return out
 
 
 def flatten_report(report: dict, prefix: str = "") -> dict[str, float]:
@@ -133,7 +137,7 @@ def flatten_report(report: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-class ClassificationMetrics(ProbabilityMetric):
+class ClassificationMetrics(ReportMetric):
     """Ignite metric that accumulates probabilities and labels and computes :func:`classification_report`.
 
     With ``key`` set, ``compute`` returns that one scalar (usable as a key metric for checkpoints);
@@ -146,7 +150,9 @@ class ClassificationMetrics(ProbabilityMetric):
         key: ``None`` for all scalars, or one of ``accuracy``, ``macro_auc``, ``misclassification_rate``.
         prefix: prepended to every name of the flat dict (e.g. ``"val_"``).
         output_transform: maps the engine output to ``(probs, labels)``; each may be a batch tensor or a list
-            of per-sample tensors (MONAI's decollated output, e.g. ``monai.handlers.from_engine``).
+            of per-sample tensors (MONAI's decollated output, e.g. ``monai.handlers.from_engine``); labels are
+            class indices or one-hot rows.
+        device: where ignite keeps the epoch's tensors.
     """
 
     _KEYS = ("accuracy", "macro_auc", "misclassification_rate")
@@ -159,21 +165,10 @@ class ClassificationMetrics(ProbabilityMetric):
         output_transform: Callable = lambda x: x,
         device: str | torch.device = "cpu",
     ) -> None:
-        if key is not None and key not in self._KEYS:
-            raise ValueError(f"key must be None or one of {self._KEYS}, got {key!r}.")
         if len(class_names) < 2:
             raise ValueError(f"need at least two class names, got {list(class_names)}.")
         self.class_names = list(class_names)
-        super().__init__(len(self.class_names), key, prefix, output_transform, device)
-
-    def _labels(self, labels: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        n = len(self.class_names)
-        if labels.dim() > 1 and labels.shape[-1] == n and labels.shape[-1] > 1:
-            labels = labels.argmax(dim=-1)  # one-hot
-        return labels.reshape(-1).long()
-
-    def _empty_labels(self) -> torch.Tensor:
-        return torch.zeros(0, dtype=torch.long)
+        super().__init__(len(self.class_names), key, self._KEYS, prefix, output_transform, device)
 
     def report(self, probs: np.ndarray, labels: np.ndarray) -> dict:
         return classification_report(probs, labels, self.class_names)

@@ -1,6 +1,6 @@
 """Diabetic-retinopathy metrics: referable-DR screening (binary) and 5-grade agreement (quadratic kappa).
 
-Functional core plus one ignite metric, in the style of :mod:`medplugin.metrics.classification`. The binary
+A report on scikit-learn plus one ignite metric, in the style of :mod:`medplugin.metrics.classification`. The binary
 operating points follow the screening literature: sensitivity and specificity at the 0.5 threshold and at the
 threshold reaching a target specificity (Gulshan et al., "Development and validation of a deep learning
 algorithm for detection of diabetic retinopathy in retinal fundus photographs", JAMA 2016). Grading agreement
@@ -13,29 +13,21 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from sklearn import metrics as skm
 
-from medplugin.metrics.base import ProbabilityMetric
-from medplugin.metrics.classification import classification_report, roc_auc
+from medplugin.metrics.base import ReportMetric
+from medplugin.metrics.classification import classification_report, roc_auc, sensitivity_specificity
 
-__all__ = [
-    "TASKS",
-    "REFERABLE_GRADE",
-    "quadratic_weighted_kappa",
-    "sensitivity_specificity",
-    "threshold_for_specificity",
-    "pr_auc",
-    "referable_scores",
-    "grading_report",
-    "flatten_grading_report",
-    "GradingMetrics",
-]
+__all__ = ["REFERABLE_GRADE", "TASKS", "GradingMetrics", "flatten_grading_report", "grading_report", "pr_auc",
+           "quadratic_weighted_kappa", "referable_scores", "sensitivity_specificity", "threshold_for_specificity"]
 
 TASKS = ("referable", "grade")
 REFERABLE_GRADE = 2  # international clinical DR scale: moderate NPDR or worse is referable
 
 
 def quadratic_weighted_kappa(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> float:
-    """Cohen's kappa with quadratic disagreement weights ``(i - j)**2 / (K - 1)**2``.
+    """Cohen's kappa with quadratic disagreement weights (``sklearn.metrics.cohen_kappa_score`` on the classes
+    ``0..num_classes-1``, so an absent grade keeps its place on the scale).
 
     Args:
         labels: ``(N,)`` true ordinal classes in ``[0, num_classes)``.
@@ -43,8 +35,8 @@ def quadratic_weighted_kappa(labels: np.ndarray, preds: np.ndarray, num_classes:
         num_classes: K, at least 2.
 
     Returns:
-        kappa in [-1, 1]; 1.0 when both raters put everything in one and the same class (perfect agreement),
-        ``nan`` for empty input.
+        kappa in [-1, 1]; 1.0 when both raters put everything in one and the same class (perfect agreement,
+        where the chance agreement is 1 too), ``nan`` for empty input.
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes!r}.")
@@ -57,26 +49,9 @@ def quadratic_weighted_kappa(labels: np.ndarray, preds: np.ndarray, num_classes:
     for name, v in (("labels", labels), ("preds", preds)):
         if v.min() < 0 or v.max() >= num_classes:
             raise ValueError(f"{name} must be in [0, {num_classes - 1}], got values {sorted(set(v.tolist()))}.")
-    observed = np.bincount(labels * num_classes + preds, minlength=num_classes**2).reshape(num_classes, num_classes)
-    observed = observed.astype(np.float64)
-    expected = np.outer(observed.sum(1), observed.sum(0)) / labels.size
-    idx = np.arange(num_classes)
-    weights = (idx[:, None] - idx[None, :]) ** 2 / float((num_classes - 1) ** 2)
-    denom = float((weights * expected).sum())
-    if denom == 0.0:
-        return 1.0 if np.array_equal(labels, preds) else 0.0
-    return float(1.0 - (weights * observed).sum() / denom)
-
-
-def sensitivity_specificity(scores: np.ndarray, positives: np.ndarray, threshold: float = 0.5) -> tuple[float, float]:
-    """Sensitivity and specificity of the rule ``score >= threshold`` (``nan`` where a class is absent)."""
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    positives = np.asarray(positives).astype(bool).reshape(-1)
-    called = scores >= threshold
-    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
-    sens = float((called & positives).sum() / n_pos) if n_pos else float("nan")
-    spec = float((~called & ~positives).sum() / n_neg) if n_neg else float("nan")
-    return sens, spec
+    if np.unique(np.r_[labels, preds]).size == 1:  # chance agreement 1: kappa is 0/0 (scikit-learn gives nan)
+        return 1.0
+    return float(skm.cohen_kappa_score(labels, preds, labels=np.arange(num_classes), weights="quadratic"))
 
 
 def threshold_for_specificity(scores: np.ndarray, positives: np.ndarray, target_specificity: float = 0.9) -> float:
@@ -101,27 +76,18 @@ def threshold_for_specificity(scores: np.ndarray, positives: np.ndarray, target_
     neg = np.sort(scores[~positives])
     if neg.size == 0:
         return float("nan")
-    for t in np.unique(scores):  # ascending: the first that qualifies is the most sensitive
-        if np.searchsorted(neg, t, side="left") / neg.size >= target_specificity:  # negatives below t
-            return float(t)
-    return float("inf")
+    candidates = np.unique(scores)  # ascending: the first that qualifies is the most sensitive
+    reached = np.flatnonzero(np.searchsorted(neg, candidates, side="left") / neg.size >= target_specificity)
+    return float(candidates[reached[0]]) if reached.size else float("inf")
 
 
 def pr_auc(scores: np.ndarray, positives: np.ndarray) -> float:
-    """Area under the precision-recall curve as average precision (step-wise, no interpolation; as sklearn's
-    ``average_precision_score``); ``nan`` without positives."""
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    """Area under the precision-recall curve as average precision (``sklearn.metrics.average_precision_score``:
+    step-wise, no interpolation); ``nan`` without positives."""
     positives = np.asarray(positives).astype(bool).reshape(-1)
-    n_pos = int(positives.sum())
-    if n_pos == 0:
+    if not positives.any():
         return float("nan")
-    order = np.argsort(-scores, kind="mergesort")
-    s, p = scores[order], positives[order]
-    distinct = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]
-    tps = np.cumsum(p)[distinct]
-    precision = tps / (distinct + 1)
-    recall = tps / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(skm.average_precision_score(positives, np.asarray(scores, dtype=np.float64).reshape(-1)))
 
 
 def referable_scores(probs: np.ndarray, task: str) -> np.ndarray:
@@ -201,7 +167,7 @@ def flatten_grading_report(report: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-class GradingMetrics(ProbabilityMetric):
+class GradingMetrics(ReportMetric):
     """Ignite metric accumulating probabilities and labels and computing :func:`grading_report`.
 
     With ``key`` set, ``compute`` returns that scalar (a key metric for checkpoints: ``auc`` for referable DR,
@@ -216,8 +182,9 @@ class GradingMetrics(ProbabilityMetric):
         prefix: prepended to every name of the flat dict (e.g. ``"val_"``).
         target_specificity: specificity the operating threshold must reach.
         threshold: the fixed threshold of ``sensitivity``/``specificity``.
-        output_transform: maps the engine output to ``(probs, labels)`` (batch tensors or lists of them).
-        device: ignite's metric device.
+        output_transform: maps the engine output to ``(probs, labels)`` (batch tensors or lists of per-sample
+            tensors; labels as grades or one-hot rows).
+        device: where ignite keeps the epoch's tensors.
     """
 
     def __init__(
@@ -236,22 +203,12 @@ class GradingMetrics(ProbabilityMetric):
         expected = 2 if task == "referable" else 5
         if len(class_names) != expected:
             raise ValueError(f"task {task!r} needs {expected} class names, got {list(class_names)}.")
-        allowed = [k for k in _SCALARS if k != "operating_threshold" and (k != "kappa" or task == "grade")]
-        if key is not None and key not in allowed:
-            raise ValueError(f"key must be None or one of {allowed} for task {task!r}, got {key!r}.")
         if not 0.0 < float(target_specificity) <= 1.0:
             raise ValueError(f"target_specificity must be in (0, 1], got {target_specificity!r}.")
         self.class_names, self.task = list(class_names), task
         self.target_specificity, self.threshold = float(target_specificity), float(threshold)
-        super().__init__(len(self.class_names), key, prefix, output_transform, device)
-
-    def _labels(self, labels: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        if labels.dim() > 1 and labels.shape[-1] == len(self.class_names):
-            labels = labels.argmax(dim=-1)  # one-hot
-        return labels.reshape(-1).long()
-
-    def _empty_labels(self) -> torch.Tensor:
-        return torch.zeros(0, dtype=torch.long)
+        keys = [k for k in _SCALARS if k != "operating_threshold" and (k != "kappa" or task == "grade")]
+        super().__init__(len(self.class_names), key, keys, prefix, output_transform, device)
 
     def report(self, probs: np.ndarray, labels: np.ndarray) -> dict:
         return grading_report(probs, labels, self.class_names, self.task, self.target_specificity, self.threshold)

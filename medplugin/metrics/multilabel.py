@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from medplugin.metrics.base import ProbabilityMetric
-from medplugin.metrics.classification import roc_auc
+from medplugin.metrics.base import ReportMetric
+from medplugin.metrics.classification import roc_auc, sensitivity_specificity
 
-__all__ = ["multilabel_report", "flatten_multilabel_report", "MultiLabelAUROC"]
+__all__ = ["MultiLabelAUROC", "flatten_multilabel_report", "multilabel_report"]
 
 
 def _as_2d(name: str, x: np.ndarray, n_labels: int) -> np.ndarray:
@@ -67,20 +67,16 @@ def multilabel_report(
     per_label, aucs = {}, []
     n = int(labels.shape[0])
     for j, name in enumerate(names):
-        auc = roc_auc(probs[:, j], pos[:, j]) if n else float("nan")
+        auc = roc_auc(probs[:, j], pos[:, j])
         if not math.isnan(auc):
             aucs.append(auc)
-        called = probs[:, j] >= thr[j]
-        tp = int((called & pos[:, j]).sum())
-        fn = int((~called & pos[:, j]).sum())
-        tn = int((~called & ~pos[:, j]).sum())
-        fp = int((called & ~pos[:, j]).sum())
+        sens, spec = sensitivity_specificity(probs[:, j], pos[:, j], thr[j])
         per_label[name] = {
             "auroc": auc,
             "positives": int(pos[:, j].sum()),
             "prevalence": float(pos[:, j].mean()) if n else float("nan"),
-            "sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
-            "specificity": tn / (tn + fp) if tn + fp else float("nan"),
+            "sensitivity": sens,
+            "specificity": spec,
             "threshold": float(thr[j]),
         }
     return {
@@ -99,7 +95,7 @@ def flatten_multilabel_report(report: dict, prefix: str = "") -> dict[str, float
     return out
 
 
-class MultiLabelAUROC(ProbabilityMetric):
+class MultiLabelAUROC(ReportMetric):
     """Ignite metric: per-label AUROC and their mean, accumulated over an epoch (gathered over ranks).
 
     With ``key="mean_auroc"`` (the default) ``compute`` returns the mean AUROC, a scalar usable as the key
@@ -115,7 +111,7 @@ class MultiLabelAUROC(ProbabilityMetric):
         prefix: prepended to every name of the flat dict (e.g. ``"val_"``).
         output_transform: maps the engine output to ``(probs, labels)``; each a batch tensor or a list of
             per-sample tensors (MONAI's decollated output, e.g. ``monai.handlers.from_engine``).
-        device: ignite's metric device.
+        device: where ignite keeps the epoch's tensors.
     """
 
     _KEYS = ("mean_auroc",)
@@ -128,12 +124,10 @@ class MultiLabelAUROC(ProbabilityMetric):
         output_transform: Callable = lambda x: x,
         device: str | torch.device = "cpu",
     ) -> None:
-        if key is not None and key not in self._KEYS:
-            raise ValueError(f"key must be None or one of {self._KEYS}, got {key!r}.")
         if len(label_names) < 1:
             raise ValueError("label_names must not be empty.")
         self.label_names = list(label_names)
-        super().__init__(len(self.label_names), key, prefix, output_transform, device)
+        super().__init__(len(self.label_names), key, self._KEYS, prefix, output_transform, device)
 
     def _labels(self, labels: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         n = len(self.label_names)

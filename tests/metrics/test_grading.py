@@ -97,3 +97,28 @@ def test_ignite_metric_on_an_engine():
     assert {"val_accuracy", "val_pr_auc", "val_sensitivity", "val_operating_specificity"} <= set(state.metrics)
     with pytest.raises(ValueError, match="key must be None or one of"):
         GradingMetrics(["no", "yes"], task="referable", key="kappa")
+
+
+def test_kappa_keeps_absent_grades_on_the_scale():
+    """Grades 2 and 3 absent: the disagreement 0 vs 4 still weighs (4 - 0)**2. By hand, weights (i-j)**2:
+    observed pairs (0,1) (1,1) (4,4) (4,0) (1,0) give sum w*O = 1 + 16 + 1 = 18; the margins (true 0:1 1:2 4:2,
+    predicted 0:2 1:2 4:1, n=5) give sum w*E = 28; kappa = 1 - 18/28 = 5/14 (0.0625 if the grades present were
+    renumbered 0, 1, 2)."""
+    assert quadratic_weighted_kappa([0, 1, 4, 4, 1], [1, 1, 4, 0, 0], 5) == pytest.approx(5 / 14, abs=1e-12)
+
+
+@pytest.mark.filterwarnings("error::sklearn.exceptions.UndefinedMetricWarning")
+def test_one_class_epoch_gives_nan_auc_and_pr_auc_not_an_error():
+    probs = torch.tensor([[0.8, 0.2], [0.6, 0.4], [0.9, 0.1]])
+    labels = torch.zeros(3, dtype=torch.long)  # no referable eye in the epoch
+    m = GradingMetrics(["no", "yes"], task="referable", prefix="val_")
+    m.reset()
+    m.update((probs, labels))
+    out = m.compute()
+    assert np.isnan(out["val_auc"]) and np.isnan(out["val_pr_auc"]) and np.isnan(out["val_sensitivity"])
+    assert out["val_specificity"] == 1.0 and out["val_accuracy"] == 1.0
+    key = GradingMetrics(["no", "yes"], task="referable", key="auc")
+    key.reset()
+    key.update((probs, labels))
+    assert np.isnan(key.compute())
+    assert quadratic_weighted_kappa([2, 2], [2, 2], 5) == 1.0  # one grade everywhere: perfect agreement

@@ -69,3 +69,20 @@ def test_ignite_metric_rejects_wrong_width():
         m.update((torch.zeros(2, 4), torch.zeros(2, 4)))
     with pytest.raises(ValueError, match="key must be"):
         MultiLabelAUROC(NAMES, key="accuracy")
+
+
+def test_metatensor_batches_and_decollated_metatensors_agree_with_sklearn():
+    """As the evaluator hands them over: (B, L) MetaTensor batches, or lists of per-sample MetaTensors."""
+    from monai.data import MetaTensor
+
+    probs, labels = _data(48, seed=2)
+    expected = np.mean([roc_auc_score(labels[:, j], probs[:, j].astype(np.float32)) for j in range(2)])
+    for decollate in (False, True):
+        m = MultiLabelAUROC(NAMES)
+        engine = Engine(lambda e, b: b)
+        m.attach(engine, "val_mean_auroc")
+        batches = []
+        for i in range(0, 48, 12):
+            pb, lb = MetaTensor(torch.tensor(probs[i:i + 12])), MetaTensor(torch.tensor(labels[i:i + 12]))
+            batches.append((list(pb), list(lb)) if decollate else (pb, lb))
+        assert engine.run(batches).metrics["val_mean_auroc"] == pytest.approx(expected, abs=1e-12)
