@@ -292,7 +292,8 @@ def case_fundus_errors(d):
     (aptos / "train.csv").write_text("id_code,grade\nx,1\n")
     bad_json = d.folder() / "dl.json"
     _jpeg(bad_json.parent / "a.jpeg")
-    bad_json.write_text(json.dumps({s: [{"image": "a.jpeg", "grade": "7"}] for s in ("training", "validation", "test")}))
+    bad_json.write_text(json.dumps({s: [{"image": "a.jpeg", "grade": "7"}] for s in ("training", "validation",
+                                                                                        "test")}))
     calls = (lambda: fundus.index_fundus(d.folder()), lambda: fundus.index_fundus(d.get("aptos"), task="severity"),
              lambda: fundus.index_eyepacs(d.get("aptos")), lambda: fundus.index_aptos(aptos),
              lambda: fundus.index_eyepacs(d.get("eyepacs_hand"), val_fraction=0.5, test_fraction=0.5),
@@ -367,7 +368,8 @@ def case_chest_csv_choice_and_flat_folder(d):
     (flat / "images_002").mkdir()
     (flat / "images_002" / "00000005_001.png").write_bytes(b"")  # a duplicate name: the first folder wins
     kw = dict(val_fraction=0.0, test_fraction=0.0)
-    return [chestxray14.index_chestxray14(root, **kw), chestxray14.index_chestxray14(root, csv_name="Data_Entry_2017.csv", **kw),
+    return [chestxray14.index_chestxray14(root, **kw),
+            chestxray14.index_chestxray14(root, csv_name="Data_Entry_2017.csv", **kw),
             chestxray14.index_chestxray14(flat, **kw)]
 
 
@@ -395,7 +397,7 @@ def case_chest_row_errors(d):
     for bad in ("00000022_000.png,Mass", ",No Finding,0,23,40,M,PA,1,1,1,1", _row(24, 0).replace(",24,", ",,", 1),
                 _row(25, 0, view=""), _row(26, 0, "Mass||Nodule"), _row(1, 0)):
         root = _release(d.folder(), [_row(1, 0), _row(2, 0), bad], skip_images=("",))
-        out.append(_error_of(lambda: chestxray14.index_chestxray14(root)))
+        out.append(_error_of(lambda root=root: chestxray14.index_chestxray14(root)))
     return out
 
 
@@ -441,7 +443,7 @@ def case_chest_errors(d):
     for header in ("Image Index,Finding Labels,Follow-up #,Patient Age,Patient Gender,View Position", ""):
         folder = d.folder()
         (folder / "Data_Entry_2017.csv").write_text(header)
-        out.append(_error_of(lambda: chestxray14.index_chestxray14(folder)))
+        out.append(_error_of(lambda folder=folder: chestxray14.index_chestxray14(folder)))
     return out
 
 
@@ -562,7 +564,8 @@ def case_knee_clinical_errors(d):
     (root / "masks" / "knee_001.nii.gz").unlink()
     (root / "exams" / "knee_004.nii.gz").write_bytes(b"")
     out.append(_error_of(lambda: knee.index_knee(root, mask_dir="masks")))
-    calls = (lambda: knee.index_knee(root, label_mode="three"), lambda: knee.index_knee(root, val_fraction=0.5, test_fraction=0.5),
+    calls = (lambda: knee.index_knee(root, label_mode="three"),
+             lambda: knee.index_knee(root, val_fraction=0.5, test_fraction=0.5),
              lambda: knee.index_knee(root, test_fraction=-0.1), lambda: knee.index_knee(root, image_dir="nope"),
              lambda: knee.index_knee(root, labels_csv="nope.csv"), lambda: knee.detect_knee_layout(d.folder()),
              lambda: knee.detect_knee_layout(d.work / "nowhere"))
@@ -736,9 +739,11 @@ def case_lung_datalist_json_and_errors(d):
     single = _relative_json(lungseg.index_lungseg(pairs, seed=1), pairs, pairs.parent / "single.json")
     tiny = d.folder()
     make_lung_seg_demo(tiny, n=2, size=32, seed=0)
-    calls = (lambda: lungseg.lungseg_datalist(None, root.parent / "gone.json"), lambda: lungseg.index_lungseg(d.folder()),
-             lambda: lungseg.index_lungseg(d.work / "nope"), lambda: lungseg.index_lungseg(root, val_fraction=0.6, test_fraction=0.5),
-             lambda: lungseg.index_lungseg(root, val_fraction=0.0), lambda: lungseg.index_lungseg(root, on_bad_input="ignore"),
+    calls = (lambda: lungseg.lungseg_datalist(None, root.parent / "gone.json"),
+             lambda: lungseg.index_lungseg(d.folder()), lambda: lungseg.index_lungseg(d.work / "nope"),
+             lambda: lungseg.index_lungseg(root, val_fraction=0.6, test_fraction=0.5),
+             lambda: lungseg.index_lungseg(root, val_fraction=0.0),
+             lambda: lungseg.index_lungseg(root, on_bad_input="ignore"),
              lambda: lungseg.index_lungseg(tiny))
     return ([lungseg.lungseg_datalist(None, path), lungseg.lungseg_datalist(None, root.parent / "two.json"),
              lungseg.lungseg_datalist(None, single)] + [_error_of(c) for c in calls])
@@ -790,7 +795,8 @@ if __name__ == "__main__":
 
     logging.basicConfig(level=logging.ERROR)
     if sys.argv[1:] != ["--write"]:
-        raise SystemExit("usage: python -m tests.data.reference_cases --write  (on the code the reference is taken from)")
+        raise SystemExit("usage: python -m tests.data.reference_cases --write  (on the code to take the reference "
+                         "from)")
     with tempfile.TemporaryDirectory(prefix="indexer-reference-") as tmp:
         write_reference(Path(tmp))
     print(f"wrote {FIXTURE} ({FIXTURE.stat().st_size} bytes, {len(CASES)} cases)")
