@@ -29,6 +29,7 @@ from medplugin.data.synthetic.knee import make_knee_nifti_demo, make_mrnet_demo
 from medplugin.data.synthetic.oct import make_oct2017_demo
 from tests.data.test_chestxray14 import HEADER_2017, HEADER_2020, HEADER_EXACT, _many_followups, _release, _row
 from tests.data.test_fundus import _aptos, _eyepacs, _jpeg
+from tests.data.test_knee_segmentation import damage_pairs
 
 FIXTURE = Path(__file__).parent / "fixtures" / "indexer_reference.json"
 CASES: dict[str, Callable[[Demos], Any]] = {}
@@ -626,14 +627,7 @@ def case_kneeseg_images_folder_no_csv(d):
 
 def _damaged_pairs(d) -> Path:
     root = d.copy("knee")
-    (root / "masks" / "knee_000.nii.gz").unlink()
-    m = nib.load(root / "masks" / "knee_001.nii.gz")
-    data, affine = np.asarray(m.dataobj).copy(), m.affine.copy()
-    nib.save(nib.Nifti1Image(data[:8], affine), root / "masks" / "knee_001.nii.gz")
-    shifted = affine.copy()
-    shifted[0, 3] += 5.0
-    nib.save(nib.Nifti1Image(data, shifted), root / "masks" / "knee_002.nii.gz")
-    (root / "exams" / "knee_003.nii.gz").write_bytes(b"")
+    damage_pairs(root)
     (root / "masks" / "knee_004.nii.gz").write_bytes(b"")
     (root / "masks" / "knee_005.nii.gz").write_bytes(b"\x1f\x8b\x08\x00 truncated")
     return root
