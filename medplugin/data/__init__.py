@@ -1,14 +1,22 @@
 """Dataset indexers (raw release -> MONAI datalist), patient-level splits, synthetic demo data."""
 
+from medplugin.data.chestxray14 import ChestXray14Indexer, chestxray14_datalist, index_chestxray14
 from medplugin.data.datalist import index_images, read_datalist
 from medplugin.data.dataset import TolerantDataset
-from medplugin.data.fundus import fundus_datalist, index_aptos, index_eyepacs, index_fundus
-from medplugin.data.lungseg import index_lungseg, lungseg_datalist
-from medplugin.data.oct2017 import index_oct2017, oct2017_datalist
-from medplugin.data.chestxray14 import chestxray14_datalist, index_chestxray14
+from medplugin.data.fundus import FundusIndexer, fundus_datalist, index_aptos, index_eyepacs, index_fundus
+from medplugin.data.indexer import DatasetIndexer, ProblemReport, Scan
+from medplugin.data.lungseg import LungSegmentationIndexer, index_lungseg, lungseg_datalist
+from medplugin.data.oct2017 import Oct2017Indexer, index_oct2017, oct2017_datalist
 from medplugin.data.splits import assert_disjoint_patients, patient_level_split
 
 __all__ = [
+    "ChestXray14Indexer",
+    "DatasetIndexer",
+    "FundusIndexer",
+    "LungSegmentationIndexer",
+    "Oct2017Indexer",
+    "ProblemReport",
+    "Scan",
     "TolerantDataset",
     "assert_disjoint_patients",
     "fundus_datalist",

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from medplugin.data.datalist import CsvReader, open_text
-from medplugin.data.splits import assert_disjoint_patients, patient_level_split
+from medplugin.data.indexer import DatasetIndexer, ProblemReport, Scan
 from medplugin.errors import BadInputError
 from medplugin.utils import write_json
 
 __all__ = [
     "FINDINGS",
     "CSV_NAMES",
+    "ChestXray14Indexer",
     "index_chestxray14",
     "chestxray14_datalist",
     "positive_weights",
@@ -37,21 +38,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FINDINGS: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Pleural_Thickening",
-    "Hernia",
-)
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
+    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+)  # fmt: skip
 """The 14 findings, in the fixed order of every ``label`` vector this module writes."""
 
 NO_FINDING = "No Finding"
@@ -59,7 +48,7 @@ CSV_NAMES: tuple[str, ...] = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"
 """CSV file names looked for, in order of preference (the 2020 revision first)."""
 
 _SHOW = 5  # names shown in a message about many missing/bad items
-_LOG_ROWS = 10  # bad rows logged one by one before only counting
+_SKIPPED = "{where}: {n} bad row(s) skipped in all (on_bad_input='skip')"
 
 
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
@@ -75,12 +64,7 @@ _FINDING_ALIASES: dict[str, str] = {_norm(f): f for f in FINDINGS}
 _FINDING_ALIASES[_norm("Infiltrate")] = "Infiltration"
 _INDEX = {f: i for i, f in enumerate(FINDINGS)}
 
-_REQUIRED = {
-    "image": "Image Index",
-    "labels": "Finding Labels",
-    "patient": "Patient ID",
-    "view": "View Position",
-}
+_REQUIRED = {"image": "Image Index", "labels": "Finding Labels", "patient": "Patient ID", "view": "View Position"}
 
 
 def _find_columns(header: Sequence[str], wanted: dict[str, str], csv_path: Path) -> dict[str, int]:
@@ -99,6 +83,16 @@ def _find_columns(header: Sequence[str], wanted: dict[str, str], csv_path: Path)
             f"line 1: missing required column(s) {missing}; the header has {[h for h in header if h.strip()]}",
         )
     return found
+
+
+def _open_csv(path: Path, wanted: dict[str, str]) -> tuple[CsvReader, list[str], dict[str, int]]:
+    """A reader of the CSV past its header, the header, and the column index of each ``wanted`` column."""
+    reader = CsvReader(open_text(path), path)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise BadInputError(path, "empty CSV (no header)") from None
+    return reader, header, _find_columns(header, wanted, path)
 
 
 def _scan_images(root: Path) -> dict[str, str]:
@@ -161,65 +155,173 @@ def _parse_labels(text: str) -> list[float] | str:
     return label
 
 
-class _BadRows:
-    """Collects bad-row messages: raises at once (``fail``) or logs the first few and counts (``skip``)."""
-
-    def __init__(self, path: Path, on_bad_input: str):
-        self.path, self.on_bad_input, self.count = path, on_bad_input, 0
-
-    def __call__(self, reason: str) -> None:
-        if self.on_bad_input == "fail":
-            raise BadInputError(self.path, reason)
-        self.count += 1
-        if self.count <= _LOG_ROWS:
-            logger.warning("%s: %s; row skipped", self.path, reason)
-
-    def summary(self) -> None:
-        if self.count:
-            logger.warning("%s: %d bad row(s) skipped in all", self.path, self.count)
-
-
 def _check_choice(name: str, value: Any, allowed: Iterable[str]) -> None:
     allowed = tuple(allowed)
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
 
 
-def _check_fraction(name: str, value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.") from None
-    if not 0.0 <= v < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
-    return v
+def _rows_report(path: Path, on_bad_input: str) -> ProblemReport:
+    """The bad-row policy of this module's CSVs: the first bad row stops a ``"fail"`` run (it usually means a
+    wrong file); ``"skip"`` drops bad rows and lists them in one warning."""
+    _check_choice("on_bad_input", on_bad_input, ("fail", "skip"))
+    return ProblemReport(on_bad_input, path, fail_fast=True, logger=logger, skip_summary=_SKIPPED)
 
 
-def _split(entries: list[dict], fractions: dict[str, float], seed: int) -> dict[str, list[dict]]:
-    """Patient-level split of ``entries`` over the parts with a positive fraction, stratified by any-finding."""
-    parts = {k: v for k, v in fractions.items() if v > 0}
-    out: dict[str, list[dict]] = {k: [] for k in fractions}
-    if not entries:
-        return out
-    # light proxies keep the entries themselves free of helper keys
-    proxies = [
-        {"patient_id": e["patient_id"], "any": int(any(e["label"])), "i": i} for i, e in enumerate(entries)
-    ]
-    for name, part in patient_level_split(proxies, parts, seed=seed, stratify_key="any").items():
-        out[name] = [entries[p["i"]] for p in part]
-    return out
+def _any_finding(entry: dict) -> int:
+    return int(any(entry["label"]))
 
 
-def index_chestxray14(
-    root: str | os.PathLike,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    views: Sequence[str] | None = ("PA", "AP"),
-    exclude_file: str | os.PathLike | None = None,
-    on_bad_input: str = "fail",
-    csv_name: str | None = None,
-    test_fraction: float = 0.2,
-) -> dict[str, list[dict]]:
+class ChestXray14Indexer(DatasetIndexer):
+    """NIH ChestX-ray14 -> training/validation/test with patient-level splits (see :func:`index_chestxray14`)."""
+
+    name = "ChestX-ray14"
+    stratify = staticmethod(_any_finding)
+    fail_fast = True
+    skip_summary = _SKIPPED
+    test_overlap = "error"
+    may_have_test_part = True
+
+    def __init__(self, root: str | os.PathLike | None, val_fraction: float = 0.1, seed: int = 0,
+                 views: Sequence[str] | None = ("PA", "AP"), exclude_file: str | os.PathLike | None = None,
+                 on_bad_input: str = "fail", csv_name: str | None = None, test_fraction: float = 0.2) -> None:
+        _check_choice("on_bad_input", on_bad_input, ("fail", "skip"))
+        super().__init__(root, val_fraction, test_fraction, seed, on_bad_input)
+        if views is not None and (not isinstance(views, (list, tuple, set, frozenset)) or not views
+                                  or not all(isinstance(v, str) and v.strip() for v in views)):
+            raise ValueError(
+                f"views must be None or a non-empty sequence of view names like ('PA', 'AP'), got {views!r}."
+            )
+        self.views = None if views is None else {v.strip().upper() for v in views}
+        self.exclude_file, self.csv_name = exclude_file, csv_name
+
+    def check_datalist(self, datalist: dict[str, list[dict]], path: Path) -> dict[str, list[dict]]:
+        """Every entry of a datalist JSON must have a 14-value 0/1 ``label`` in :data:`FINDINGS` order."""
+        for section, entries in datalist.items():
+            for i, e in enumerate(entries):
+                lab = e["label"]
+                if not isinstance(lab, list) or len(lab) != len(FINDINGS) or any(v not in (0, 1) for v in lab):
+                    raise BadInputError(path, f"{section}[{i}] label must be {len(FINDINGS)} values of 0/1 in "
+                                              f"the order {list(FINDINGS)}, got {lab!r}")
+        return datalist
+
+    def scan(self) -> Scan:
+        """Read the CSV, find the images once, and take the official split's lists when both exist."""
+        root = self.root
+        if not root.is_dir():
+            raise BadInputError(root, "ChestX-ray14 folder not found")
+        if self.csv_name is not None:
+            csv_path = root / self.csv_name
+            if not csv_path.is_file():
+                raise BadInputError(csv_path, "file not found")
+        else:
+            present = [root / n for n in CSV_NAMES if (root / n).is_file()]
+            if not present:
+                raise BadInputError(root, f"no ChestX-ray14 CSV found: expected one of {list(CSV_NAMES)}")
+            csv_path = present[0]
+        logger.info("ChestX-ray14: reading %s", csv_path)
+        self.problems.where = csv_path
+        train_val_path, test_path = root / "train_val_list.txt", root / "test_list.txt"
+        official = train_val_path.is_file() and test_path.is_file()
+        if official != (train_val_path.is_file() or test_path.is_file()):
+            logger.warning(
+                "%s: only one of train_val_list.txt / test_list.txt exists; ignoring it and splitting by patient", root
+            )
+        excluded = set(_read_name_list(Path(self.exclude_file))) if self.exclude_file is not None else set()
+
+        entries, names, missing = self._read_csv(csv_path, _scan_images(root), excluded)
+        if missing:
+            reason = (
+                f"{len(missing)} image(s) listed in {csv_path.name} not found under images/ or images_NNN/images/: "
+                f"{', '.join(missing[:_SHOW])}{' ...' if len(missing) > _SHOW else ''}"
+            )
+            self.problems.add(root, reason, count=len(missing))
+        self.problems.close()
+        if not entries:
+            kept = len(entries) + len(missing)
+            raise BadInputError(root, f"no usable images: {kept} row(s) kept from {csv_path.name}, none found on disk")
+        if not official:
+            return Scan(entries)
+        train_val_names = set(_read_name_list(train_val_path))
+        test_names = set(_read_name_list(test_path))
+        both = train_val_names & test_names
+        if both:
+            raise BadInputError(
+                test_path, f"{len(both)} image(s) are also in train_val_list.txt: {', '.join(sorted(both)[:_SHOW])}"
+            )
+        train_val = [e for e, n in zip(entries, names, strict=True) if n in train_val_names]
+        test = [e for e, n in zip(entries, names, strict=True) if n in test_names]
+        unlisted = len(entries) - len(train_val) - len(test)
+        if unlisted:
+            logger.warning("%s: %d image(s) in neither train_val_list.txt nor test_list.txt; dropped", root, unlisted)
+        return Scan(train_val, test, test_path)
+
+    def _read_csv(self, csv_path: Path, images: dict[str, str], excluded: set[str]):
+        """Entries of the CSV's good rows whose image exists, their image names, and the names of missing images."""
+        entries: list[dict] = []
+        names: list[str] = []
+        missing: list[str] = []
+        seen: dict[str, int] = {}
+        label_cache: dict[str, list[float] | str] = {}
+        bad, keep_views = self.problems.add, self.views
+        n_excluded = n_other_view = 0
+        reader, _, cols = _open_csv(csv_path, _REQUIRED)
+        need = max(cols.values()) + 1
+        for row in reader:
+            line = reader.line_num
+            if not "".join(row).strip():  # blank line (one join is several times faster than any() per cell)
+                continue
+            if len(row) < need:
+                bad(csv_path, f"line {line}: {len(row)} value(s), expected at least {need} ({row!r})")
+                continue
+            name = row[cols["image"]].strip()
+            if "/" in name or "\\" in name:
+                name = os.path.basename(name.replace("\\", "/"))
+            patient = row[cols["patient"]].strip()
+            view = row[cols["view"]].strip().upper()
+            if not name:
+                bad(csv_path, f"line {line}: empty 'Image Index'")
+                continue
+            if not patient:
+                bad(csv_path, f"line {line}: empty 'Patient ID' for image {name!r}")
+                continue
+            if not view:
+                bad(csv_path, f"line {line}: empty 'View Position' for image {name!r}")
+                continue
+            text = row[cols["labels"]]
+            label = label_cache.get(text)
+            if label is None:  # about 800 distinct values in the real CSV: parse each once
+                label = label_cache[text] = _parse_labels(text)
+            if isinstance(label, str):
+                bad(csv_path,
+                    f"line {line}: unknown finding label {label} in 'Finding Labels' {row[cols['labels']]!r} "
+                    f"(expected '|'-separated names from {list(FINDINGS)} or {NO_FINDING!r})")
+                continue
+            if name in seen:
+                bad(csv_path, f"line {line}: duplicate image {name!r} (first on line {seen[name]})")
+                continue
+            seen[name] = line
+            if name in excluded:
+                n_excluded += 1
+            elif keep_views is not None and view not in keep_views:
+                n_other_view += 1
+            elif name not in images:
+                missing.append(name)
+            else:
+                entries.append({"image": images[name], "label": list(label), "patient_id": patient, "view": view})
+                names.append(name)
+        if n_excluded or excluded:
+            logger.info("%s: %d image(s) excluded by %s", csv_path, n_excluded, self.exclude_file)
+        if n_other_view:
+            logger.info("%s: %d image(s) with a view other than %s left out", csv_path, n_other_view,
+                        sorted(keep_views))
+        return entries, names, missing
+
+
+def index_chestxray14(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0,
+                      views: Sequence[str] | None = ("PA", "AP"), exclude_file: str | os.PathLike | None = None,
+                      on_bad_input: str = "fail", csv_name: str | None = None,
+                      test_fraction: float = 0.2) -> dict[str, list[dict]]:
     """Index an NIH ChestX-ray14 release into a MONAI datalist with patient-level splits.
 
     Reads ``Data_Entry_2017_v2020.csv`` or ``Data_Entry_2017.csv`` (the 2020 revision when both exist), tolerant
@@ -240,7 +342,7 @@ def index_chestxray14(
         views: ``View Position`` values to keep (e.g. ``("PA",)``), or ``None`` for all.
         exclude_file: optional text file of image names to leave out, one per line.
         on_bad_input: ``"fail"`` raises :class:`BadInputError` at the first bad row or on missing images;
-            ``"skip"`` logs a warning, drops the row and counts.
+            ``"skip"`` drops them and lists them in one warning.
         csv_name: the CSV file name inside ``root`` (default: the first of :data:`CSV_NAMES` present).
         test_fraction: fraction of images for the test part when there is no official split, in [0, 1).
 
@@ -254,167 +356,8 @@ def index_chestxray14(
             label, empty value, duplicate image; the message names the CSV, the line and the value), missing
             images (count and the first names), or when no image is left.
     """
-    _check_choice("on_bad_input", on_bad_input, ("fail", "skip"))
-    val_fraction = _check_fraction("val_fraction", val_fraction)
-    test_fraction = _check_fraction("test_fraction", test_fraction)
-    keep_views = None
-    if views is not None:
-        if (
-            not isinstance(views, (list, tuple, set, frozenset))
-            or not views
-            or not all(isinstance(v, str) and v.strip() for v in views)
-        ):
-            raise ValueError(
-                f"views must be None or a non-empty sequence of view names like ('PA', 'AP'), got {views!r}."
-            )
-        keep_views = {v.strip().upper() for v in views}
-
-    root = Path(root)
-    if not root.is_dir():
-        raise BadInputError(root, "ChestX-ray14 folder not found")
-    if csv_name is not None:
-        csv_path = root / csv_name
-        if not csv_path.is_file():
-            raise BadInputError(csv_path, "file not found")
-    else:
-        present = [root / n for n in CSV_NAMES if (root / n).is_file()]
-        if not present:
-            raise BadInputError(root, f"no ChestX-ray14 CSV found: expected one of {list(CSV_NAMES)}")
-        csv_path = present[0]
-    logger.info("ChestX-ray14: reading %s", csv_path)
-
-    train_val_path, test_path = root / "train_val_list.txt", root / "test_list.txt"
-    official = train_val_path.is_file() and test_path.is_file()
-    if official != (train_val_path.is_file() or test_path.is_file()):
-        logger.warning(
-            "%s: only one of train_val_list.txt / test_list.txt exists; ignoring it and splitting by patient", root
-        )
-    excluded = set(_read_name_list(Path(exclude_file))) if exclude_file is not None else set()
-
-    images = _scan_images(root)
-    bad = _BadRows(csv_path, on_bad_input)
-    rows: list[dict] = []
-    seen: dict[str, int] = {}
-    label_cache: dict[str, list[float] | str] = {}
-    n_excluded = n_other_view = 0
-    with open_text(csv_path) as f:
-        reader = CsvReader(f, csv_path)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise BadInputError(csv_path, "empty CSV (no header)") from None
-        cols = _find_columns(header, _REQUIRED, csv_path)
-        need = max(cols.values()) + 1
-        for row in reader:
-            line = reader.line_num
-            if not "".join(row).strip():  # blank line (one join is several times faster than any() per cell)
-                continue
-            if len(row) < need:
-                bad(f"line {line}: {len(row)} value(s), expected at least {need} ({row!r})")
-                continue
-            name = row[cols["image"]].strip()
-            if "/" in name or "\\" in name:
-                name = os.path.basename(name.replace("\\", "/"))
-            patient = row[cols["patient"]].strip()
-            view = row[cols["view"]].strip().upper()
-            if not name:
-                bad(f"line {line}: empty 'Image Index'")
-                continue
-            if not patient:
-                bad(f"line {line}: empty 'Patient ID' for image {name!r}")
-                continue
-            if not view:
-                bad(f"line {line}: empty 'View Position' for image {name!r}")
-                continue
-            text = row[cols["labels"]]
-            label = label_cache.get(text)
-            if label is None:  # about 800 distinct values in the real CSV: parse each once
-                label = label_cache[text] = _parse_labels(text)
-            if not isinstance(label, str):
-                label = list(label)
-            if isinstance(label, str):
-                bad(
-                    f"line {line}: unknown finding label {label} in 'Finding Labels' {row[cols['labels']]!r} "
-                    f"(expected '|'-separated names from {list(FINDINGS)} or {NO_FINDING!r})"
-                )
-                continue
-            if name in seen:
-                bad(f"line {line}: duplicate image {name!r} (first on line {seen[name]})")
-                continue
-            seen[name] = line
-            if name in excluded:
-                n_excluded += 1
-                continue
-            if keep_views is not None and view not in keep_views:
-                n_other_view += 1
-                continue
-            rows.append({"name": name, "label": label, "patient_id": patient, "view": view})
-    bad.summary()
-    if n_excluded or excluded:
-        logger.info("%s: %d image(s) excluded by %s", csv_path, n_excluded, exclude_file)
-    if n_other_view:
-        logger.info("%s: %d image(s) with a view other than %s left out", csv_path, n_other_view, sorted(keep_views))
-
-    missing = [r["name"] for r in rows if r["name"] not in images]
-    if missing:
-        reason = (
-            f"{len(missing)} image(s) listed in {csv_path.name} not found under images/ or images_NNN/images/: "
-            f"{', '.join(missing[:_SHOW])}{' ...' if len(missing) > _SHOW else ''}"
-        )
-        if on_bad_input == "fail":
-            raise BadInputError(root, reason)
-        logger.warning("%s: %s; dropped", root, reason)
-    entries = [
-        {
-            "image": images[r["name"]],
-            "label": r["label"],
-            "patient_id": r["patient_id"],
-            "view": r["view"],
-            "_n": r["name"],
-        }
-        for r in rows
-        if r["name"] in images
-    ]
-    if not entries:
-        raise BadInputError(root, f"no usable images: {len(rows)} row(s) kept from {csv_path.name}, none found on disk")
-
-    if official:
-        train_val_names = set(_read_name_list(train_val_path))
-        test_names = set(_read_name_list(test_path))
-        both = train_val_names & test_names
-        if both:
-            raise BadInputError(
-                test_path, f"{len(both)} image(s) are also in train_val_list.txt: {', '.join(sorted(both)[:_SHOW])}"
-            )
-        train_val = [e for e in entries if e["_n"] in train_val_names]
-        test = [e for e in entries if e["_n"] in test_names]
-        unlisted = len(entries) - len(train_val) - len(test)
-        if unlisted:
-            logger.warning("%s: %d image(s) in neither train_val_list.txt nor test_list.txt; dropped", root, unlisted)
-        try:
-            assert_disjoint_patients({"train_val": train_val, "test": test})
-        except ValueError as e:
-            raise BadInputError(test_path, f"the official split is not patient-disjoint: {e}") from e
-        parts = _split(train_val, {"training": 1.0 - val_fraction, "validation": val_fraction}, seed)
-        parts["test"] = test
-    else:
-        train_fraction = 1.0 - val_fraction - test_fraction
-        if train_fraction <= 0:
-            raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}.")
-        parts = _split(
-            entries, {"training": train_fraction, "validation": val_fraction, "test": test_fraction}, seed
-        )
-    for part in parts.values():
-        for e in part:
-            e.pop("_n", None)
-    result = {k: parts[k] for k in ("training", "validation", "test")}
-    assert_disjoint_patients(result)
-    logger.info(
-        "ChestX-ray14 (%s split): %s",
-        "official" if official else "patient-level",
-        ", ".join(f"{k}={len(v)}" for k, v in result.items()),
-    )
-    return result
+    return ChestXray14Indexer(root, val_fraction, seed, views, exclude_file, on_bad_input, csv_name,
+                              test_fraction).index()
 
 
 def read_bbox_list(
@@ -428,7 +371,7 @@ def read_bbox_list(
 
     Args:
         path: the CSV file.
-        on_bad_input: ``"fail"`` raises on a bad row; ``"skip"`` logs a warning and drops it.
+        on_bad_input: ``"fail"`` raises on the first bad row; ``"skip"`` drops bad rows and lists them in a warning.
 
     Returns:
         image name -> boxes, in file order.
@@ -438,53 +381,47 @@ def read_bbox_list(
         BadInputError: for a missing file or column, an unknown finding, or a non-numeric or negative box value
             (naming the line and the value).
     """
-    _check_choice("on_bad_input", on_bad_input, ("fail", "skip"))
     path = Path(path)
+    problems = _rows_report(path, on_bad_input)
     if not path.is_file():
         raise BadInputError(path, "file not found")
-    bad = _BadRows(path, on_bad_input)
     out: dict[str, list[tuple[str, float, float, float, float]]] = {}
-    with open_text(path) as f:
-        reader = CsvReader(f, path)
+    reader, header, cols = _open_csv(path, {"image": "Image Index", "finding": "Finding Label"})
+    normed = [_norm(h) for h in header]
+    if all(k in normed for k in ("x", "y", "w", "h")):
+        box_cols = [normed.index(k) for k in ("x", "y", "w", "h")]
+    else:
+        starts = [i for i, h in enumerate(normed) if h.startswith("bbox")]
+        if not starts:
+            raise BadInputError(path, f"line 1: no 'Bbox [x,y,w,h]' column in the header {header}")
+        box_cols = list(range(starts[0], starts[0] + 4))
+    need = max(box_cols + list(cols.values())) + 1
+    for row in reader:
+        line = reader.line_num
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) < need:
+            problems.add(path, f"line {line}: {len(row)} value(s), expected at least {need} ({row!r})")
+            continue
+        name = os.path.basename(row[cols["image"]].strip())
+        finding = _FINDING_ALIASES.get(_norm(row[cols["finding"]]))
+        if not name:
+            problems.add(path, f"line {line}: empty 'Image Index'")
+            continue
+        if finding is None:
+            problems.add(path, f"line {line}: unknown finding label {row[cols['finding']]!r} "
+                               f"(expected one of {list(FINDINGS)})")
+            continue
         try:
-            header = next(reader)
-        except StopIteration:
-            raise BadInputError(path, "empty CSV (no header)") from None
-        cols = _find_columns(header, {"image": "Image Index", "finding": "Finding Label"}, path)
-        normed = [_norm(h) for h in header]
-        if all(k in normed for k in ("x", "y", "w", "h")):
-            box_cols = [normed.index(k) for k in ("x", "y", "w", "h")]
-        else:
-            starts = [i for i, h in enumerate(normed) if h.startswith("bbox")]
-            if not starts:
-                raise BadInputError(path, f"line 1: no 'Bbox [x,y,w,h]' column in the header {header}")
-            box_cols = list(range(starts[0], starts[0] + 4))
-        need = max(box_cols + list(cols.values())) + 1
-        for row in reader:
-            line = reader.line_num
-            if not any(c.strip() for c in row):
-                continue
-            if len(row) < need:
-                bad(f"line {line}: {len(row)} value(s), expected at least {need} ({row!r})")
-                continue
-            name = os.path.basename(row[cols["image"]].strip())
-            finding = _FINDING_ALIASES.get(_norm(row[cols["finding"]]))
-            if not name:
-                bad(f"line {line}: empty 'Image Index'")
-                continue
-            if finding is None:
-                bad(f"line {line}: unknown finding label {row[cols['finding']]!r} (expected one of {list(FINDINGS)})")
-                continue
-            try:
-                x, y, w, h = (float(row[i]) for i in box_cols)
-            except ValueError:
-                bad(f"line {line}: box values {[row[i] for i in box_cols]} are not all numbers")
-                continue
-            if not all(map(lambda v: v == v and v >= 0, (x, y, w, h))):
-                bad(f"line {line}: box values {(x, y, w, h)} must be non-negative numbers")
-                continue
-            out.setdefault(name, []).append((finding, x, y, w, h))
-    bad.summary()
+            x, y, w, h = (float(row[i]) for i in box_cols)
+        except ValueError:
+            problems.add(path, f"line {line}: box values {[row[i] for i in box_cols]} are not all numbers")
+            continue
+        if not all(map(lambda v: v == v and v >= 0, (x, y, w, h))):
+            problems.add(path, f"line {line}: box values {(x, y, w, h)} must be non-negative numbers")
+            continue
+        out.setdefault(name, []).append((finding, x, y, w, h))
+    problems.close()
     return out
 
 
@@ -501,15 +438,10 @@ def write_datalist(datalist: dict, path: str | os.PathLike) -> Path:
     return write_json(path, datalist)
 
 
-def chestxray14_datalist(
-    dataset_dir: str | os.PathLike,
-    datalist: str | os.PathLike | None = None,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    views: Sequence[str] | None = ("PA", "AP"),
-    exclude_file: str | os.PathLike | None = None,
-    on_bad_input: str = "fail",
-) -> dict[str, list[dict]]:
+def chestxray14_datalist(dataset_dir: str | os.PathLike, datalist: str | os.PathLike | None = None,
+                         val_fraction: float = 0.1, seed: int = 0, views: Sequence[str] | None = ("PA", "AP"),
+                         exclude_file: str | os.PathLike | None = None,
+                         on_bad_input: str = "fail") -> dict[str, list[dict]]:
     """What a bundle config calls: read ``datalist`` (JSON written by ``medplugin datalist chestxray14``) when
     given, else index ``dataset_dir`` with :func:`index_chestxray14`. Relative image paths in the JSON are taken
     relative to the JSON's folder; every entry must have a 14-value ``label``.
@@ -517,19 +449,7 @@ def chestxray14_datalist(
     Raises:
         BadInputError: as :func:`index_chestxray14`, or a datalist whose labels are not 14 values of 0/1.
     """
-    if datalist:
-        from medplugin.data.datalist import read_datalist
-
-        out = read_datalist(datalist, required_keys=("image", "label"), sections=("training", "validation", "test"))
-        for section, entries in out.items():
-            for i, e in enumerate(entries):
-                lab = e["label"]
-                if not isinstance(lab, list) or len(lab) != len(FINDINGS) or any(v not in (0, 1) for v in lab):
-                    raise BadInputError(datalist, f"{section}[{i}] label must be {len(FINDINGS)} values of 0/1 in "
-                                                  f"the order {list(FINDINGS)}, got {lab!r}")
-        return out
-    return index_chestxray14(dataset_dir, val_fraction=val_fraction, seed=seed, views=views,
-                             exclude_file=exclude_file, on_bad_input=on_bad_input)
+    return ChestXray14Indexer(dataset_dir, val_fraction, seed, views, exclude_file, on_bad_input).load(datalist)
 
 
 def positive_weights(entries: Sequence[dict], max_weight: float = 100.0) -> list[float]:

@@ -7,16 +7,19 @@ import io
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from medplugin.errors import BadInputError
 from medplugin.io.image2d import looks_like_image
 from medplugin.utils import safe_name
 
-__all__ = ["read_datalist", "index_images", "open_text", "CsvReader"]
+__all__ = ["read_datalist", "index_images", "index_knee_inputs", "index_knee_volumes", "open_text", "CsvReader",
+           "strip_suffix"]
 
 logger = logging.getLogger(__name__)
+
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npy")
 
 
 def open_text(path: str | os.PathLike) -> io.StringIO:
@@ -122,28 +125,128 @@ def index_images(dataset_dir: str | os.PathLike | None, datalist: str | os.PathL
         items = _read_image_list(Path(datalist))
         base = Path(dataset_dir) if dataset_dir else Path(datalist).parent
     else:
-        if not dataset_dir or not Path(dataset_dir).is_dir():
-            raise BadInputError(dataset_dir, "input folder not found (set --dataset_dir or --datalist)")
-        base = Path(dataset_dir)
+        base = _input_folder(dataset_dir)
         items = sorted(
             str(p) for p in base.rglob("*") if p.is_file() and not p.name.startswith(".") and looks_like_image(p)
         )
         if not items:
             raise BadInputError(base, "no JPEG, PNG, BMP, TIFF or DICOM files found (searched recursively)")
+    entries = _named([Path(p) if Path(p).is_absolute() else base / p for p in items], base,
+                     lambda rel: str(Path(rel).with_suffix("")))
+    logger.info("inference on %d file(s)", len(entries))
+    return entries
+
+
+def index_knee_inputs(dataset_dir: str | os.PathLike | None, datalist: str | os.PathLike | None = None) -> list[dict]:
+    """Exams for batch inference: every NIfTI file, MRNet ``.npy`` file and DICOM series folder under ``dataset_dir``.
+
+    A folder holding DICOM files (``DICM`` at byte 128) is one exam (one series). ``datalist`` (a JSON list or
+    datalist, or a text file with one path a line) names the exams instead (as :func:`index_images`). Files are
+    not opened beyond the DICOM check: unreadable ones produce an error row at inference time. Entries are
+    ``{"image", "path", "name"}``; ``name`` is the path relative to ``dataset_dir`` made safe for file names.
+
+    Raises:
+        BadInputError: no folder, or nothing to infer on.
+    """
+    if datalist:
+        return index_images(dataset_dir, datalist)
+    base = _input_folder(dataset_dir)
+    items = []
+    for p in sorted(base.rglob("*")):
+        if p.name.startswith("."):
+            continue
+        if p.is_file() and p.name.lower().endswith(_VOLUME_SUFFIXES):
+            items.append(p)
+        elif p.is_dir() and any(f.is_file() and _has_dicm(f) for f in p.iterdir()):
+            items.append(p)
+    if not items:
+        raise BadInputError(base, "no NIfTI (.nii, .nii.gz), MRNet .npy files or DICOM series folders found")
+    entries = _named(items, base, lambda rel: strip_suffix(rel[:-4] if rel.lower().endswith(".npy") else rel,
+                                                            (".nii.gz", ".nii")))
+    logger.info("inference on %d exam(s)", len(entries))
+    return entries
+
+
+def index_knee_volumes(dataset_dir: str | os.PathLike | None, datalist: str | os.PathLike | None = None) -> list[dict]:
+    """Entries for batch inference: every knee exam under ``dataset_dir`` (recursively) or those ``datalist`` names.
+
+    An exam is a NIfTI file (``.nii``, ``.nii.gz``), an MRNet ``.npy`` file, or a folder directly holding DICOM
+    files (one series; found by the ``.dcm`` suffix or the ``DICM`` magic among its first 20 other files).
+    Entries are ``{"image": path, "path": path, "name": safe relative name}``; nothing is opened here, so a bad
+    file becomes an error row at inference time while the others are processed.
+
+    Args:
+        dataset_dir: the folder to search.
+        datalist: optional JSON list / datalist or text file naming the exams (relative to ``dataset_dir``).
+
+    Raises:
+        BadInputError: the folder is missing or holds no exam.
+    """
+    if datalist:
+        base = Path(dataset_dir) if dataset_dir else Path(datalist).parent
+        items = [Path(p) if Path(p).is_absolute() else base / p for p in _read_image_list(Path(datalist))]
+    else:
+        base = _input_folder(dataset_dir)
+        items = []
+        for folder, dirs, files in os.walk(base):
+            dirs.sort()
+            here = Path(folder)
+            files = sorted(f for f in files if not f.startswith("."))
+            items += [here / f for f in files if f.lower().endswith(_VOLUME_SUFFIXES)]
+            others = [here / f for f in files if not f.lower().endswith(_VOLUME_SUFFIXES)]
+            if here != base and any(p.suffix.lower() == ".dcm" or _has_dicm(p) for p in others[:20]):
+                items.append(here)
+        items.sort()
+        if not items:
+            raise BadInputError(base, "no NIfTI (.nii, .nii.gz), MRNet .npy or DICOM series folder found (searched "
+                                      "recursively)")
+
+    def stem(rel: str) -> str:
+        for suffix in _VOLUME_SUFFIXES:
+            rel = strip_suffix(rel, (suffix,))
+        return rel
+
+    return _named(items, base, stem)
+
+
+
+def _input_folder(dataset_dir: str | os.PathLike | None) -> Path:
+    if not dataset_dir or not Path(dataset_dir).is_dir():
+        raise BadInputError(dataset_dir, "input folder not found (set --dataset_dir or --datalist)")
+    return Path(dataset_dir)
+
+
+def strip_suffix(name: str, suffixes: Sequence[str]) -> str:
+    """``name`` without the first of ``suffixes`` it ends with (case-insensitive)."""
+    for suffix in suffixes:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _has_dicm(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def _named(paths: Sequence[Path], base: Path, stem: Callable[[str], str]) -> list[dict]:
+    """``{"image", "path", "name"}`` entries: ``name`` is ``stem`` of the path relative to ``base`` (or of the file
+    name, outside it) made safe for file names, and unique (``_1``, ``_2``, ... appended)."""
     entries, seen = [], set()
-    for p in items:
-        full = Path(p) if Path(p).is_absolute() else base / p
+    for full in paths:
         try:
             rel = full.relative_to(base)
         except ValueError:
             rel = Path(full.name)
-        name = safe_name(str(rel.with_suffix("")))
-        stem, n = name, 1
+        name = first = safe_name(stem(str(rel)))
+        n = 1
         while name in seen:
-            name, n = f"{stem}_{n}", n + 1
+            name, n = f"{first}_{n}", n + 1
         seen.add(name)
         entries.append({"image": str(full), "path": str(full), "name": name})
-    logger.info("inference on %d file(s)", len(entries))
     return entries
 
 

@@ -10,9 +10,32 @@ from monai.data import Dataset
 
 from medplugin.errors import BadInputError
 
-__all__ = ["TolerantDataset"]
+__all__ = ["TolerantDataset", "failure_message"]
 
 logger = logging.getLogger(__name__)
+
+
+def failure_message(entry: dict, error: Exception, image_key: str = "image") -> str:
+    """The error row's message for an item whose loading failed (logged as a warning).
+
+    The first :class:`BadInputError` in ``error``'s cause chain (``"path: reason"``), else
+    ``"<path>: <type>: <message>"``; only its first line.
+
+    Args:
+        entry: the datalist entry (its ``path``, else its ``image_key``, names the input).
+        error: what loading raised.
+        image_key: key of the image.
+    """
+    cause = error
+    while cause.__cause__ is not None and not isinstance(cause, BadInputError):
+        cause = cause.__cause__
+    if isinstance(cause, BadInputError):
+        msg = str(cause)
+    else:
+        msg = f"{entry.get('path', entry.get(image_key))}: {type(error).__name__}: {error}"
+    msg = msg.splitlines()[0]
+    logger.warning("skipping input: %s", msg)
+    return msg
 
 
 class TolerantDataset(Dataset):
@@ -45,19 +68,15 @@ class TolerantDataset(Dataset):
             out = dict(super()._transform(index))
             out["error"] = ""
         except Exception as e:  # every failure becomes a per-item error row
-            cause = e
-            while cause.__cause__ is not None and not isinstance(cause, BadInputError):
-                cause = cause.__cause__
-            msg = str(cause) if isinstance(cause, BadInputError) else f"{entry.get('path', entry.get(self.image_key))}: {type(e).__name__}: {e}"
-            logger.warning("skipping input: %s", msg.splitlines()[0])
             out = {k: v for k, v in entry.items() if isinstance(v, str)}
             out[self.image_key] = torch.zeros(self.fallback_shape)
-            out["error"] = msg.splitlines()[0]
+            out["error"] = failure_message(entry, e, self.image_key)
             out.update({k: torch.as_tensor(v) for k, v in self.fallback.items()})
         img = out[self.image_key]
         if hasattr(img, "as_tensor"):
             out[self.image_key] = img.as_tensor()
         if tuple(out[self.image_key].shape) != self.fallback_shape and not out["error"]:
             out[self.image_key] = torch.zeros(self.fallback_shape)
-            out["error"] = f"{entry.get('path')}: preprocessing gave shape {tuple(img.shape)}, expected {self.fallback_shape}"
+            out["error"] = (f"{entry.get('path')}: preprocessing gave shape {tuple(img.shape)}, "
+                            f"expected {self.fallback_shape}")
         return out

@@ -20,16 +20,16 @@ import csv
 import logging
 import os
 import re
-from collections import Counter
 from pathlib import Path
 
-from medplugin.data.splits import assert_disjoint_patients, patient_level_split
+from medplugin.data.indexer import DatasetIndexer, Scan
 from medplugin.errors import BadInputError
 
 __all__ = [
     "GRADE_NAMES",
     "REFERABLE_NAMES",
     "TASKS",
+    "FundusIndexer",
     "class_names",
     "detect_layout",
     "index_eyepacs",
@@ -48,6 +48,11 @@ REFERABLE_GRADE = 2
 _EYE = re.compile(r"^(?P<pid>[^_/\\]+)_(?P<eye>left|right)$")
 _MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
 _EYEPACS_TEST_CSVS = ("testLabels.csv", "retinopathy_solution.csv")
+# layout -> (label CSV, image folder, id column, grade column, image suffixes tried in order)
+_LAYOUTS = {
+    "eyepacs": ("trainLabels.csv", "train", "image", "level", (".jpeg", ".jpg", ".png")),
+    "aptos": ("train.csv", "train_images", "id_code", "diagnosis", (".png", ".jpg", ".jpeg")),
+}
 
 
 def class_names(task: str) -> list[str]:
@@ -114,196 +119,139 @@ def _check_image(path: Path) -> str | None:
     return None
 
 
-def _find_image(folder: Path, stem: str, suffixes: tuple[str, ...]) -> Path:
-    for s in suffixes:
-        if (folder / f"{stem}{s}").exists():
-            return folder / f"{stem}{s}"
-    return folder / f"{stem}{suffixes[0]}"
-
-
-def _index_csv(csv_path: Path, image_dir: Path, id_col: str, label_col: str, suffixes: tuple[str, ...],
-               eyepacs: bool, task: str, problems: list[tuple[str, str]]) -> list[dict]:
-    entries, seen = [], {}
-    for row, ident, text in _read_rows(csv_path, id_col, label_col):
-        where = f"{csv_path}: row {row}"
-        if not ident:
-            problems.append((where, f"empty {id_col!r}"))
-            continue
-        if ident in seen:
-            problems.append((where, f"{ident!r} already listed in row {seen[ident]}"))
-            continue
-        seen[ident] = row
-        grade = _parse_grade(text)
-        if grade is None:
-            problems.append((where, f"unknown label {text!r} for {ident!r}; expected a DR grade 0, 1, 2, 3 or 4"))
-            continue
-        if eyepacs:
-            m = _EYE.match(ident)
-            if not m:
-                problems.append((where, f"image {ident!r} does not follow <patient>_left / <patient>_right"))
-                continue
-            pid, eye = m.group("pid"), m.group("eye")
-        else:
-            pid, eye = ident, ""
-        path = _find_image(image_dir, ident, suffixes)
-        reason = _check_image(path)
-        if reason:
-            problems.append((f"{path} ({csv_path.name} row {row})", reason))
-            continue
-        entries.append({"image": str(path), "label": task_label(grade, task), "grade": grade,
-                        "patient_id": pid, "eye": eye})
-    return entries
-
-
-def _report(root: Path, problems: list[tuple[str, str]], on_bad_input: str) -> None:
-    if not problems:
-        return
-    listing = "\n".join(f"  {p}: {r}" for p, r in problems[:50])
-    more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-    if on_bad_input == "fail":
-        raise BadInputError(root, f"{len(problems)} bad item(s) (on_bad_input='fail'):\n{listing}{more}")
-    logger.warning("skipping %d bad item(s) of %s:\n%s%s", len(problems), root, listing, more)
-
-
-def _split(root: Path, train: list[dict], test: list[dict] | None, val_fraction: float, test_fraction: float,
-           seed: int) -> dict[str, list[dict]]:
-    if not train:
-        raise BadInputError(root, "no usable images found")
-    if test is None:
-        fr = {"training": 1 - val_fraction - test_fraction, "validation": val_fraction, "test": test_fraction}
-        if fr["training"] <= 0:
-            raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}.")
-        datalist = patient_level_split(train, fr, seed=seed, stratify_key="grade")
-    else:
-        test_patients = {e["patient_id"] for e in test}
-        overlap = {e["patient_id"] for e in train} & test_patients
-        if overlap:
-            logger.warning("%d patient(s) of the test part also appear in training: left out of training", len(overlap))
-            train = [e for e in train if e["patient_id"] not in test_patients]
-        split = patient_level_split(train, {"training": 1 - val_fraction, "validation": val_fraction}, seed=seed,
-                                    stratify_key="grade")
-        datalist = {"training": split["training"], "validation": split["validation"], "test": test}
-    assert_disjoint_patients(datalist)
-    for name, entries in datalist.items():
-        counts = Counter(e["grade"] for e in entries)
-        logger.info("%s: %d images, grades %s", name, len(entries), ", ".join(f"{g}={counts.get(g, 0)}" for g in range(5)))
-    return datalist
-
-
-def _check_args(val_fraction: float, test_fraction: float, on_bad_input: str, task: str) -> None:
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}.")
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}.")
-    if on_bad_input not in ("fail", "skip"):
-        raise ValueError(f"on_bad_input must be 'fail' or 'skip', got {on_bad_input!r}.")
-    _check_task(task)
-
-
-def index_eyepacs(
-    root: str | os.PathLike,
-    task: str = "grade",
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    seed: int = 0,
-    on_bad_input: str = "fail",
-) -> dict[str, list[dict]]:
-    """Index a Kaggle EyePACS release into ``{"training", "validation", "test"}`` datalist entries.
+class FundusIndexer(DatasetIndexer):
+    """Kaggle EyePACS or APTOS 2019 -> training/validation/test, split by patient and stratified by grade.
 
     Validation (and test, when the release has no labelled test part) are carved by patient, stratified by
     each patient's most frequent grade, so both eyes of a patient are always in one split. Files are checked
-    cheaply (present, non-empty, JPEG/PNG header); nothing is decoded.
+    cheaply (present, non-empty, JPEG/PNG header); nothing is decoded. APTOS's own ``test.csv`` has no labels,
+    so its validation and test parts are carved from ``train.csv``.
 
     Args:
-        root: folder holding ``trainLabels.csv`` and ``train/``.
+        root: the release folder.
+        layout: ``"eyepacs"``, ``"aptos"``, or None to detect it from the label file (:func:`detect_layout`).
         task: ``"grade"`` (label = grade 0-4) or ``"referable"`` (label = grade >= 2).
-        val_fraction: share of the training patients held out for validation.
-        test_fraction: share held out for test when no ``testLabels.csv``/``retinopathy_solution.csv`` is there.
+        val_fraction: share of the training patients held out for validation, in (0, 1).
+        test_fraction: share held out for test when there is no labelled test part, in (0, 1).
         seed: seed of the split.
         on_bad_input: ``"fail"`` raises one error listing every bad row/file; ``"skip"`` logs and leaves them out.
+    """
+
+    name = "fundus"
+    stratify = "grade"
+    zero_validation = False
+    zero_test = False
+    may_have_test_part = True
+    datalist_keys = ("image", "grade")
+
+    def __init__(self, root: str | os.PathLike | None, layout: str | None = None, task: str = "grade",
+                 val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
+                 on_bad_input: str = "fail") -> None:
+        super().__init__(root, val_fraction, test_fraction, seed, on_bad_input)
+        _check_task(task)
+        if layout not in (None, *_LAYOUTS):
+            raise ValueError(f"layout must be None (detect) or one of {tuple(_LAYOUTS)}, got {layout!r}.")
+        self.layout, self.task = layout, task
+
+    def scan(self) -> Scan:
+        """Read the label CSV(s) and check the images they name (see the class docstring)."""
+        root = self.root
+        layout = self.layout or detect_layout(root)
+        if self.layout is None:
+            logger.info("%s: %s layout", root, "Kaggle EyePACS" if layout == "eyepacs" else "APTOS 2019")
+        csv_name, image_dir, *_ = _LAYOUTS[layout]
+        if self.layout == "eyepacs" and detect_layout(root) != "eyepacs":
+            raise BadInputError(root, "not a Kaggle EyePACS layout: trainLabels.csv not found")
+        if layout == "aptos" and not (root / csv_name).is_file():
+            raise BadInputError(root, "not an APTOS 2019 layout: train.csv not found")
+        if not (root / image_dir).is_dir():
+            raise BadInputError(root, f"no {image_dir}/ folder next to {csv_name}")
+        train = self._scan_csv(root / csv_name, root / image_dir, layout)
+        test = test_csv = None
+        for name in _EYEPACS_TEST_CSVS if layout == "eyepacs" else ():
+            if (root / name).is_file() and (root / "test").is_dir():
+                test, test_csv = self._scan_csv(root / name, root / "test", layout), root / name
+                break
+        self.problems.close()
+        if test is not None and not test:
+            raise BadInputError(root / "test", "no usable images found")
+        if not train:
+            raise BadInputError(root, "no usable images found")
+        return Scan(train, test, test_csv)
+
+    def _scan_csv(self, csv_path: Path, image_dir: Path, layout: str) -> list[dict]:
+        _, _, id_col, label_col, suffixes = _LAYOUTS[layout]
+        entries, seen = [], {}
+        for row, ident, text in _read_rows(csv_path, id_col, label_col):
+            where = f"{csv_path}: row {row}"
+            if not ident:
+                self.problems.add(where, f"empty {id_col!r}")
+                continue
+            if ident in seen:
+                self.problems.add(where, f"{ident!r} already listed in row {seen[ident]}")
+                continue
+            seen[ident] = row
+            grade = _parse_grade(text)
+            if grade is None:
+                self.problems.add(where, f"unknown label {text!r} for {ident!r}; expected a DR grade 0, 1, 2, 3 or 4")
+                continue
+            m = _EYE.match(ident) if layout == "eyepacs" else None
+            if layout == "eyepacs" and not m:
+                self.problems.add(where, f"image {ident!r} does not follow <patient>_left / <patient>_right")
+                continue
+            path = next((image_dir / f"{ident}{s}" for s in suffixes if (image_dir / f"{ident}{s}").exists()),
+                        image_dir / f"{ident}{suffixes[0]}")
+            reason = _check_image(path)
+            if reason:
+                self.problems.add(f"{path} ({csv_path.name} row {row})", reason)
+                continue
+            entries.append({"image": str(path), "label": task_label(grade, self.task), "grade": grade,
+                            "patient_id": m.group("pid") if m else ident, "eye": m.group("eye") if m else ""})
+        return entries
+
+    def check_datalist(self, datalist: dict[str, list[dict]], path: Path) -> dict[str, list[dict]]:
+        """(Re)compute every entry's label for the task from its ``grade``, so one file serves both tasks."""
+        for section, entries in datalist.items():
+            for e in entries:
+                g = _parse_grade(str(e["grade"]).strip())
+                if g is None:
+                    raise BadInputError(path, f"{section} entry {e['image']}: unknown grade {e['grade']!r}; "
+                                              "expected 0, 1, 2, 3 or 4")
+                e["grade"], e["label"] = g, task_label(g, self.task)
+        return datalist
+
+
+def index_eyepacs(root: str | os.PathLike, task: str = "grade", val_fraction: float = 0.1, test_fraction: float = 0.1,
+                  seed: int = 0, on_bad_input: str = "fail") -> dict[str, list[dict]]:
+    """Index a Kaggle EyePACS release into ``{"training", "validation", "test"}`` entries (:class:`FundusIndexer`).
 
     Raises:
         BadInputError: missing label file or folder, a bad header, or (``"fail"``) bad rows (unknown label,
             malformed image name, duplicate) and missing or broken images, each named with CSV row and reason.
     """
-    _check_args(val_fraction, test_fraction, on_bad_input, task)
-    root = Path(root)
-    if detect_layout(root) != "eyepacs":
-        raise BadInputError(root, "not a Kaggle EyePACS layout: trainLabels.csv not found")
-    if not (root / "train").is_dir():
-        raise BadInputError(root, "no train/ folder next to trainLabels.csv")
-    problems: list[tuple[str, str]] = []
-    suffixes = (".jpeg", ".jpg", ".png")
-    train = _index_csv(root / "trainLabels.csv", root / "train", "image", "level", suffixes, True, task, problems)
-    test = None
-    for name in _EYEPACS_TEST_CSVS:
-        if (root / name).is_file() and (root / "test").is_dir():
-            test = _index_csv(root / name, root / "test", "image", "level", suffixes, True, task, problems)
-            break
-    _report(root, problems, on_bad_input)
-    if test is not None and not test:
-        raise BadInputError(root / "test", "no usable images found")
-    return _split(root, train, test, val_fraction, test_fraction, seed)
+    return FundusIndexer(root, "eyepacs", task, val_fraction, test_fraction, seed, on_bad_input).index()
 
 
-def index_aptos(
-    root: str | os.PathLike,
-    task: str = "grade",
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    seed: int = 0,
-    on_bad_input: str = "fail",
-) -> dict[str, list[dict]]:
+def index_aptos(root: str | os.PathLike, task: str = "grade", val_fraction: float = 0.1, test_fraction: float = 0.1,
+                seed: int = 0, on_bad_input: str = "fail") -> dict[str, list[dict]]:
     """Index an APTOS 2019 release (``train.csv`` + ``train_images/``) into training/validation/test.
 
-    APTOS's own ``test.csv`` has no labels, so validation and test are carved from ``train.csv``; with no
-    patient ids each image is its own patient. Arguments and errors as :func:`index_eyepacs`.
+    Arguments and errors as :func:`index_eyepacs`.
     """
-    _check_args(val_fraction, test_fraction, on_bad_input, task)
-    root = Path(root)
-    if not (root / "train.csv").is_file():
-        raise BadInputError(root, "not an APTOS 2019 layout: train.csv not found")
-    if not (root / "train_images").is_dir():
-        raise BadInputError(root, "no train_images/ folder next to train.csv")
-    problems: list[tuple[str, str]] = []
-    train = _index_csv(root / "train.csv", root / "train_images", "id_code", "diagnosis", (".png", ".jpg", ".jpeg"),
-                       False, task, problems)
-    _report(root, problems, on_bad_input)
-    return _split(root, train, None, val_fraction, test_fraction, seed)
+    return FundusIndexer(root, "aptos", task, val_fraction, test_fraction, seed, on_bad_input).index()
 
 
 def index_fundus(root: str | os.PathLike, **kwargs) -> dict[str, list[dict]]:
     """Index either layout, detected from the label file (see :func:`detect_layout`)."""
     _check_task(kwargs.get("task", "grade"))
-    layout = detect_layout(root)
-    logger.info("%s: %s layout", root, "Kaggle EyePACS" if layout == "eyepacs" else "APTOS 2019")
-    return (index_eyepacs if layout == "eyepacs" else index_aptos)(root, **kwargs)
+    return FundusIndexer(root, None, **kwargs).index()
 
 
-def fundus_datalist(
-    dataset_dir: str | os.PathLike,
-    datalist: str | os.PathLike | None = None,
-    task: str = "referable",
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    seed: int = 0,
-    on_bad_input: str = "fail",
-) -> dict[str, list[dict]]:
+def fundus_datalist(dataset_dir: str | os.PathLike, datalist: str | os.PathLike | None = None,
+                    task: str = "referable", val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
+                    on_bad_input: str = "fail") -> dict[str, list[dict]]:
     """What the fundus bundle calls: read ``datalist`` (JSON from ``medplugin datalist eyepacs|aptos``) when
     given, else index ``dataset_dir`` (either layout). Labels are (re)computed for ``task`` from each entry's
     ``grade``, so one datalist file serves both tasks."""
     _check_task(task)
-    if datalist:
-        from medplugin.data.datalist import read_datalist
-
-        dl = read_datalist(datalist, required_keys=("image", "grade"), sections=("training", "validation", "test"))
-        for section, entries in dl.items():
-            for e in entries:
-                g = _parse_grade(str(e["grade"]).strip())
-                if g is None:
-                    raise BadInputError(datalist, f"{section} entry {e['image']}: unknown grade {e['grade']!r}; "
-                                                  "expected 0, 1, 2, 3 or 4")
-                e["grade"], e["label"] = g, task_label(g, task)
-        return dl
-    return index_fundus(dataset_dir, task=task, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                        on_bad_input=on_bad_input)
+    return FundusIndexer(dataset_dir, None, task, val_fraction, test_fraction, seed, on_bad_input).load(datalist)

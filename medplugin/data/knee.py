@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from medplugin.data.datalist import CsvReader, open_text
-from medplugin.data.splits import assert_disjoint_patients, patient_level_split
+from medplugin.data.datalist import CsvReader, index_knee_inputs, open_text, strip_suffix
+from medplugin.data.indexer import DatasetIndexer, Scan
 from medplugin.errors import BadInputError
 
 __all__ = [
@@ -24,6 +24,8 @@ __all__ = [
     "BINARY_CLASSES",
     "MRNET_TASKS",
     "MRNET_PLANES",
+    "MRNetIndexer",
+    "KneeIndexer",
     "index_mrnet",
     "index_knee",
     "detect_knee_layout",
@@ -43,20 +45,6 @@ BINARY_CLASSES = ("healthy", "unhealthy")
 MRNET_TASKS = ("acl", "abnormal", "meniscus")
 MRNET_PLANES = ("sagittal", "coronal", "axial")
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
-
-def _split_parts(
-    entries: list[dict], fractions: dict[str, float], seed: int, stratify: bool = True
-) -> dict[str, list[dict]]:
-    """``patient_level_split`` that also accepts zero fractions (those parts come back empty)."""
-    used = {k: v for k, v in fractions.items() if v > 0}
-    parts = patient_level_split(entries, used, seed=seed, stratify_key="label" if stratify else None)
-    return {k: parts.get(k, []) for k in fractions}
-
-
-def _check_fraction(name: str, value: float) -> None:
-    if not 0 <= value < 1:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
 
 
 def _read_mrnet_csv(csv_path: Path) -> list[tuple[int, str, int]]:
@@ -86,46 +74,26 @@ def _read_mrnet_csv(csv_path: Path) -> list[tuple[int, str, int]]:
     return out
 
 
-def _check_on_bad_input(value: str) -> None:
-    if value not in ("fail", "skip"):
-        raise ValueError(f"on_bad_input must be 'fail' or 'skip', got {value!r}.")
-
-
-def _bad(error: BadInputError, on_bad_input: str, problems: list) -> None:
-    """``fail``: raise ``error``; ``skip``: remember it (the caller leaves the item out)."""
-    if on_bad_input == "fail":
-        raise error
-    problems.append(error)
-
-
-def _report_skipped(root: Path, problems: list) -> None:
-    if problems:
-        listing = "\n".join(f"  {e}" for e in problems[:50])
-        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-        logger.warning("skipping %d bad item(s) of %s (on_bad_input='skip'):\n%s%s", len(problems), root, listing, more)
-
-
-def _check_npy(path: Path) -> None:
-    """Cheap check of an MRNet volume file (nothing is decoded): not empty, NumPy header."""
+def _npy_problem(path: Path) -> str | None:
+    """Cheap check of an MRNet volume file (nothing is decoded): the reason it is bad, or None."""
     if path.stat().st_size == 0:
-        raise BadInputError(path, "empty file (0 bytes)")
+        return "empty file (0 bytes)"
     with open(path, "rb") as f:
         if f.read(6) != b"\x93NUMPY":
-            raise BadInputError(path, "not a NumPy .npy file (bad header)")
+            return "not a NumPy .npy file (bad header)"
+    return None
 
 
-def index_mrnet(
-    root: str | os.PathLike, task: str = "acl", plane: str = "sagittal", val_fraction: float = 0.2, seed: int = 0,
-    on_bad_input: str = "fail",
-) -> dict[str, list[dict]]:
-    """Index the Stanford MRNet data set (Bien et al. 2018, PLOS Medicine) for one task and plane.
+class MRNetIndexer(DatasetIndexer):
+    """The Stanford MRNet data set (Bien et al. 2018, PLOS Medicine) for one task and plane.
 
     Expected layout: ``train/<plane>/0000.npy`` ... ``valid/<plane>/1130.npy`` (planes ``sagittal``,
     ``coronal``, ``axial``) and ``train-<task>.csv`` / ``valid-<task>.csv`` without header, rows ``id,label``
     (tasks ``acl``, ``abnormal``, ``meniscus``; labels 0/1). MRNet's public ``valid/`` set is our ``test``
     part (its real test set is not released); ``validation`` is carved from ``train/`` with a patient-level,
     label-stratified split. In MRNet each exam is one patient, so the zero-padded exam id is the
-    ``patient_id``. Read the volumes with :func:`medplugin.io.mrnet.read_mrnet_volume`.
+    ``patient_id``; an exam in both ``train/`` and ``valid/`` is an error naming the ``valid-`` CSV. Read the
+    volumes with :func:`medplugin.io.mrnet.read_mrnet_volume`.
 
     Args:
         root: the folder holding ``train/``, ``valid/`` and the CSVs.
@@ -133,52 +101,63 @@ def index_mrnet(
         plane: ``"sagittal"``, ``"coronal"`` or ``"axial"``.
         val_fraction: part of ``train/`` used for validation, in [0, 1) (0 leaves validation empty).
         seed: seed of the split.
-        on_bad_input: ``"fail"`` raises at the first bad row or volume file (missing, empty, not ``.npy``);
-            ``"skip"`` leaves those exams out with a warning listing them.
+        on_bad_input: ``"fail"`` raises at the first duplicate row or bad volume file (missing, empty, not
+            ``.npy``); ``"skip"`` leaves those exams out with a warning listing them. A malformed CSV row is
+            always an error.
+    """
+
+    name = "MRNet"
+    fail_fast = True
+    test_overlap = "error"
+
+    def __init__(self, root: str | os.PathLike | None, task: str = "acl", plane: str = "sagittal",
+                 val_fraction: float = 0.2, seed: int = 0, on_bad_input: str = "fail") -> None:
+        if task not in MRNET_TASKS:
+            raise ValueError(f"task must be one of {MRNET_TASKS}, got {task!r}.")
+        if plane not in MRNET_PLANES:
+            raise ValueError(f"plane must be one of {MRNET_PLANES}, got {plane!r}.")
+        super().__init__(root, val_fraction=val_fraction, seed=seed, on_bad_input=on_bad_input)
+        self.task, self.plane = task, plane
+
+    def scan(self) -> Scan:
+        """Read ``train-<task>.csv`` and ``valid-<task>.csv`` and check the plane's volume files."""
+        root = self.root
+        if not root.is_dir():
+            raise BadInputError(root, "MRNet root folder not found")
+        parts = {split: self._scan_split(root / f"{split}-{self.task}.csv", root / split / self.plane)
+                 for split in ("train", "valid")}
+        return Scan(parts["train"], parts["valid"], root / f"valid-{self.task}.csv")
+
+    def _scan_split(self, csv_path: Path, folder: Path) -> list[dict]:
+        entries, seen = [], {}
+        for n, eid, label in _read_mrnet_csv(csv_path):
+            image = folder / f"{eid}.npy"
+            if eid in seen:
+                self.problems.add(csv_path, f"row {n}: exam {eid} is listed twice (first on row {seen[eid]})")
+                continue
+            seen[eid] = n
+            if not image.is_file():
+                self.problems.add(csv_path, f"row {n}: exam {eid} has no volume file {image}")
+            elif (reason := _npy_problem(image)) is not None:
+                self.problems.add(image, reason)
+            else:
+                entries.append({"image": str(image), "label": label, "patient_id": eid})
+        return entries
+
+
+def index_mrnet(root: str | os.PathLike, task: str = "acl", plane: str = "sagittal", val_fraction: float = 0.2,
+                seed: int = 0, on_bad_input: str = "fail") -> dict[str, list[dict]]:
+    """Index the Stanford MRNet data set for one task and plane (:class:`MRNetIndexer`).
 
     Returns:
         ``{"training", "validation", "test"}`` -> entries ``{"image": str, "label": int, "patient_id": str}``.
 
     Raises:
-        ValueError: bad ``task``, ``plane`` or ``val_fraction``, or an exam id in both ``train/`` and ``valid/``.
-        BadInputError: a missing CSV, a bad row or label (naming the CSV, row and value), or a missing volume.
+        ValueError: bad ``task``, ``plane`` or ``val_fraction``.
+        BadInputError: a missing CSV, a bad row or label (naming the CSV, row and value), a missing volume, or
+            an exam id in both ``train/`` and ``valid/``.
     """
-    if task not in MRNET_TASKS:
-        raise ValueError(f"task must be one of {MRNET_TASKS}, got {task!r}.")
-    if plane not in MRNET_PLANES:
-        raise ValueError(f"plane must be one of {MRNET_PLANES}, got {plane!r}.")
-    _check_fraction("val_fraction", val_fraction)
-    _check_on_bad_input(on_bad_input)
-    root = Path(root)
-    if not root.is_dir():
-        raise BadInputError(root, "MRNet root folder not found")
-    parts: dict[str, list[dict]] = {}
-    problems: list[BadInputError] = []
-    for split in ("train", "valid"):
-        csv_path = root / f"{split}-{task}.csv"
-        entries, seen = [], {}
-        for n, eid, label in _read_mrnet_csv(csv_path):
-            try:
-                if eid in seen:
-                    raise BadInputError(csv_path, f"row {n}: exam {eid} is listed twice (first on row {seen[eid]})")
-                seen[eid] = n
-                image = root / split / plane / f"{eid}.npy"
-                if not image.is_file():
-                    raise BadInputError(csv_path, f"row {n}: exam {eid} has no volume file {image}")
-                _check_npy(image)
-            except BadInputError as e:
-                _bad(e, on_bad_input, problems)
-                continue
-            entries.append({"image": str(image), "label": label, "patient_id": eid})
-        parts[split] = entries
-    _report_skipped(root, problems)
-    out = _split_parts(parts["train"], {"training": 1 - val_fraction, "validation": val_fraction}, seed)
-    out["test"] = parts["valid"]
-    assert_disjoint_patients(out)
-    logger.info(
-        "MRNet %s/%s: %s", task, plane, ", ".join(f"{k}={len(v)}" for k, v in out.items())
-    )
-    return out
+    return MRNetIndexer(root, task, plane, val_fraction, seed, on_bad_input).index()
 
 
 def _find_exam(image_dir: Path, exam: str) -> Path | None:
@@ -194,25 +173,8 @@ def _find_exam(image_dir: Path, exam: str) -> Path | None:
     return None
 
 
-def _strip_exam(name: str) -> str:
-    for suffix in _NIFTI_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def index_knee(
-    root: str | os.PathLike,
-    label_mode: str = "four",
-    labels_csv: str = "labels.csv",
-    image_dir: str = "exams",
-    mask_dir: str | None = None,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    seed: int = 0,
-    on_bad_input: str = "fail",
-) -> dict[str, list[dict]]:
-    """Index a clinical knee MRI data set: one NIfTI file or one DICOM series folder per exam, and a label CSV.
+class KneeIndexer(DatasetIndexer):
+    """A clinical knee MRI data set: one NIfTI file or one DICOM series folder per exam, and a label CSV.
 
     Expected layout: ``<root>/<image_dir>/<exam>.nii.gz`` (or ``.nii``, or a folder ``<exam>/`` holding one
     DICOM series) and ``<root>/<labels_csv>`` with a header and columns ``exam,label`` and optionally
@@ -233,6 +195,92 @@ def index_knee(
         seed: seed of the split.
         on_bad_input: ``"fail"`` raises at the first bad row (unknown label, missing or empty image, ...);
             ``"skip"`` leaves those exams out with a warning listing them.
+    """
+
+    name = "knee MRI"
+    fail_fast = True
+
+    def __init__(self, root: str | os.PathLike | None, label_mode: str = "four", labels_csv: str = "labels.csv",
+                 image_dir: str = "exams", mask_dir: str | None = None, val_fraction: float = 0.15,
+                 test_fraction: float = 0.15, seed: int = 0, on_bad_input: str = "fail") -> None:
+        knee_class_names(label_mode)
+        super().__init__(root, val_fraction, test_fraction, seed, on_bad_input)
+        self.label_mode, self.labels_csv, self.image_dir, self.mask_dir = label_mode, labels_csv, image_dir, mask_dir
+
+    def scan(self) -> Scan:
+        """Read the label CSV and find each exam's image (and mask)."""
+        csv_path = self.root / self.labels_csv
+        images = self.root / self.image_dir
+        if not csv_path.is_file():
+            raise BadInputError(csv_path, "label CSV not found (expected columns exam,label[,patient])")
+        if not images.is_dir():
+            raise BadInputError(images, "exam folder not found (one NIfTI file or DICOM series folder per exam)")
+        masks = self.root / self.mask_dir if self.mask_dir is not None else None
+        entries, seen = [], {}
+        with open_text(csv_path) as f:
+            reader = csv.DictReader(f)
+            reader.reader = CsvReader(f, csv_path)  # parse errors name the file and line
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            missing = [c for c in ("exam", "label") if c not in columns]
+            if missing:
+                raise BadInputError(csv_path,
+                                    f"missing column(s) {missing}; found {columns}, need exam,label[,patient]")
+            for n, raw in enumerate(reader, start=2):  # row 1 is the header
+                row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+                try:
+                    entries.append(self._entry(row, n, seen, csv_path, images, masks))
+                except BadInputError as e:
+                    self.problems.add(e.path, e.reason)
+        self.problems.close()
+        if not entries:
+            raise BadInputError(csv_path, "label CSV has no rows")
+        return Scan(entries)
+
+    def _entry(self, row: dict, n: int, seen: dict, csv_path: Path, images: Path, masks: Path | None) -> dict:
+        exam, value = strip_suffix(row["exam"], _NIFTI_SUFFIXES), row["label"]
+        if not exam:
+            raise BadInputError(csv_path, f"row {n}: empty exam name")
+        if exam in seen:
+            raise BadInputError(csv_path, f"row {n}: exam {exam!r} is listed twice (first on row {seen[exam]})")
+        seen[exam] = n
+        if value not in ("0", "1", "2", "3"):
+            raise BadInputError(
+                csv_path,
+                f"row {n}: label {value!r} of exam {exam!r} is not one of 0-3 "
+                f"({', '.join(f'{i}={c}' for i, c in enumerate(ACL_CLASSES))})",
+            )
+        image = _find_exam(images, exam)
+        if image is None:
+            raise BadInputError(
+                csv_path,
+                f"row {n}: exam {exam!r} has no image: looked for {images / exam}.nii.gz, .nii and a DICOM "
+                "series folder",
+            )
+        if image.is_file() and image.stat().st_size == 0:
+            raise BadInputError(image, "empty file (0 bytes)")
+        patient = row.get("patient", "") if "patient" in row else exam
+        if not patient:
+            raise BadInputError(csv_path, f"row {n}: empty patient for exam {exam!r}")
+        label = int(value) if self.label_mode == "four" else int(int(value) >= 1)
+        entry = {"image": str(image), "label": label, "patient_id": patient}
+        if masks is not None:
+            mask = _find_exam(masks, exam)
+            if mask is None or mask.is_dir():
+                raise BadInputError(csv_path, f"row {n}: exam {exam!r} has no mask {masks / exam}.nii.gz")
+            entry["mask"] = str(mask)
+        return entry
+
+    def check_datalist(self, datalist: dict[str, list[dict]], path: Path) -> dict[str, list[dict]]:
+        """A datalist JSON is used as written; with ``label_mode="binary"`` labels above 1 are merged to 1."""
+        if self.label_mode == "binary":
+            return {k: [{**e, "label": int(int(e["label"]) >= 1)} for e in v] for k, v in datalist.items()}
+        return datalist
+
+
+def index_knee(root: str | os.PathLike, label_mode: str = "four", labels_csv: str = "labels.csv",
+               image_dir: str = "exams", mask_dir: str | None = None, val_fraction: float = 0.15,
+               test_fraction: float = 0.15, seed: int = 0, on_bad_input: str = "fail") -> dict[str, list[dict]]:
+    """Index a clinical knee MRI data set (:class:`KneeIndexer`).
 
     Returns:
         ``{"training", "validation", "test"}`` -> entries ``{"image": str, "label": int, "patient_id": str}``
@@ -243,84 +291,8 @@ def index_knee(
         BadInputError: a missing CSV or column, an empty or duplicate exam, an unknown label, or a missing image
             or mask (naming the CSV, row and value).
     """
-    if label_mode not in ("four", "binary"):
-        raise ValueError(f"label_mode must be 'four' or 'binary', got {label_mode!r}.")
-    _check_fraction("val_fraction", val_fraction)
-    _check_fraction("test_fraction", test_fraction)
-    if val_fraction + test_fraction >= 1:
-        raise ValueError(
-            f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction} = "
-            f"{val_fraction + test_fraction}."
-        )
-    root = Path(root)
-    csv_path = root / labels_csv
-    images = root / image_dir
-    if not csv_path.is_file():
-        raise BadInputError(csv_path, "label CSV not found (expected columns exam,label[,patient])")
-    if not images.is_dir():
-        raise BadInputError(images, "exam folder not found (one NIfTI file or DICOM series folder per exam)")
-    masks = root / mask_dir if mask_dir is not None else None
-    _check_on_bad_input(on_bad_input)
-    entries, seen, problems = [], {}, []
-    with open_text(csv_path) as f:
-        reader = csv.DictReader(f)
-        reader.reader = CsvReader(f, csv_path)  # parse errors name the file and line
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in ("exam", "label") if c not in columns]
-        if missing:
-            raise BadInputError(csv_path, f"missing column(s) {missing}; found {columns}, need exam,label[,patient]")
-        has_patient = "patient" in columns
-        for n, raw in enumerate(reader, start=2):  # row 1 is the header
-            try:
-                row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-                exam, value = _strip_exam(row["exam"]), row["label"]
-                if not exam:
-                    raise BadInputError(csv_path, f"row {n}: empty exam name")
-                if exam in seen:
-                    raise BadInputError(csv_path, f"row {n}: exam {exam!r} is listed twice (first on row {seen[exam]})")
-                seen[exam] = n
-                if value not in ("0", "1", "2", "3"):
-                    raise BadInputError(
-                        csv_path,
-                        f"row {n}: label {value!r} of exam {exam!r} is not one of 0-3 "
-                        f"({', '.join(f'{i}={c}' for i, c in enumerate(ACL_CLASSES))})",
-                    )
-                label = int(value)
-                if label_mode == "binary":
-                    label = int(label >= 1)
-                image = _find_exam(images, exam)
-                if image is None:
-                    raise BadInputError(
-                        csv_path,
-                        f"row {n}: exam {exam!r} has no image: looked for {images / exam}.nii.gz, .nii and a DICOM "
-                        "series folder",
-                    )
-                if image.is_file() and image.stat().st_size == 0:
-                    raise BadInputError(image, "empty file (0 bytes)")
-                patient = row.get("patient", "") if has_patient else exam
-                if not patient:
-                    raise BadInputError(csv_path, f"row {n}: empty patient for exam {exam!r}")
-                entry = {"image": str(image), "label": label, "patient_id": patient}
-                if masks is not None:
-                    mask = _find_exam(masks, exam)
-                    if mask is None or mask.is_dir():
-                        raise BadInputError(csv_path, f"row {n}: exam {exam!r} has no mask {masks / exam}.nii.gz")
-                    entry["mask"] = str(mask)
-                entries.append(entry)
-            except BadInputError as e:
-                _bad(e, on_bad_input, problems)
-                continue
-    _report_skipped(root, problems)
-    if not entries:
-        raise BadInputError(csv_path, "label CSV has no rows")
-    train_fraction = 1 - val_fraction - test_fraction
-    out = _split_parts(
-        entries, {"training": train_fraction, "validation": val_fraction, "test": test_fraction}, seed
-    )
-    assert_disjoint_patients(out)
-    counts = Counter(e["label"] for e in entries)
-    logger.info("knee %s labels %s: %s", label_mode, dict(sorted(counts.items())), {k: len(v) for k, v in out.items()})
-    return out
+    return KneeIndexer(root, label_mode, labels_csv, image_dir, mask_dir, val_fraction, test_fraction, seed,
+                       on_bad_input).index()
 
 
 def detect_knee_layout(root: str | os.PathLike) -> str:
@@ -427,17 +399,9 @@ def knee_class_names(label_mode: str = "four") -> list[str]:
     return list(ACL_CLASSES if label_mode == "four" else BINARY_CLASSES)
 
 
-def knee_datalist(
-    dataset_dir: str | os.PathLike,
-    datalist: str | os.PathLike | None = None,
-    label_mode: str = "four",
-    task: str = "acl",
-    plane: str = "sagittal",
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    seed: int = 0,
-    on_bad_input: str = "fail",
-) -> dict[str, list[dict]]:
+def knee_datalist(dataset_dir: str | os.PathLike, datalist: str | os.PathLike | None = None, label_mode: str = "four",
+                  task: str = "acl", plane: str = "sagittal", val_fraction: float = 0.15, test_fraction: float = 0.15,
+                  seed: int = 0, on_bad_input: str = "fail") -> dict[str, list[dict]]:
     """What the knee classification bundle calls: read ``datalist`` when given, else index ``dataset_dir``.
 
     The layout is detected (:func:`detect_knee_layout`). MRNet labels are binary (``task`` tear / abnormal
@@ -451,69 +415,11 @@ def knee_datalist(
         BadInputError: as the indexers, naming the file and reason.
     """
     knee_class_names(label_mode)
-    if datalist:
-        from medplugin.data.datalist import read_datalist
-
-        out = read_datalist(datalist, required_keys=("image", "label"), sections=("training", "validation", "test"))
-        if label_mode == "binary":
-            out = {k: [{**e, "label": int(int(e["label"]) >= 1)} for e in v] for k, v in out.items()}
-        return out
-    if detect_knee_layout(dataset_dir) == "mrnet":
+    if not datalist and detect_knee_layout(dataset_dir) == "mrnet":
         if label_mode != "binary":
             raise ValueError(
                 f"{dataset_dir}: the MRNet layout has binary labels ({task} or not); run with --label_mode binary."
             )
-        return index_mrnet(dataset_dir, task=task, plane=plane, val_fraction=val_fraction, seed=seed,
-                           on_bad_input=on_bad_input)
-    return index_knee(dataset_dir, label_mode=label_mode, val_fraction=val_fraction, test_fraction=test_fraction,
-                      seed=seed, on_bad_input=on_bad_input)
-
-
-def _is_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
-
-
-def index_knee_inputs(dataset_dir: str | os.PathLike | None, datalist: str | os.PathLike | None = None) -> list[dict]:
-    """Exams for batch inference: every NIfTI file, MRNet ``.npy`` file and DICOM series folder under ``dataset_dir``.
-
-    A folder holding DICOM files (``DICM`` at byte 128) is one exam (one series). ``datalist`` (a JSON list or
-    datalist, or a text file with one path a line) names the exams instead. Files are not opened beyond the
-    DICOM check: unreadable ones produce an error row at inference time. Entries are ``{"image", "path",
-    "name"}``; ``name`` is the path relative to ``dataset_dir`` made safe for file names.
-
-    Raises:
-        BadInputError: no folder, or nothing to infer on.
-    """
-    from medplugin.data.datalist import index_images
-    from medplugin.utils import safe_name
-
-    if datalist:
-        return index_images(dataset_dir, datalist)
-    if not dataset_dir or not Path(dataset_dir).is_dir():
-        raise BadInputError(dataset_dir, "input folder not found (set --dataset_dir or --datalist)")
-    base = Path(dataset_dir)
-    items = []
-    for p in sorted(base.rglob("*")):
-        if p.name.startswith("."):
-            continue
-        if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz", ".npy")):
-            items.append(p)
-        elif p.is_dir() and any(f.is_file() and _is_dicom(f) for f in p.iterdir()):
-            items.append(p)
-    if not items:
-        raise BadInputError(base, "no NIfTI (.nii, .nii.gz), MRNet .npy files or DICOM series folders found")
-    entries, seen = [], set()
-    for p in items:
-        rel = str(p.relative_to(base))
-        name = safe_name(_strip_exam(rel[:-4] if rel.lower().endswith(".npy") else rel))
-        stem, n = name, 1
-        while name in seen:
-            name, n = f"{stem}_{n}", n + 1
-        seen.add(name)
-        entries.append({"image": str(p), "path": str(p), "name": name})
-    logger.info("inference on %d exam(s)", len(entries))
-    return entries
+        return MRNetIndexer(dataset_dir, task, plane, val_fraction, seed, on_bad_input).index()
+    return KneeIndexer(dataset_dir, label_mode, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                       on_bad_input=on_bad_input).load(datalist)

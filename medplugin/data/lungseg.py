@@ -26,11 +26,12 @@ import os
 import re
 from pathlib import Path
 
-from medplugin.data.splits import assert_disjoint_patients, patient_level_split
+from medplugin.data.indexer import DatasetIndexer, Scan
 from medplugin.errors import BadInputError
 from medplugin.io.image2d import looks_like_image
 
-__all__ = ["LAYOUTS", "detect_lungseg_layout", "index_lungseg", "lungseg_datalist", "image_size_2d"]
+__all__ = ["LAYOUTS", "LungSegmentationIndexer", "detect_lungseg_layout", "index_lungseg", "lungseg_datalist",
+           "image_size_2d"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,156 +112,155 @@ def _files(folder: Path) -> dict[str, Path]:
     return out
 
 
-def _check_pair(image: Path, masks: list[Path], problems: list[tuple[str, str]]) -> bool:
-    try:
-        size = image_size_2d(image)
-    except BadInputError as e:
-        problems.append((str(image), e.reason))
-        return False
-    for m in masks:
-        try:
-            msize = image_size_2d(m)
-        except BadInputError as e:
-            problems.append((str(m), e.reason))
-            return False
-        if msize != size:
-            problems.append((str(m), f"mask size {msize[1]}x{msize[0]} differs from its image's {size[1]}x{size[0]} "
-                                     f"({image.name})"))
-            return False
-    return True
+class LungSegmentationIndexer(DatasetIndexer):
+    """Chest radiograph + lung mask pairs (either layout, see the module docstring) -> training/validation/test.
 
-
-def _index_montgomery(base: Path, problems: list[tuple[str, str]]) -> list[dict]:
-    images = _files(base / "CXR_png")
-    entries = []
-    for key, img in images.items():
-        name = Path(key).name
-        masks = [base / "ManualMask" / side / f"{name}.png" for side in ("leftMask", "rightMask")]
-        missing = [str(m.relative_to(base)) for m in masks if not m.is_file()]
-        if missing:
-            problems.append((str(img), f"no lung mask: {', '.join(missing)} missing"))
-            continue
-        if not _check_pair(img, masks, problems):
-            continue
-        m = _MC_NAME.match(name)
-        pid = m.group("pid") if m else name
-        entry = {"image": str(img), "label": [str(p) for p in masks], "patient_id": pid, "name": name}
-        if m:
-            entry["abnormal"] = int(m.group("abn"))
-        entries.append(entry)
-    return entries
-
-
-def _index_images_masks(base: Path, patient_pattern: str | None, problems: list[tuple[str, str]]) -> list[dict]:
-    images, masks = _files(base / "images"), _files(base / "masks")
-    pattern = re.compile(patient_pattern) if patient_pattern else None
-    entries = []
-    for key, img in images.items():
-        mask = masks.get(key)
-        if mask is None:
-            problems.append((str(img), f"no lung mask: masks/{key}.<png|jpg|...> missing"))
-            continue
-        if not _check_pair(img, [mask], problems):
-            continue
-        pid = key
-        if pattern is not None:
-            m = pattern.search(Path(key).name)
-            if m is None:
-                problems.append((str(img), f"name does not match patient_pattern {patient_pattern!r}"))
-                continue
-            pid = m.group(1) if m.groups() else m.group(0)
-        entries.append({"image": str(img), "label": str(mask), "patient_id": pid, "name": key.replace("/", "__")})
-    for key in sorted(set(masks) - set(images)):
-        logger.warning("mask without an image, ignored: %s", masks[key])
-    return entries
-
-
-def index_lungseg(
-    root: str | os.PathLike,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    seed: int = 0,
-    on_bad_input: str = "fail",
-    patient_pattern: str | None = None,
-) -> dict[str, list[dict]]:
-    """Index a lung segmentation set into ``{"training", "validation", "test"}`` datalist entries.
+    The split is by patient, not stratified; ``training`` and ``validation`` must not come out empty.
 
     Args:
-        root: the dataset folder (either layout, see the module docstring).
+        root: the dataset folder.
         val_fraction: share of patients for validation, in (0, 1).
         test_fraction: share of patients for the test split, in [0, 1); 0 gives an empty ``test`` list.
-        seed: seed of the patient-level split; the same seed gives the same split.
+        seed: seed of the patient-level split.
         on_bad_input: ``"fail"`` raises one error listing every bad pair (missing mask, unreadable header,
             size mismatch); ``"skip"`` logs them and leaves them out.
         patient_pattern: ``images_masks`` only: a regular expression whose first group (or whole match) in the
             image name is the patient id (e.g. ``r"^(\\w+?)_\\d+$"``); default: each image is its own patient.
+    """
+
+    name = "lung segmentation"
+    stratify = None
+    zero_validation = False
+    datalist_sections = ("training", "validation")
+
+    def __init__(self, root: str | os.PathLike | None, val_fraction: float = 0.15, test_fraction: float = 0.15,
+                 seed: int = 0, on_bad_input: str = "fail", patient_pattern: str | None = None) -> None:
+        super().__init__(root, val_fraction, test_fraction, seed, on_bad_input)
+        self.patient_pattern = patient_pattern
+
+    def check_fractions(self, val_fraction: float, test_fraction: float | None) -> tuple[float, float | None]:
+        """One message for the three conditions (each fraction's range and their sum)."""
+        if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction must be in (0, 1), test_fraction in [0, 1), and their sum below 1; got {val_fraction!r} "
+                f"and {test_fraction!r}."
+            )
+        return float(val_fraction), float(test_fraction)
+
+    def scan(self) -> Scan:
+        """Find the layout and pair each image with its mask(s), comparing their sizes from the headers."""
+        self.layout, self.base = detect_lungseg_layout(self.root)
+        self.problems.where = self.base
+        if self.layout == "montgomery":
+            if self.patient_pattern:
+                logger.warning("patient_pattern is ignored for the Montgomery layout (one image per patient)")
+            entries = self._scan_montgomery(self.base)
+        else:
+            entries = self._scan_images_masks(self.base)
+        self.problems.close()
+        if not entries:
+            raise BadInputError(self.base, f"no usable image/mask pairs found ({self.layout} layout)")
+        self._n_pairs = len(entries)
+        return Scan(entries)
+
+    def index(self) -> dict[str, list[dict]]:
+        """As :meth:`DatasetIndexer.index`; an empty training or validation split is an error naming the folder."""
+        datalist = super().index()
+        for name in ("training", "validation"):
+            if not datalist[name]:
+                raise BadInputError(self.base, f"the {name} split is empty ({self._n_pairs} usable pair(s)): add data "
+                                               "or change val_fraction/test_fraction")
+        return datalist
+
+    def check_datalist(self, datalist: dict[str, list[dict]], path: Path) -> dict[str, list[dict]]:
+        """Resolve mask paths against the JSON's folder, check they exist, and add an empty ``test`` if absent."""
+        for entries in datalist.values():
+            for e in entries:
+                labels = e["label"] if isinstance(e["label"], list) else [e["label"]]
+                fixed = [str(p if Path(p).is_absolute() else path.parent / p) for p in labels]
+                missing = [p for p in fixed if not os.path.exists(p)]
+                if missing:
+                    raise BadInputError(path, f"mask file(s) not found: {missing[:5]}")
+                e["label"] = fixed if isinstance(e["label"], list) else fixed[0]
+        datalist.setdefault("test", [])
+        return datalist
+
+    def _pair_ok(self, image: Path, masks: list[Path]) -> bool:
+        try:
+            size = image_size_2d(image)
+        except BadInputError as e:
+            self.problems.add(image, e.reason)
+            return False
+        for m in masks:
+            try:
+                msize = image_size_2d(m)
+            except BadInputError as e:
+                self.problems.add(m, e.reason)
+                return False
+            if msize != size:
+                self.problems.add(m, f"mask size {msize[1]}x{msize[0]} differs from its image's {size[1]}x{size[0]} "
+                                     f"({image.name})")
+                return False
+        return True
+
+    def _scan_montgomery(self, base: Path) -> list[dict]:
+        entries = []
+        for key, img in _files(base / "CXR_png").items():
+            name = Path(key).name
+            masks = [base / "ManualMask" / side / f"{name}.png" for side in ("leftMask", "rightMask")]
+            missing = [str(m.relative_to(base)) for m in masks if not m.is_file()]
+            if missing:
+                self.problems.add(img, f"no lung mask: {', '.join(missing)} missing")
+                continue
+            if not self._pair_ok(img, masks):
+                continue
+            m = _MC_NAME.match(name)
+            entry = {"image": str(img), "label": [str(p) for p in masks], "patient_id": m.group("pid") if m else name,
+                     "name": name}
+            if m:
+                entry["abnormal"] = int(m.group("abn"))
+            entries.append(entry)
+        return entries
+
+    def _scan_images_masks(self, base: Path) -> list[dict]:
+        images, masks = _files(base / "images"), _files(base / "masks")
+        pattern = re.compile(self.patient_pattern) if self.patient_pattern else None
+        entries = []
+        for key, img in images.items():
+            mask = masks.get(key)
+            if mask is None:
+                self.problems.add(img, f"no lung mask: masks/{key}.<png|jpg|...> missing")
+                continue
+            if not self._pair_ok(img, [mask]):
+                continue
+            pid = key
+            if pattern is not None:
+                m = pattern.search(Path(key).name)
+                if m is None:
+                    self.problems.add(img, f"name does not match patient_pattern {self.patient_pattern!r}")
+                    continue
+                pid = m.group(1) if m.groups() else m.group(0)
+            entries.append({"image": str(img), "label": str(mask), "patient_id": pid, "name": key.replace("/", "__")})
+        for key in sorted(set(masks) - set(images)):
+            logger.warning("mask without an image, ignored: %s", masks[key])
+        return entries
+
+
+def index_lungseg(root: str | os.PathLike, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
+                  on_bad_input: str = "fail", patient_pattern: str | None = None) -> dict[str, list[dict]]:
+    """Index a lung segmentation set into ``{"training", "validation", "test"}`` (:class:`LungSegmentationIndexer`).
 
     Raises:
         BadInputError: unknown layout, no usable pairs, or (with ``"fail"``) bad pairs, each named.
         ValueError: bad fractions or ``on_bad_input``.
     """
-    if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise ValueError(
-            f"val_fraction must be in (0, 1), test_fraction in [0, 1), and their sum below 1; got {val_fraction!r} "
-            f"and {test_fraction!r}."
-        )
-    if on_bad_input not in ("fail", "skip"):
-        raise ValueError(f"on_bad_input must be 'fail' or 'skip', got {on_bad_input!r}.")
-    layout, base = detect_lungseg_layout(root)
-    problems: list[tuple[str, str]] = []
-    if layout == "montgomery":
-        if patient_pattern:
-            logger.warning("patient_pattern is ignored for the Montgomery layout (one image per patient)")
-        entries = _index_montgomery(base, problems)
-    else:
-        entries = _index_images_masks(base, patient_pattern, problems)
-    if problems:
-        listing = "\n".join(f"  {p}: {r}" for p, r in problems[:50])
-        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-        if on_bad_input == "fail":
-            raise BadInputError(base, f"{len(problems)} bad item(s) (on_bad_input='fail'):\n{listing}{more}")
-        logger.warning("skipping %d bad item(s) of %s:\n%s%s", len(problems), base, listing, more)
-    if not entries:
-        raise BadInputError(base, f"no usable image/mask pairs found ({layout} layout)")
-    fractions = {"training": 1 - val_fraction - test_fraction, "validation": val_fraction}
-    if test_fraction > 0:
-        fractions["test"] = test_fraction
-    parts = patient_level_split(entries, fractions, seed=seed, stratify_key=None)
-    datalist = {"training": parts["training"], "validation": parts["validation"], "test": parts.get("test", [])}
-    assert_disjoint_patients(datalist)
-    logger.info("%s layout at %s: %s", layout, base, ", ".join(f"{k}={len(v)}" for k, v in datalist.items()))
-    for name in ("training", "validation"):
-        if not datalist[name]:
-            raise BadInputError(base, f"the {name} split is empty ({len(entries)} usable pair(s)): add data or change "
-                                      "val_fraction/test_fraction")
-    return datalist
+    return LungSegmentationIndexer(root, val_fraction, test_fraction, seed, on_bad_input, patient_pattern).index()
 
 
-def lungseg_datalist(
-    dataset_dir: str | os.PathLike,
-    datalist: str | os.PathLike | None = None,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    seed: int = 0,
-    on_bad_input: str = "fail",
-    patient_pattern: str | None = None,
-) -> dict[str, list[dict]]:
+def lungseg_datalist(dataset_dir: str | os.PathLike, datalist: str | os.PathLike | None = None,
+                     val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
+                     on_bad_input: str = "fail", patient_pattern: str | None = None) -> dict[str, list[dict]]:
     """What a bundle config calls: read ``datalist`` (JSON written by ``medplugin datalist lungseg``) when
-    given, else index ``dataset_dir``. Relative image paths in the JSON are taken relative to it."""
-    if datalist:
-        from medplugin.data.datalist import read_datalist
-
-        data = read_datalist(datalist, required_keys=("image", "label"), sections=("training", "validation"))
-        base = Path(datalist).parent
-        for entries in data.values():
-            for e in entries:
-                labels = e["label"] if isinstance(e["label"], list) else [e["label"]]
-                fixed = [str(p if Path(p).is_absolute() else base / p) for p in labels]
-                missing = [p for p in fixed if not os.path.exists(p)]
-                if missing:
-                    raise BadInputError(datalist, f"mask file(s) not found: {missing[:5]}")
-                e["label"] = fixed if isinstance(e["label"], list) else fixed[0]
-        data.setdefault("test", [])
-        return data
-    return index_lungseg(dataset_dir, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                         on_bad_input=on_bad_input, patient_pattern=patient_pattern)
+    given, else index ``dataset_dir``. Relative image and mask paths in the JSON are taken relative to it."""
+    return LungSegmentationIndexer(dataset_dir, val_fraction, test_fraction, seed, on_bad_input,
+                                   patient_pattern).load(datalist)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -18,7 +18,7 @@ def patient_level_split(
     fractions: dict[str, float],
     seed: int = 0,
     patient_key: str = "patient_id",
-    stratify_key: str | None = "label",
+    stratify_key: str | Callable[[dict], Hashable] | None = "label",
 ) -> dict[str, list[dict]]:
     """Split ``items`` into named parts so that no patient appears in two parts.
 
@@ -33,8 +33,9 @@ def patient_level_split(
             Fractions must be positive and sum to 1.
         seed: seed of the local random generator; the same seed gives the same split.
         patient_key: the entry key that identifies a patient.
-        stratify_key: entry key to stratify on (hashable values, or lists for multi-label data, whose
-            first element is used), or ``None``.
+        stratify_key: entry key to stratify on (hashable values, or lists for multi-label data, compared as
+            a whole), a function of an entry giving its stratum (e.g. "any finding" of a
+            multi-label entry), or ``None``.
 
     Returns:
         part name -> entries, each list keeping the input order of its entries.
@@ -62,7 +63,7 @@ def patient_level_split(
             return None
         values = []
         for i in indices:
-            v = items[i].get(stratify_key)
+            v = stratify_key(items[i]) if callable(stratify_key) else items[i].get(stratify_key)
             if isinstance(v, (list, tuple, np.ndarray)):
                 v = tuple(np.asarray(v).tolist())
             values.append(v)
@@ -77,11 +78,11 @@ def patient_level_split(
     assignment: dict[Hashable, str] = {}
     for stratum in sorted(strata, key=str):
         pids = [strata[stratum][j] for j in rng.permutation(len(strata[stratum]))]
-        for pid, name in zip(pids, _allocate(len(pids), [float(fractions[n]) for n in names], names)):
+        for pid, name in zip(pids, _allocate(len(pids), [float(fractions[n]) for n in names], names), strict=True):
             assignment[pid] = name
 
     parts: dict[str, list[dict]] = {n: [] for n in names}
-    for i, item in enumerate(items):
+    for item in items:
         parts[assignment[item[patient_key]]].append(item)
     logger.info(
         "patient-level split (seed %d): %s",
@@ -104,7 +105,7 @@ def _allocate(n: int, fractions: list[float], names: list[str]) -> list[str]:
                 donor = int(np.argmax(counts))
                 counts[donor] -= 1
                 counts[i] += 1
-    return [name for name, c in zip(names, counts) for _ in range(c)]
+    return [name for name, c in zip(names, counts, strict=True) for _ in range(c)]
 
 
 def assert_disjoint_patients(parts: dict[str, Sequence[dict]], patient_key: str = "patient_id") -> None:

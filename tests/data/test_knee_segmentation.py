@@ -48,9 +48,8 @@ def test_images_folder_layout_and_no_labels_csv(tmp_path, pairs):
     assert len(entries) == 12 and all(e["patient_id"].startswith("knee_") for e in entries)  # exam = patient
 
 
-def test_bad_pairs_are_named_or_skipped(tmp_path, pairs):
-    root = tmp_path / "bad"
-    shutil.copytree(pairs, root)
+def damage_pairs(root) -> None:
+    """knee_000 loses its mask, knee_001's mask is cut, knee_002's is moved 5 mm, knee_003's exam is empty."""
     (root / "masks" / "knee_000.nii.gz").unlink()
     m = nib.load(root / "masks" / "knee_001.nii.gz")
     data, affine = np.asarray(m.dataobj).copy(), m.affine.copy()
@@ -59,6 +58,12 @@ def test_bad_pairs_are_named_or_skipped(tmp_path, pairs):
     shifted[0, 3] += 5.0
     nib.save(nib.Nifti1Image(data, shifted), root / "masks" / "knee_002.nii.gz")
     (root / "exams" / "knee_003.nii.gz").write_bytes(b"")
+
+
+def test_bad_pairs_are_named_or_skipped(tmp_path, pairs):
+    root = tmp_path / "bad"
+    shutil.copytree(pairs, root)
+    damage_pairs(root)
     with pytest.raises(BadInputError) as err:
         index_knee_segmentation(root)
     msg = str(err.value)
