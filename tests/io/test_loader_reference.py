@@ -4,7 +4,8 @@
 returned at commit cabfff5, before they were rebuilt on ``monai.transforms.LoadImage``: the shape, the dtype, a
 SHA-256 of the pixels and the meta dict, or the error type and message. It was written once by running this module
 on that commit (``python tests/io/test_loader_reference.py --write``); the tests compare the current code against
-it, both through medplugin's transforms and through MONAI's ``LoadImage(reader=...)`` / ``LoadImaged``. Do not
+it, through medplugin's transforms and through MONAI's ``LoadImage(reader=...)`` / ``LoadImaged`` with the readers
+of :mod:`medplugin.io` (errors included: a bad file raises the same ``BadInputError`` there too). Do not
 rewrite the file with the code under test: check out cabfff5 to regenerate it (e.g. for a new decoder release).
 
 Inputs: the real JPEGs in ``tests/data/real``, every ``.dcm`` file of pydicom and of pydicom-data, nibabel's test
@@ -283,6 +284,33 @@ def test_dictionary_loaders_match_reference(reference, files_2d, files_3d):
         loader = LoadKneeVolumed("image", path_key="path")
         _compare(f"{key}/default (dict)", describe(lambda p: loader({"image": p})["image"], path), want, set(),
                  reference["versions"])
+
+
+# a sample of each kind (JPEG, 16-bit PNG, RGBA, 2D NIfTI, CT, RLE MR, RGB and YBR JPEG DICOM, VOI LUT, CR
+# radiographs MONOCHROME1 with a window, JPEG 2000) and errors, through MONAI's own LoadImage(d)
+MONAI_SAMPLE_2D = {"NORMAL2-IM-1438-0001.jpeg", "gray16.png", "rgba.png", "xray2d.nii.gz", "empty.png", "missing.jpeg",
+                   "CT_small.dcm", "MR_small_RLE.dcm", "SC_rgb.dcm", "SC_rgb_jpeg_dcmtk.dcm", "vlut_04.dcm",
+                   "RG3_UNCR.dcm", "RG3_J2KR.dcm", "rtdose.dcm"}
+
+
+def test_monai_load_image_with_the_readers_matches_reference(reference, files_2d, files_3d):
+    from monai.transforms import LoadImage, LoadImaged
+
+    from medplugin.io import Image2dReader, KneeVolumeReader
+
+    sample = {k: p for k, p in files_2d.items() if Path(k).name in MONAI_SAMPLE_2D}
+    assert len(sample) == len(MONAI_SAMPLE_2D)
+    for key, path in sample.items():
+        for c, ch in CHANNELS.items():
+            got = describe(LoadImage(reader=Image2dReader(channels=ch)), path)
+            _compare(f"{key}/{c} (LoadImage)", got, reference["2d"][f"{key}/{c}"], NEW_2D_KEYS, reference["versions"])
+        loader = LoadImaged("image", reader=Image2dReader())
+        got = describe(lambda p: loader({"image": p})["image"], path)
+        _compare(f"{key}/ch1 (LoadImaged)", got, reference["2d"][f"{key}/ch1"], NEW_2D_KEYS, reference["versions"])
+    for key, path in files_3d.items():
+        for v, kw in KNEE_VARIANTS.items():
+            got = describe(LoadImage(reader=KneeVolumeReader(**kw)), path)
+            _compare(f"{key}/{v} (LoadImage)", got, reference["3d"][f"{key}/{v}"], set(), reference["versions"])
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
