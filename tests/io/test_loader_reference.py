@@ -173,7 +173,8 @@ def describe(load, path) -> dict:
 
 
 def compute_2d(files: dict[str, Path], loader_factory) -> dict:
-    return {f"{key}/{c}": describe(loader_factory(ch), path) for key, path in files.items() for c, ch in CHANNELS.items()}
+    return {f"{key}/{c}": describe(loader_factory(ch), path)
+            for key, path in files.items() for c, ch in CHANNELS.items()}
 
 
 def compute_3d(files: dict[str, Path], loader_factory) -> dict:

@@ -2,11 +2,11 @@
 
 from medplugin.transforms.io.array import LoadImage2d, LoadKneeVolume
 from medplugin.transforms.io.dictionary import (
-    LoadImage2dd,
     LoadImage2dD,
+    LoadImage2dd,
     LoadImage2dDict,
-    LoadKneeVolumed,
     LoadKneeVolumeD,
+    LoadKneeVolumed,
     LoadKneeVolumeDict,
 )
 
