@@ -30,7 +30,7 @@ def _label(b: dict) -> int | None:
 
 
 def save_cam_nifti(path: str | Path, cam: np.ndarray, meta: dict) -> None:
-    """Write a map on :class:`~medplugin.transforms.knee.LoadKneeVolume`'s grid as NIfTI on the input file's grid.
+    """Write a map on :class:`~medplugin.transforms.LoadKneeVolume`'s grid as NIfTI on the input file's grid.
 
     ``meta`` is the loaded volume's meta dict: with ``file_axes`` and ``original_affine`` (NIfTI input) the map
     is put back in the file's voxel order with the file's own affine; otherwise (DICOM, ``.npy``) the loaded
@@ -95,7 +95,7 @@ class VolumeCAMSaver:
             engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        from medplugin.transforms.knee import LoadKneeVolume
+        from medplugin.transforms.io import LoadKneeVolume
         from medplugin.transforms.knee.classification import cam_to_input_grid
 
         samples = list(iter_samples(engine))

@@ -11,7 +11,7 @@ from monai.utils import optional_import
 
 from medplugin.errors import BadInputError
 
-__all__ = ["read_mrnet_volume", "read_knee_volume", "NPY_MAGIC"]
+__all__ = ["read_mrnet_volume", "read_knee_volume", "load_knee_volume", "NPY_MAGIC"]
 
 logger = logging.getLogger(__name__)
 
@@ -198,9 +198,24 @@ def read_knee_volume(
         BadInputError: missing or empty path, an unknown file type, unreadable or corrupt data, several DICOM
             series without ``series_uid``, not 3-D, fewer than 2 slices, NaN/inf values or a constant volume.
     """
+    volume, affine, _, _ = load_knee_volume(path, order, series_uid)
+    return volume, affine
+
+
+def load_knee_volume(
+    path: str | os.PathLike, order: str = "sagittal", series_uid: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[int, int, int]]:
+    """:func:`read_knee_volume`, also returning where the volume's axes come from in the file.
+
+    Returns:
+        ``(volume, affine, file_affine, file_axes)``: ``volume`` and ``affine`` as :func:`read_knee_volume`;
+        ``file_affine`` the NIfTI file's own affine (``None`` for a DICOM series) and ``file_axes`` the stored
+        voxel axis of each axis of ``volume`` (``volume`` is the stored array transposed by ``file_axes``).
+    """
     if order not in ("sagittal", "file"):
         raise ValueError(f"order must be 'sagittal' or 'file', got {order!r}.")
     path = os.fspath(path)
+    file_affine = None  # a NIfTI file's own affine (its voxel grid, for writing results on it)
     if os.path.isdir(path):
         data, affine = _read_dicom_series(path, series_uid)
     elif not os.path.exists(path):
@@ -209,6 +224,7 @@ def read_knee_volume(
         raise BadInputError(path, "file is empty (0 bytes)")
     elif Path(path).name.lower().endswith(_NIFTI_SUFFIXES):
         data, affine = _read_nifti(path)
+        file_affine = affine
     else:
         raise BadInputError(
             path, "unknown file type: expected a NIfTI file (.nii, .nii.gz) or a folder holding one DICOM series"
@@ -226,4 +242,4 @@ def read_knee_volume(
     new_affine[:3, :3] = affine[:3, list(perm)]
     new_affine[:3, 3] = affine[:3, 3]
     logger.debug("%s: %s volume, spacing %s mm", path, volume.shape, np.linalg.norm(new_affine[:3, :3], axis=0))
-    return volume, new_affine
+    return volume, new_affine, file_affine, perm

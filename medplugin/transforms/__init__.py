@@ -2,12 +2,17 @@
 
 from medplugin.transforms.chest import LungCrop, LungCropd, SegmentLungs, SegmentLungsd
 from medplugin.transforms.fast import BatchRandAugment, BatchRandAugmentd, CacheBoundary, ToUint8, ToUint8d
-from medplugin.transforms.io import LoadImage2d, LoadImage2dd, LoadImage2dD, LoadImage2dDict
+from medplugin.transforms.io import (
+    LoadImage2d,
+    LoadImage2dd,
+    LoadImage2dD,
+    LoadImage2dDict,
+    LoadKneeVolume,
+    LoadKneeVolumed,
+)
 from medplugin.transforms.knee import (
     CropToMask,
     CropToMaskd,
-    LoadKneeVolume,
-    LoadKneeVolumed,
     SegmentROI,
     SegmentROId,
 )

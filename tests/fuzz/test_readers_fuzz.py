@@ -229,6 +229,46 @@ def test_nifti_2d_image(data, work):
     _read_image(path)
 
 
+@pytest.fixture(scope="module")
+def monai_loaders():
+    """MONAI's own LoadImage with medplugin's readers (built once: MONAI's constructor builds all its readers)."""
+    from monai.transforms import LoadImage
+
+    from medplugin.io import Image2dReader, KneeVolumeReader
+
+    return {"2d": LoadImage(reader=Image2dReader()), "3d": LoadImage(reader=KneeVolumeReader())}
+
+
+MONAI_SEEDS = {  # name, seed bytes, loader
+    "jpeg": ("img.jpeg", SEEDS_2D["jpeg"], "2d"),
+    "png": ("img.png", SEEDS_2D["png"], "2d"),
+    "dicom": ("img.dcm", DICOM_SEEDS["CT_small.dcm"], "2d"),
+    "npy": ("0000.npy", NPY_SEED, "3d"),
+    "nifti": ("exam.nii", NIFTI_SEED, "3d"),
+}
+
+
+@settings(FUZZ, max_examples=20 * _SCALE)
+@given(data=st.data())
+@pytest.mark.parametrize("kind", sorted(MONAI_SEEDS))
+def test_monai_load_image_with_the_readers(kind, data, work, monai_loaders):
+    """Through ``monai.transforms.LoadImage(reader=...)`` a damaged file also ends in BadInputError naming it."""
+    import torch
+    from monai.data import MetaTensor
+
+    name, seed, loader = MONAI_SEEDS[kind]
+    path = work / f"monai_{name}"
+    path.write_bytes(data.draw(mutated(seed)))
+    with _no_hang():
+        try:
+            img = monai_loaders[loader](path)
+        except BadInputError as e:
+            assert e.path == str(path) and e.reason
+            return
+    assert isinstance(img, MetaTensor) and img.meta["filename_or_obj"] == str(path)
+    assert img.ndim == (3 if loader == "2d" else 4) and torch.isfinite(img).all()
+
+
 # ---- label CSVs and datalists -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -204,7 +204,8 @@ def knee_classification_preprocessing(
     """
     from monai.transforms import DeleteItemsd
 
-    from medplugin.transforms.knee import CropToMaskd, LoadKneeVolumed, SegmentROId
+    from medplugin.transforms.io import LoadKneeVolumed
+    from medplugin.transforms.knee import CropToMaskd, SegmentROId
 
     steps: list = [LoadKneeVolumed(keys="image", channel_first=True, npy_spacing=npy_spacing, path_key="path")]
     if roi_crop:

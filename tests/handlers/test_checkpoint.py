@@ -1,0 +1,141 @@
+"""BestModelSaver and ModelLoader on tiny ignite engines (no training: the weights are set per epoch)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from medplugin.errors import BadInputError
+from medplugin.handlers import BestModelSaver, ModelLoader
+
+META = {"arch": "resnet18", "image_size": 64, "in_channels": 1, "class_names": ["normal", "pneumonia"]}
+
+
+def _validator(net: torch.nn.Module, values: list[float]) -> Engine:
+    """A validation engine whose epoch ``n`` sets every weight to ``n`` and reports ``values[n - 1]``."""
+    engine = Engine(lambda e, b: None)
+    count = {"n": 0}
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _metric(e):
+        count["n"] += 1
+        with torch.no_grad():
+            for p in net.parameters():
+                p.fill_(float(count["n"]))
+        e.state.metrics["val_auc"] = values[count["n"] - 1]
+
+    return engine
+
+
+def _saved_epoch(path) -> float:
+    return float(torch.load(path, weights_only=True)["weight"][0, 0])
+
+
+def test_keeps_the_best_model_and_sets_the_earlier_one_aside(tmp_path):
+    earlier = torch.nn.Linear(3, 2)
+    torch.save(earlier.state_dict(), tmp_path / "model.pt")
+    (tmp_path / "model.json").write_text(json.dumps({"arch": "old"}))
+    stamp = datetime.datetime.fromtimestamp((tmp_path / "model.pt").stat().st_mtime).strftime("%Y%m%d_%H%M%S")
+
+    net = torch.nn.Linear(3, 2)
+    validator = _validator(net, [0.6, 0.8, 0.7, 0.8])
+    saver = BestModelSaver(net, str(tmp_path), key_metric="val_auc", model_meta=META)
+    saver.attach(validator)
+    for _ in range(4):
+        validator.run([0], max_epochs=1)
+
+    assert _saved_epoch(tmp_path / "model.pt") == 4  # 0.8 again at epoch 4: the longer-trained model
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert {k: meta[k] for k in META} == META and meta["val_auc"] == 0.8
+    assert datetime.datetime.fromisoformat(meta["saved"])  # when it was saved
+    kept = tmp_path / f"model.{stamp}.pt"
+    state = torch.load(kept, weights_only=True)
+    assert all(torch.equal(state[k], v) for k, v in earlier.state_dict().items())
+    assert json.loads(kept.with_suffix(".json").read_text()) == {"arch": "old"}
+    assert sorted(os.listdir(tmp_path)) == sorted(["model.pt", "model.json", kept.name, f"model.{stamp}.json"])
+    assert saver.state_dict() == {"best": 0.8, "checked_previous": True}
+
+
+def test_first_equal_model_kept_without_greater_or_equal_and_state_round_trip(tmp_path):
+    net = torch.nn.DataParallel(torch.nn.Linear(3, 2))  # a wrapped network is saved without "module."
+    validator = _validator(net, [0.7, 0.7, 0.5])
+    saver = BestModelSaver(net, str(tmp_path), key_metric="val_auc", greater_or_equal=False)
+    saver.attach(validator)
+    for _ in range(3):
+        validator.run([0], max_epochs=1)
+    assert set(torch.load(tmp_path / "model.pt", weights_only=True)) == {"weight", "bias"}
+    assert _saved_epoch(tmp_path / "model.pt") == 1
+    resumed = BestModelSaver(net, str(tmp_path), key_metric="val_auc")
+    resumed.load_state_dict(saver.state_dict())
+    assert resumed.best == 0.7 and resumed.state_dict() == saver.state_dict()
+
+
+def test_nan_never_replaces_a_defined_metric(tmp_path, caplog):
+    net = torch.nn.Linear(3, 2)
+    validator = _validator(net, [float("nan"), 0.6, float("nan")])
+    BestModelSaver(net, str(tmp_path), key_metric="val_auc").attach(validator)
+    with caplog.at_level(logging.WARNING, logger="medplugin.handlers.checkpoint"):
+        validator.run([0], max_epochs=1)
+        assert _saved_epoch(tmp_path / "model.pt") == 1  # no defined value yet: the latest model is kept
+        assert json.loads((tmp_path / "model.json").read_text())["val_auc"] is None
+        assert "keeping the latest model until it is defined" in caplog.text
+        caplog.clear()
+        validator.run([0], max_epochs=1)
+        validator.run([0], max_epochs=1)
+    assert _saved_epoch(tmp_path / "model.pt") == 2
+    assert json.loads((tmp_path / "model.json").read_text())["val_auc"] == 0.6
+    assert "val_auc is undefined (NaN) at epoch 1" in caplog.text and "keeping the latest" not in caplog.text
+
+
+def test_missing_key_metric_is_named():
+    engine = Engine(lambda e, b: None)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(val_acc=0.5))
+    BestModelSaver(torch.nn.Linear(1, 1), "unused", key_metric="val_auc").attach(engine)
+    with pytest.raises(KeyError, match=r"key metric 'val_auc' not in \['val_acc'\]"):
+        engine.run([0], max_epochs=1)
+
+
+def _saved_model(tmp_path, meta=META) -> tuple[torch.nn.Module, str]:
+    trained = torch.nn.Linear(3, 2)
+    torch.save(trained.state_dict(), tmp_path / "model.pt")
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    return trained, str(tmp_path / "model.pt")
+
+
+def test_model_loader_fills_the_network_when_the_engine_starts(tmp_path):
+    trained, path = _saved_model(tmp_path)
+    net = torch.nn.Linear(3, 2)
+    engine = Engine(lambda e, b: None)
+    expected = {"arch": "resnet18", "image_size": 64, "class_names": ("normal", "pneumonia"), "not_recorded": 1}
+    ModelLoader(net, path, expected=expected).attach(engine)
+    assert not torch.equal(net.weight, trained.weight)
+    engine.run([0], max_epochs=1)
+    for k, v in trained.state_dict().items():
+        torch.testing.assert_close(net.state_dict()[k], v)
+
+
+def test_model_loader_names_the_override_on_a_mismatch(tmp_path):
+    _, path = _saved_model(tmp_path)
+    engine = Engine(lambda e, b: None)
+    ModelLoader(torch.nn.Linear(3, 2), path, expected={"image_size": 224, "arch": "resnet18"}).attach(engine)
+    with pytest.raises(BadInputError) as e:
+        engine.run([0], max_epochs=1)
+    assert str(e.value) == (f"{path}: the model was trained with other settings (image_size: model 64 vs run 224); "
+                            "run with --image_size 64")
+    two = ModelLoader(torch.nn.Linear(3, 2), path, expected={"image_size": 224, "class_names": ["a", "b"]})
+    with pytest.raises(BadInputError, match=r"run with --image_size 64 --class_names \[\"normal\", \"pneumonia\"\]$"):
+        two()
+
+
+def test_model_loader_missing_file_and_wrong_network(tmp_path):
+    with pytest.raises(BadInputError, match=r"model\.pt: no trained model here: train the bundle first, or set --ckpt"):
+        ModelLoader(torch.nn.Linear(3, 2), str(tmp_path / "model.pt"))()
+    _, path = _saved_model(tmp_path, meta={})
+    with pytest.raises(BadInputError, match=r"model\.pt: weights do not fit this network \(Error\(s\) in loading"):
+        ModelLoader(torch.nn.Linear(4, 2), path)()
