@@ -15,10 +15,11 @@ several callers (inference handlers, the DICOM SR writer, MONAI Label's answer, 
 header rules need neither torch nor MONAI.
 """
 
-from medplugin.gate.features import PooledFeatures, collect_features, pooled_layer
+from medplugin.gate.features import PooledFeatures, collect_features, fit_ood_statistics, pooled_layer
 from medplugin.gate.gate import GATE_POLICIES, GateResult, InputGate
 from medplugin.gate.ood import MahalanobisOOD
 from medplugin.gate.spec import HeaderRule, ScopeSpec, check_header, check_image, read_header
+from medplugin.gate.transforms import ScopeCheck, ScopeCheckd
 
 __all__ = [
     "GATE_POLICIES",
@@ -27,10 +28,13 @@ __all__ = [
     "InputGate",
     "MahalanobisOOD",
     "PooledFeatures",
+    "ScopeCheck",
+    "ScopeCheckd",
     "ScopeSpec",
     "check_header",
     "check_image",
     "collect_features",
+    "fit_ood_statistics",
     "pooled_layer",
     "read_header",
 ]

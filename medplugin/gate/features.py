@@ -9,14 +9,15 @@ discipline, as :class:`medplugin.visualize.ActivationCapture`): the network is n
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["PooledFeatures", "pooled_layer", "collect_features"]
+__all__ = ["PooledFeatures", "pooled_layer", "collect_features", "fit_ood_statistics"]
 
 
 def _unwrap(network: nn.Module) -> nn.Module:
@@ -142,3 +143,44 @@ def collect_features(
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
     return np.concatenate(feats), y
+
+
+def fit_ood_statistics(
+    network: nn.Module,
+    train_batches: Iterable[Any],
+    val_batches: Iterable[Any],
+    folder: str | os.PathLike,
+    image_key: str = "image",
+    label_key: str | None = None,
+    classes: Sequence[str] | None = None,
+    percentile: float = 99.0,
+    device: str | torch.device = "cpu",
+    layer: str | None = None,
+) -> dict[str, Any]:
+    """At the end of training: fit the Mahalanobis statistics on the training images' pooled features, set the
+    threshold at ``percentile`` of the validation images' scores, write ``folder/ood.npz`` and return the
+    ``"ood"`` block for ``model.json`` (:class:`medplugin.gate.MahalanobisOOD`).
+
+    Args:
+        network: the trained classifier (the weights saved as ``model.pt``).
+        train_batches: the training data loader, without random augmentation (the inference preprocessing).
+        val_batches: the validation data loader.
+        folder: where ``model.pt`` is (``ckpt_dir``).
+        image_key: the images' key.
+        label_key: class-index or one-hot labels for class-conditional means (multi-class models); ``None`` (or
+            multi-hot labels of a multi-label model) fits one pooled Gaussian.
+        classes: the class names, recorded.
+        percentile: the validation percentile of the threshold.
+        device: where to run the network.
+        layer: the classification layer (``None``: :func:`pooled_layer`).
+    """
+    from medplugin.gate.ood import MahalanobisOOD
+
+    layer = layer or pooled_layer(network)
+    feats, labels = collect_features(network, train_batches, image_key, label_key, device, layer)
+    if labels is not None and labels.ndim == 2:
+        one_hot = np.isin(labels, (0, 1)).all() and (labels.sum(axis=1) == 1).all()
+        labels = labels.argmax(axis=1) if one_hot else None  # one-hot: class indices; multi-hot: pooled
+    ood = MahalanobisOOD.fit(feats, labels, classes=classes if labels is not None else None, feature_layer=layer)
+    ood.calibrate(collect_features(network, val_batches, image_key, None, device, layer)[0], percentile)
+    return ood.save(folder)

@@ -97,7 +97,7 @@ class DicomWeb:
         response = self.client.store_instances(datasets)
         failed = response.get("FailedSOPSequence") or []
         if failed:
-            reasons = [f"{item.get('ReferencedSOPInstanceUID')} (reason {item.get('FailureReason')})" for item in failed]
+            reasons = [f"{i.get('ReferencedSOPInstanceUID')} (reason {i.get('FailureReason')})" for i in failed]
             raise RuntimeError(f"{self.url}: STOW-RS refused {len(failed)} of {len(datasets)} instance(s): "
                                f"{', '.join(reasons)}")
         uids = [str(ds.SOPInstanceUID) for ds in datasets]

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from medplugin.errors import BadInputError
-from medplugin.gate import InputGate, MahalanobisOOD, PooledFeatures, collect_features, pooled_layer
+from medplugin.gate import (
+    InputGate,
+    MahalanobisOOD,
+    PooledFeatures,
+    collect_features,
+    fit_ood_statistics,
+    pooled_layer,
+)
 
 
 def _gaussian_classes(rng: np.random.Generator, n: int, shift: float = 0.0,
@@ -76,7 +83,7 @@ def test_statistics_round_trip_through_model_json_and_a_file(tmp_path):
         MahalanobisOOD.fit(train[y < 2], y[y < 2], classes=["a", "b", "c"])
 
 
-def test_a_tiny_network_on_synthetic_images_flags_another_modality():
+def test_a_tiny_network_on_synthetic_images_flags_another_modality(tmp_path):
     """Pooled features of a small (untrained) ResNet-18: fitted on synthetic OCT B-scans, the gate keeps held-out
     B-scans and flags synthetic chest radiographs."""
     from medplugin.data.synthetic.chest_xray import synthetic_chest_xray
@@ -102,8 +109,11 @@ def test_a_tiny_network_on_synthetic_images_flags_another_modality():
                             / 255.0, dtype=torch.float32)
     feats, labels = collect_features(net, batches(train_x, train_y), label_key="label")
     assert feats.shape == (128, 512) and labels.shape == (128,)
-    ood = MahalanobisOOD.fit(feats, labels, feature_layer=pooled_layer(net))
-    ood.calibrate(collect_features(net, batches(val_x, val_y))[0])
+    # what the end of training does: fit on the training images, threshold on the validation images, save
+    block = fit_ood_statistics(net, batches(train_x, train_y), batches(val_x, val_y), tmp_path, label_key="label",
+                               classes=["CNV", "DME", "DRUSEN", "NORMAL"])
+    assert block["class_conditional"] and block["feature_layer"] == "fc" and block["n_train"] == 128
+    ood = MahalanobisOOD.load(block, tmp_path)
     kept = ood.in_distribution(collect_features(net, batches(test_x, test_y))[0]).mean()
     flagged = 1 - ood.in_distribution(collect_features(net, [{"image": chest}])[0]).mean()
     assert kept >= 0.95, kept

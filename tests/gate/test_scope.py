@@ -66,7 +66,8 @@ def test_a_colour_photograph(chest_gate, tmp_path):
     result = chest_gate.check_file(tmp_path / "photo.png", image=_loaded(tmp_path / "photo.png"))
     assert read_header(tmp_path / "photo.png") is None  # not DICOM: no header rules
     (reason,) = result.reasons
-    assert reason.startswith("a colour image (channels differ by ") and reason.endswith("on average), expected grayscale")
+    assert reason.startswith("a colour image (channels differ by ")
+    assert reason.endswith("on average), expected grayscale")
     # a grayscale radiograph saved as RGB (equal channels), as some public datasets ship them, is not "colour"
     gray = np.repeat(np.linspace(0, 255, 64 * 64).reshape(1, 64, 64), 3, axis=0)
     assert check_image(gray, chest_gate.spec) == []
@@ -122,3 +123,20 @@ def test_config_errors_name_the_key():
         ScopeSpec.from_config({"image": {"intensity_range": [255, 0]}})
     with pytest.raises(ValueError, match=r"gate policy must be one of \('warn', 'refuse'\), got 'block'"):
         InputGate({}, policy="block")
+
+
+def test_scope_check_transform_after_loading(tmp_path):
+    """In a preprocessing pipeline: MONAI loads the file, ScopeCheckd reads its header and checks its content."""
+    from monai.transforms import Compose, LoadImaged
+
+    from medplugin.gate import ScopeCheckd
+
+    lateral = with_phi(sample_file("RG1_UNCR.dcm"), tmp_path / "lat.dcm", ViewPosition="LL")
+    pipeline = Compose([LoadImaged("image", image_only=True, ensure_channel_first=True, reader="PydicomReader"),
+                        ScopeCheckd("image", scope={"dicom": CHEST_SCOPE["dicom"]}, policy="refuse")])
+    out = pipeline({"image": str(lateral)})
+    assert out["in_scope"] is False and out["refused"] is True
+    assert out["out_of_scope_reason"] == "ViewPosition is LL, expected PA or AP"
+    assert tuple(out["image"].shape[1:]) in ((1955, 1841), (1841, 1955))  # the image itself is left alone
+    ok = pipeline({"image": sample_file("RG1_UNCR.dcm")})
+    assert ok["in_scope"] is True and ok["out_of_scope_reason"] == "" and ok["refused"] is False

@@ -155,6 +155,20 @@ def test_sr_per_study_with_several_images_and_a_foreign_image(tmp_path):
         write_classification_sr([ImageClassification(a, {"Mass": 1.5})], CHEST, tmp_path / "out3")
 
 
+def test_sr_for_a_knee_series_classified_as_a_volume(tmp_path):
+    files = knee_series(tmp_path / "knee")
+    probs = {"healthy": 0.1, "minor_strain": 0.2, "partial_rupture": 0.6, "complete_rupture": 0.1}
+    knee = ModelInfo("knee_mri_classification", "0.5.0")
+    path = write_classification_sr([ImageClassification(files, probs)], knee, tmp_path / "out", multilabel=False)
+    _valid(path)
+    _filed_with(path, files[0])
+    (volume,) = read_classification_sr(path)
+    uids = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    assert set(volume["sop_instance_uids"]) == uids and len(volume["sop_instance_uids"]) == 6
+    assert {c: v["call"] for c, v in volume["findings"].items()} == {
+        "healthy": False, "minor_strain": False, "partial_rupture": True, "complete_rupture": False}
+
+
 def test_calls_multilabel_and_multiclass():
     model = ModelInfo("m", "1", operating_points={"b": {"threshold": 0.2}})
     assert calls_at_operating_points({"a": 0.6, "b": 0.25, "c": 0.4}, model) == {"a": True, "b": True, "c": False}

@@ -39,17 +39,19 @@ import highdicom, pydicom
 from medplugin.io import dicom_results as dr
 out, done = job["out"], {"pydicom": pydicom.__version__, "highdicom": highdicom.__version__}
 chest = dr.ModelInfo("chest_xray_classification", "0.4.0", operating_points={"Effusion": {"threshold": 0.2}})
+lung, knee_model = dr.ModelInfo("lung_xray_segmentation", "0.3.0"), dr.ModelInfo("knee_mri_segmentation", "0.2.0")
 for n, path in enumerate(job["chest"]):
     images = [dr.ImageClassification(path, job["probs"]),
-              dr.ImageClassification(path, None, in_scope=False, out_of_scope_reason="ViewPosition is LL, expected PA or AP")]
+              dr.ImageClassification(path, None, in_scope=False,
+                                     out_of_scope_reason="ViewPosition is LL, expected PA or AP")]
     done[f"sr{n}"] = str(dr.write_classification_sr(images[:1], chest, out))
     done[f"refused{n}"] = str(dr.write_classification_sr(images[1:], chest, out))
     rgb = np.zeros((64, 48, 3), np.uint8); rgb[10:30, 5:25, 0] = 255
     done[f"sc{n}"] = str(dr.write_cam_secondary_capture(path, rgb, "Effusion", chest, out, probability=0.3))
     mask = np.load(job["lungs"])
-    done[f"seg{n}"] = str(dr.write_segmentation(path, mask, [dr.LUNGS], dr.ModelInfo("lung_xray_segmentation", "0.3.0"), out))
+    done[f"seg{n}"] = str(dr.write_segmentation(path, mask, [dr.LUNGS], lung, out))
 knee = np.load(job["knee_mask"])
-done["knee"] = str(dr.write_segmentation(job["knee"], knee, [dr.ACL_REGION], dr.ModelInfo("knee_mri_segmentation", "0.2.0"), out))
+done["knee"] = str(dr.write_segmentation(job["knee"], knee, [dr.ACL_REGION], knee_model, out))
 json.dump(done, open(job["result"], "w"))
 """
 

@@ -79,7 +79,8 @@ class ImageClassification:
     """One source image's classification result, as the SR records it.
 
     Args:
-        source: the image (DICOM path or dataset).
+        source: the image (DICOM path or dataset), or the images of one series (e.g. a knee MR classified as a
+            volume): every group then references all of them.
         probabilities: ``{class: calibrated probability}``; ``None`` when the input gate refused the image.
         calls: ``{class: called positive}``; ``None`` computes them with :func:`calls_at_operating_points`.
         in_scope: the input gate's verdict.
@@ -88,7 +89,7 @@ class ImageClassification:
         ood_threshold: the score's threshold.
     """
 
-    source: Source
+    source: Source | Sequence[Source]
     probabilities: Mapping[str, float] | None
     calls: Mapping[str, bool] | None = None
     in_scope: bool = True
@@ -142,7 +143,12 @@ def _measurement(name: Any, value: float, model: ModelInfo, cls: str | None) -> 
     return hd.sr.Measurement(name=name, value=float(value), unit=_code(_NO_UNITS), algorithm_id=_algorithm(model, cls))
 
 
-def _gate_group(image: ImageClassification, header: Dataset, model: ModelInfo, label: str) -> Any:
+def _sources(headers: Sequence[Dataset]) -> list:
+    hd = require_highdicom()
+    return [hd.sr.SourceImageForMeasurementGroup.from_source_image(h) for h in headers]
+
+
+def _gate_group(image: ImageClassification, headers: Sequence[Dataset], model: ModelInfo, label: str) -> Any:
     hd = require_highdicom()
     measurements = []
     if image.ood_score is not None:
@@ -153,7 +159,7 @@ def _gate_group(image: ImageClassification, header: Dataset, model: ModelInfo, l
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{label}input gate"[:64]),
         finding_type=private_code(*INPUT_GATE),
         algorithm_id=_algorithm(model, None),
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(header)],
+        source_images=_sources(headers),
         measurements=measurements or None,
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(name=private_code(*IN_SCOPE), value=_code(_YES if image.in_scope else _NO))
@@ -167,7 +173,8 @@ def _gate_group(image: ImageClassification, header: Dataset, model: ModelInfo, l
     return group
 
 
-def _class_group(cls: str, p: float, call: bool, header: Dataset, model: ModelInfo, concept: Any, label: str) -> Any:
+def _class_group(cls: str, p: float, call: bool, headers: Sequence[Dataset], model: ModelInfo, concept: Any,
+                 label: str) -> Any:
     hd = require_highdicom()
     measurements = [_measurement(_code(_PROBABILITY), p, model, cls)]
     point = model.operating_points.get(cls)
@@ -177,7 +184,7 @@ def _class_group(cls: str, p: float, call: bool, header: Dataset, model: ModelIn
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{label}{cls}"[:64]),
         finding_type=concept,
         algorithm_id=_algorithm(model, cls),
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(header)],
+        source_images=_sources(headers),
         measurements=measurements,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=concept, value=_code(_PRESENT if call else _ABSENT))],
     )
@@ -223,16 +230,20 @@ def write_classification_sr(
     hd = require_highdicom()
     if not images:
         raise ValueError("write_classification_sr needs at least one image.")
-    headers = [read_source(im.source, image=False) for im in images]
-    study = headers[0].StudyInstanceUID
-    for im, header in zip(images, headers):
-        if header.StudyInstanceUID != study:
-            raise BadInputError(source_name(im.source), f"belongs to another study than {source_name(images[0].source)}"
-                                ": one SR is written per study")
+    sources = [list(im.source) if isinstance(im.source, (list, tuple)) else [im.source] for im in images]
+    headers = [[read_source(s, image=False) for s in group] for group in sources]
+    if not all(headers):
+        raise ValueError("every ImageClassification needs a source image (or a non-empty series).")
+    study = headers[0][0].StudyInstanceUID
+    for group, group_headers in zip(sources, headers):
+        for s, header in zip(group, group_headers):
+            if header.StudyInstanceUID != study:
+                raise BadInputError(source_name(s), f"belongs to another study than {source_name(sources[0][0])}: "
+                                    "one SR is written per study")
     groups = []
-    for n, (im, header) in enumerate(zip(images, headers), start=1):
+    for n, (im, image_headers) in enumerate(zip(images, headers), start=1):
         label = f"image {n}: " if len(images) > 1 else ""
-        groups.append(_gate_group(im, header, model, label))
+        groups.append(_gate_group(im, image_headers, model, label))
         if im.probabilities is None:
             continue
         for cls, p in im.probabilities.items():
@@ -241,7 +252,7 @@ def write_classification_sr(
         calls = dict(im.calls) if im.calls is not None else calls_at_operating_points(im.probabilities, model,
                                                                                        multilabel)
         for cls, p in im.probabilities.items():
-            groups.append(_class_group(cls, float(p), bool(calls.get(cls, False)), header, model,
+            groups.append(_class_group(cls, float(p), bool(calls.get(cls, False)), image_headers, model,
                                        _class_concept(cls, finding_codes), label))
     observer = hd.sr.ObserverContext(
         observer_type=_code(_DEVICE),
@@ -257,7 +268,7 @@ def write_classification_sr(
         imaging_measurements=groups,
     )
     sr = hd.sr.ComprehensiveSR(
-        evidence=headers,
+        evidence=[h for group in headers for h in group],
         content=report[0],
         series_instance_uid=hd.UID(),
         series_number=int(series_number),
@@ -270,7 +281,7 @@ def write_classification_sr(
         series_description=model.description("AI findings"),
         coding_schemes=coding_schemes(),
     )
-    path = save_result(sr, output_dir, headers[0])
+    path = save_result(sr, output_dir, headers[0][0])
     logger.info("wrote SR %s: %d image(s), %d measurement group(s)", path.name, len(images), len(groups))
     return path
 
@@ -293,8 +304,9 @@ def read_classification_sr(path: str | os.PathLike) -> list[dict]:
         path: the SR file.
 
     Returns:
-        one dict per image in the order written: ``{"sop_instance_uid", "sop_class_uid", "in_scope",
-        "out_of_scope_reason", "ood_score", "findings": {class: {"probability", "threshold", "call"}}}``
+        one dict per image (or series) in the order written: ``{"sop_instance_uid", "sop_class_uid",
+        "sop_instance_uids" (all images referenced), "in_scope", "out_of_scope_reason", "ood_score",
+        "findings": {class: {"probability", "threshold", "call"}}}``
         (``threshold`` ``None`` without an operating point; ``findings`` empty when the gate refused the image).
     """
     import pydicom
@@ -304,12 +316,12 @@ def read_classification_sr(path: str | os.PathLike) -> list[dict]:
     containers = [i for i in ds.ContentSequence if i.ValueType == "CONTAINER" and _meaning(i) == "Imaging Measurements"]
     for container in containers:
         for group in container.ContentSequence:
-            ref = finding = None
+            refs, finding = [], None
             values: dict[str, Any] = {}
             for item in group.get("ContentSequence", []):
                 name = _meaning(item)
                 if item.ValueType == "IMAGE":
-                    ref = item.ReferencedSOPSequence[0]
+                    refs.append(item.ReferencedSOPSequence[0])
                 elif name == "Finding":
                     finding = item.ConceptCodeSequence[0]
                 elif item.ValueType == "NUM":
@@ -318,11 +330,12 @@ def read_classification_sr(path: str | os.PathLike) -> list[dict]:
                     values[name] = item.ConceptCodeSequence[0].CodeMeaning
                 elif item.ValueType == "TEXT" and name == "Comment":
                     values["Comment"] = str(item.TextValue)
-            if ref is None or finding is None:
+            if not refs or finding is None:
                 continue
-            entry = images.setdefault(str(ref.ReferencedSOPInstanceUID), {
-                "sop_instance_uid": str(ref.ReferencedSOPInstanceUID),
-                "sop_class_uid": str(ref.ReferencedSOPClassUID),
+            entry = images.setdefault(str(refs[0].ReferencedSOPInstanceUID), {
+                "sop_instance_uid": str(refs[0].ReferencedSOPInstanceUID),
+                "sop_class_uid": str(refs[0].ReferencedSOPClassUID),
+                "sop_instance_uids": [str(r.ReferencedSOPInstanceUID) for r in refs],
                 "in_scope": None, "out_of_scope_reason": "", "ood_score": None, "findings": {},
             })
             if _code_value(finding) == INPUT_GATE[0]:
