@@ -17,8 +17,9 @@ Content, per source image (``n`` counts the images of the study):
 - every group references its source image (SOP Class and Instance UID) and names the algorithm (bundle name and
   version; operating point criterion, sensitivity and specificity and the temperature as parameters).
 
-Class concepts are private codes (``99MEDPLUGIN``, the class name as Code Value and Meaning) unless
-``finding_codes`` maps a class to a standard code, e.g. ``{"Effusion": ["60046008", "SCT", "Pleural effusion"]}``.
+Class concepts are private codes (``99MEDPLUGIN``; the class name as Code Meaning and, up to 16 characters, as Code
+Value: longer names get a stable shortened value) unless ``finding_codes`` maps a class to a standard code, e.g.
+``{"Effusion": ["60046008", "SCT", "Pleural effusion"]}``.
 """
 
 from __future__ import annotations
@@ -248,7 +249,8 @@ def write_classification_sr(
             continue
         for cls, p in im.probabilities.items():
             if not (np.isfinite(float(p)) and 0.0 <= float(p) <= 1.0):
-                raise ValueError(f"probability of {cls!r} must be in [0, 1], got {p!r} ({source_name(im.source)}).")
+                raise ValueError(f"probability of {cls!r} must be in [0, 1], got {p!r} "
+                                 f"({source_name(sources[n - 1][0])}).")
         calls = dict(im.calls) if im.calls is not None else calls_at_operating_points(im.probabilities, model,
                                                                                        multilabel)
         for cls, p in im.probabilities.items():
