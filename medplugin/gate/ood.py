@@ -1,0 +1,214 @@
+"""Out-of-distribution score on a classifier's pooled features: the Mahalanobis distance to the training features.
+
+Lee, Lee, Lee and Shin 2018, "A Simple Unified Framework for Detecting Out-of-Distribution Samples and
+Adversarial Attacks" (NeurIPS): class-conditional Gaussians with one covariance shared by the classes (tied),
+fitted on the training features; the score of an input is its smallest squared Mahalanobis distance to a class
+mean. We use the penultimate (pooled) features only, without the paper's input pre-processing or feature
+ensemble, and shrink the covariance (Ledoit and Wolf 2004, "A well-conditioned estimator for large-dimensional
+covariance matrices") because a few hundred training images cannot fill a 1024- or 2048-dimensional covariance.
+For multi-label models (an image has several classes) one Gaussian is fitted to all features ("pooled").
+
+The threshold is the ``percentile`` (99 by default) of the validation images' scores, so about 1% of
+in-distribution images are flagged by construction.
+
+Storage: the statistics are a mean per class (``K x F``) and a precision matrix (``F x F``): 4 MiB in float32 for
+DenseNet-121's 1024 features, 16 MiB for ResNet-50's 2048 (tens of MB as JSON text), so they go into
+``ood.npz`` beside ``model.pt`` (NumPy, read with ``allow_pickle=False``) and ``model.json`` gets this block::
+
+    "ood": {"method": "mahalanobis", "reference": "Lee et al. 2018, NeurIPS", "file": "ood.npz",
+            "sha256": "<of ood.npz>", "feature_layer": "fc", "feature_dim": 2048,
+            "class_conditional": true, "classes": ["CNV", ...] | null, "shrinkage": 0.031, "n_train": 960,
+            "threshold": 812.4, "percentile": 99.0, "n_val": 240}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medplugin.errors import BadInputError
+from medplugin.utils import atomic_write
+
+__all__ = ["MahalanobisOOD"]
+
+logger = logging.getLogger(__name__)
+
+REFERENCE = "Lee et al. 2018, NeurIPS"
+
+
+class MahalanobisOOD:
+    """Mahalanobis-distance out-of-distribution detector (Lee et al. 2018) with a shrunk, tied covariance.
+
+    Args:
+        means: ``(K, F)`` class means (``K = 1`` when pooled).
+        precision: ``(F, F)`` inverse of the shared covariance.
+        classes: the class names of the means (``None`` when pooled).
+        shrinkage: the covariance shrinkage used (recorded).
+        n_train: the number of training features (recorded).
+        feature_layer: the layer the features came from (recorded, e.g. ``"fc"``).
+        threshold: scores above it are out of distribution (``None`` until :meth:`calibrate`).
+        percentile: the validation percentile the threshold is.
+        n_val: the number of validation features it was set on.
+    """
+
+    def __init__(self, means: np.ndarray, precision: np.ndarray, classes: Sequence[str] | None = None,
+                 shrinkage: float | None = None, n_train: int | None = None, feature_layer: str | None = None,
+                 threshold: float | None = None, percentile: float | None = None, n_val: int | None = None) -> None:
+        self.means = np.atleast_2d(np.asarray(means, dtype=np.float64))
+        self.precision = np.asarray(precision, dtype=np.float64)
+        f = self.means.shape[1]
+        if self.precision.shape != (f, f):
+            raise ValueError(f"precision must be ({f}, {f}) for {f} features, got {self.precision.shape}.")
+        self.classes = list(classes) if classes is not None else None
+        if self.classes is not None and len(self.classes) != len(self.means):
+            raise ValueError(f"{len(self.classes)} class names for {len(self.means)} means.")
+        self.shrinkage, self.n_train, self.feature_layer = shrinkage, n_train, feature_layer
+        self.threshold, self.percentile, self.n_val = threshold, percentile, n_val
+
+    @property
+    def feature_dim(self) -> int:
+        """F, the feature size."""
+        return int(self.means.shape[1])
+
+    @classmethod
+    def fit(cls, features: np.ndarray, labels: np.ndarray | None = None, classes: Sequence[str] | None = None,
+            shrinkage: float | str = "ledoit-wolf", feature_layer: str | None = None) -> MahalanobisOOD:
+        """Fit the class means and the shared, shrunk covariance on training features.
+
+        Args:
+            features: ``(N, F)`` pooled features of the training images.
+            labels: ``(N,)`` class indices (class-conditional means); ``None`` or ``(N, K)`` multi-hot labels
+                (multi-label) fit one pooled mean.
+            classes: names of the class indices (recorded).
+            shrinkage: ``"ledoit-wolf"`` (estimated) or a fixed value in [0, 1]: ``(1 - a) S + a tr(S)/F I``.
+            feature_layer: recorded with the statistics.
+
+        Raises:
+            ValueError: fewer than 2 features, labels of another length, a class without samples, a bad shrinkage.
+        """
+        x = np.asarray(features, dtype=np.float64)
+        if x.ndim != 2 or x.shape[0] < 2:
+            raise ValueError(f"features must be (N >= 2, F), got shape {x.shape}.")
+        if not np.isfinite(x).all():
+            raise ValueError("features hold NaN or infinite values.")
+        y = None if labels is None else np.asarray(labels)
+        if y is not None and y.ndim == 1:
+            if len(y) != len(x):
+                raise ValueError(f"{len(y)} labels for {len(x)} features.")
+            present = np.unique(y.astype(np.int64))
+            n_cls = len(classes) if classes is not None else int(present.max()) + 1
+            missing = sorted(set(range(n_cls)) - set(present.tolist()))
+            if missing:
+                names = [classes[i] if classes is not None else i for i in missing]
+                raise ValueError(f"classes {names} have no training features: cannot fit their means.")
+            means = np.stack([x[y == k].mean(axis=0) for k in range(n_cls)])
+            centred = x - means[y.astype(np.int64)]
+            names = list(classes) if classes is not None else [str(k) for k in range(n_cls)]
+        else:
+            means = x.mean(axis=0, keepdims=True)
+            centred = x - means
+            names = None
+        cov, alpha = _shrunk_covariance(centred, shrinkage)
+        precision = np.linalg.inv(cov)
+        logger.info("Mahalanobis OOD statistics: %d features of size %d, %s, shrinkage %.4f", len(x), x.shape[1],
+                    "class-conditional" if names else "pooled", alpha)
+        return cls(means, precision, classes=names, shrinkage=alpha, n_train=len(x), feature_layer=feature_layer)
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """``(N,)`` smallest squared Mahalanobis distance of each feature vector to a class mean."""
+        x = np.atleast_2d(np.asarray(features, dtype=np.float64))
+        if x.shape[1] != self.feature_dim:
+            raise ValueError(f"features have size {x.shape[1]}, the statistics {self.feature_dim}.")
+        best = np.full(len(x), np.inf)
+        for mean in self.means:
+            d = x - mean
+            best = np.minimum(best, ((d @ self.precision) * d).sum(axis=1))
+        return best
+
+    def calibrate(self, features: np.ndarray, percentile: float = 99.0) -> float:
+        """Set the threshold at ``percentile`` of the validation features' scores and return it."""
+        if not 0.0 < float(percentile) <= 100.0:
+            raise ValueError(f"percentile must be in (0, 100], got {percentile!r}.")
+        scores = self.score(features)
+        self.threshold = float(np.percentile(scores, float(percentile)))
+        self.percentile, self.n_val = float(percentile), int(len(scores))
+        return self.threshold
+
+    def in_distribution(self, features: np.ndarray) -> np.ndarray:
+        """``(N,)`` bool: the score is at most the threshold."""
+        if self.threshold is None:
+            raise RuntimeError("no threshold yet: call calibrate() on validation features first.")
+        return self.score(features) <= self.threshold
+
+    def save(self, folder: str | os.PathLike, filename: str = "ood.npz") -> dict[str, Any]:
+        """Write the arrays to ``folder/filename`` and return the JSON block for ``model.json`` (``"ood"``)."""
+        path = Path(folder) / filename
+
+        def _write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, means=self.means.astype(np.float32), precision=self.precision.astype(np.float32))
+
+        atomic_write(path, _write)
+        return {
+            "method": "mahalanobis", "reference": REFERENCE, "file": filename, "sha256": _sha256(path),
+            "feature_layer": self.feature_layer, "feature_dim": self.feature_dim,
+            "class_conditional": self.classes is not None, "classes": self.classes,
+            "shrinkage": self.shrinkage, "n_train": self.n_train,
+            "threshold": self.threshold, "percentile": self.percentile, "n_val": self.n_val,
+        }
+
+    @classmethod
+    def load(cls, block: Mapping[str, Any], folder: str | os.PathLike) -> MahalanobisOOD:
+        """Read what :meth:`save` wrote: ``block`` is ``model.json``'s ``"ood"``, ``folder`` holds its file.
+
+        Raises:
+            BadInputError: the file is missing, changed since (checksum) or holds other arrays.
+            ValueError: ``block`` is not a Mahalanobis block.
+        """
+        if block.get("method") != "mahalanobis" or "file" not in block:
+            raise ValueError(f"model.json 'ood' is not a Mahalanobis block: {dict(block)!r}.")
+        path = Path(folder) / block["file"]
+        if not path.is_file():
+            raise BadInputError(path, "the OOD statistics named in model.json are missing (copy them with model.pt)")
+        if block.get("sha256") and _sha256(path) != block["sha256"]:
+            raise BadInputError(path, "the OOD statistics do not match model.json (checksum differs): a file from "
+                                "another training run?")
+        with np.load(path, allow_pickle=False) as data:
+            if set(data.files) != {"means", "precision"}:
+                raise BadInputError(path, f"expected arrays 'means' and 'precision', found {sorted(data.files)}")
+            means, precision = data["means"], data["precision"]
+        return cls(means, precision, classes=block.get("classes"), shrinkage=block.get("shrinkage"),
+                   n_train=block.get("n_train"), feature_layer=block.get("feature_layer"),
+                   threshold=block.get("threshold"), percentile=block.get("percentile"), n_val=block.get("n_val"))
+
+
+def _shrunk_covariance(centred: np.ndarray, shrinkage: float | str) -> tuple[np.ndarray, float]:
+    n, f = centred.shape
+    if shrinkage == "ledoit-wolf":
+        from sklearn.covariance import ledoit_wolf
+
+        cov, alpha = ledoit_wolf(centred, assume_centered=True)
+        cov, alpha = np.asarray(cov, dtype=np.float64), float(alpha)
+    else:
+        alpha = float(shrinkage)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"shrinkage must be 'ledoit-wolf' or in [0, 1], got {shrinkage!r}.")
+        emp = centred.T @ centred / n
+        cov = (1.0 - alpha) * emp + alpha * np.trace(emp) / f * np.eye(f)
+    if alpha == 0.0 and np.linalg.matrix_rank(cov) < f:  # no shrinkage, a singular covariance: keep it invertible
+        cov = cov + 1e-6 * max(np.trace(cov) / f, 1e-12) * np.eye(f)
+    return cov, alpha
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

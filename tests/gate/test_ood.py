@@ -1,0 +1,160 @@
+"""The Mahalanobis out-of-distribution gate (Lee et al. 2018) and the pooled-feature hook of our classifiers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medplugin.errors import BadInputError
+from medplugin.gate import (
+    InputGate,
+    MahalanobisOOD,
+    PooledFeatures,
+    collect_features,
+    fit_ood_statistics,
+    pooled_layer,
+)
+
+
+def _gaussian_classes(rng: np.random.Generator, n: int, shift: float = 0.0,
+                      between: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Three classes in 64 dimensions with a shared, correlated covariance (fixed by seed 0); ``between``: the
+    same noise around the centre of the three class means instead of around one of them."""
+    base = np.random.default_rng(0)
+    means = base.normal(0, 3, size=(3, 64))
+    mix = base.normal(0, 1, size=(64, 64)) / 8
+    labels = rng.integers(0, 3, size=n)
+    centres = np.broadcast_to(means.mean(axis=0), (n, 64)) if between else means[labels]
+    x = centres + rng.normal(size=(n, 64)) @ (np.eye(64) + mix) + shift
+    return x, labels
+
+
+def test_mahalanobis_flags_a_shifted_distribution_and_keeps_held_out_inputs():
+    rng = np.random.default_rng(1)
+    train, y = _gaussian_classes(rng, 900)
+    val, _ = _gaussian_classes(rng, 400)
+    test, _ = _gaussian_classes(rng, 1000)
+    shifted, _ = _gaussian_classes(rng, 1000, shift=1.0)
+    ood = MahalanobisOOD.fit(train, y, classes=["a", "b", "c"])
+    assert ood.classes == ["a", "b", "c"] and 0.0 <= ood.shrinkage <= 1.0
+    ood.calibrate(val, percentile=99)
+    kept = ood.in_distribution(test).mean()
+    flagged = 1 - ood.in_distribution(shifted).mean()
+    assert kept >= 0.95, kept
+    assert flagged >= 0.95, flagged
+    # features between the classes, near none of them: class-conditional Gaussians (Lee et al.) flag them, one
+    # pooled Gaussian, whose centre they are, does not
+    between = _gaussian_classes(rng, 1000, between=True)[0]
+    pooled = MahalanobisOOD.fit(train)
+    pooled.calibrate(val)
+    assert 1 - ood.in_distribution(between).mean() >= 0.95
+    assert 1 - pooled.in_distribution(between).mean() <= 0.05
+
+
+def test_statistics_round_trip_through_model_json_and_a_file(tmp_path):
+    rng = np.random.default_rng(2)
+    train, y = _gaussian_classes(rng, 300)
+    ood = MahalanobisOOD.fit(train, y, feature_layer="fc")
+    ood.calibrate(_gaussian_classes(rng, 200)[0])
+    block = ood.save(tmp_path)
+    meta = json.loads(json.dumps({"arch": "resnet50", "ood": block}))  # model.json holds the block
+    assert meta["ood"]["file"] == "ood.npz" and meta["ood"]["feature_dim"] == 64 and meta["ood"]["n_val"] == 200
+    assert meta["ood"]["reference"].startswith("Lee et al. 2018")
+    back = MahalanobisOOD.load(meta["ood"], tmp_path)
+    probe = _gaussian_classes(rng, 50, shift=0.5)[0]
+    assert np.allclose(back.score(probe), ood.score(probe), rtol=1e-4)  # float32 storage
+    assert back.threshold == ood.threshold and back.classes == ood.classes
+
+    gate = InputGate.from_config({}, model_json=meta, model_dir=tmp_path)
+    far = gate.check(features=probe[0] + 50)
+    (reason,) = far.reasons
+    assert reason.startswith("out-of-distribution score ") and "(99th percentile of validation images)" in reason
+    assert far.ood_score > ood.threshold and gate.check(features=train[0]).in_scope
+
+    (tmp_path / "ood.npz").write_bytes((tmp_path / "ood.npz").read_bytes()[:-8] + b"garbage!")
+    with pytest.raises(BadInputError, match=r"ood\.npz: the OOD statistics do not match model.json"):
+        MahalanobisOOD.load(meta["ood"], tmp_path)
+    with pytest.raises(BadInputError, match=r"ood\.npz: the OOD statistics named in model.json are missing"):
+        MahalanobisOOD.load(meta["ood"], tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match=r"classes \['c'\] have no training features"):
+        MahalanobisOOD.fit(train[y < 2], y[y < 2], classes=["a", "b", "c"])
+
+
+def test_a_tiny_network_on_synthetic_images_flags_another_modality(tmp_path):
+    """Pooled features of a small (untrained) ResNet-18: fitted on synthetic OCT B-scans, the gate keeps held-out
+    B-scans and flags synthetic chest radiographs."""
+    from medplugin.data.synthetic.chest_xray import synthetic_chest_xray
+    from medplugin.data.synthetic.oct import synthetic_oct_bscan
+    from medplugin.networks import classifier
+
+    torch.manual_seed(0)
+    net = classifier("resnet18", in_channels=1, num_classes=4)
+    rng = np.random.default_rng(0)
+
+    def octs(n):
+        labels = rng.integers(0, 4, size=n)
+        images = [synthetic_oct_bscan(int(k), size=(64, 64), rng=rng)[0] for k in labels]
+        return torch.as_tensor(np.stack(images)[:, None] / 255.0, dtype=torch.float32), labels
+
+    def batches(x, y):
+        return [{"image": x[i:i + 32], "label": torch.as_tensor(y[i:i + 32])} for i in range(0, len(x), 32)]
+
+    train_x, train_y = octs(128)
+    val_x, val_y = octs(80)
+    test_x, test_y = octs(80)
+    chest = torch.as_tensor(np.stack([synthetic_chest_xray(64, rng=int(s))["image"] for s in range(40)])[:, None]
+                            / 255.0, dtype=torch.float32)
+    feats, labels = collect_features(net, batches(train_x, train_y), label_key="label")
+    assert feats.shape == (128, 512) and labels.shape == (128,)
+    # what the end of training does: fit on the training images, threshold on the validation images, save
+    block = fit_ood_statistics(net, batches(train_x, train_y), batches(val_x, val_y), tmp_path, label_key="label",
+                               classes=["CNV", "DME", "DRUSEN", "NORMAL"])
+    assert block["class_conditional"] and block["feature_layer"] == "fc" and block["n_train"] == 128
+    ood = MahalanobisOOD.load(block, tmp_path)
+    kept = ood.in_distribution(collect_features(net, batches(test_x, test_y))[0]).mean()
+    flagged = 1 - ood.in_distribution(collect_features(net, [{"image": chest}])[0]).mean()
+    assert kept >= 0.95, kept
+    assert flagged >= 0.95, flagged
+    assert net.training  # collect_features restored the mode it found
+
+
+@pytest.mark.parametrize(("arch", "dim", "size"), [
+    ("resnet18", 512, 64), ("resnet50", 2048, 64), ("densenet121", 1024, 64), ("inception_v3", 2048, 80),
+    ("seresnet50", 2048, 64), ("efficientnet_b0", 1280, 64),
+])
+def test_pooled_features_of_every_classifier(arch, dim, size):
+    from medplugin.networks import classifier
+
+    torch.manual_seed(0)
+    net = classifier(arch, in_channels=1, num_classes=3).eval()
+    x = torch.rand(2, 1, size, size)
+    with torch.no_grad():
+        reference = net(x)
+    capture = PooledFeatures(net)
+    feats, logits = capture(x)
+    assert feats.shape == (2, dim)
+    assert torch.allclose(logits, reference, atol=1e-5)  # the hook changed nothing
+    with torch.no_grad():
+        assert torch.allclose(capture.module(feats), logits, atol=1e-5)  # the head maps them to the logits
+    assert not capture.module._forward_pre_hooks  # removed after the call
+
+
+@pytest.mark.parametrize(("arch", "transfer", "layer"), [
+    ("mrnet", "fine_tune", "head"), ("mrnet", "feature_extraction", "head"), ("resnet3d18", "fine_tune", "fc")])
+def test_pooled_features_of_the_knee_classifiers(arch, transfer, layer):
+    from medplugin.networks import knee_classifier
+    from medplugin.networks.knee import extract_features
+
+    torch.manual_seed(0)
+    net = knee_classifier(arch, "resnet18", num_classes=2, transfer=transfer).eval()
+    assert pooled_layer(net) == layer
+    x = torch.rand(1, 1, 4, 48, 48)
+    with PooledFeatures(net) as capture:
+        with torch.no_grad():
+            net(x)
+    assert capture.module._forward_pre_hooks == {} or capture._handle is None
+    with torch.no_grad():
+        assert torch.allclose(capture.features, extract_features(net, x), atol=1e-5)
