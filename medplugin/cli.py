@@ -157,9 +157,11 @@ def _bundle_dir(name: str) -> Path:
     return path
 
 
-def _run_bundle(bundle: Path, config: str, overrides: dict[str, str]) -> None:
+def _run_bundle(bundle: Path, config: str | tuple[str, ...], overrides: dict[str, str]) -> None:
     overlay = REPO_ROOT / "configs" / f"demo_{bundle.name}.yaml"  # a bundle's own demo overlay, when it has one
-    configs = [str(bundle / "configs" / config), str(overlay if overlay.is_file() else REPO_ROOT / "configs" / "demo.yaml")]
+    names = (config,) if isinstance(config, str) else config  # several: merged in order (evaluate after train)
+    configs = [*(str(bundle / "configs" / c) for c in names),
+               str(overlay if overlay.is_file() else REPO_ROOT / "configs" / "demo.yaml")]
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(bundle), "--config_file", json.dumps(configs)]
     for k, v in overrides.items():
         cmd += [f"--{k}", v]
@@ -192,7 +194,8 @@ def cmd_demo(args) -> int:
     ckpt, runs = out / "models", out / "runs"
     common = {"ckpt_dir": str(ckpt)}
     _run_bundle(bundle, "train.yaml", {**common, "dataset_dir": info["dataset_dir"], "output_dir": str(runs / "train")})
-    _run_bundle(bundle, "evaluate.yaml", {**common, "dataset_dir": info["dataset_dir"], "output_dir": str(runs / "evaluate")})
+    _run_bundle(bundle, ("train.yaml", "evaluate.yaml"),  # evaluate.yaml is an overlay on the training config
+                {**common, "dataset_dir": info["dataset_dir"], "output_dir": str(runs / "evaluate")})
     _run_bundle(bundle, "inference.yaml", {**common, "dataset_dir": info["inference_dir"], "output_dir": str(runs / "inference")})
     metrics = json.loads((runs / "evaluate" / "metrics.json").read_text())
     if "mean_dice" in metrics:  # segmentation bundles
