@@ -28,8 +28,8 @@ def test_merged_config_applies_the_bundles_overlay_and_overrides():
     assert train["datalist_all"]["training"] == "@train#dataset#data"
     assert train["train"]["handlers"] == monailabel.merged_config(OCT, "train")["train"]["handlers"]
     assert monailabel.merged_config(OCT, "inference")["save_cams"] is False
-    evaluate = monailabel.merged_config(OCT, "evaluate")  # no overlay: the config itself
-    assert evaluate["class_names"] == "$list(medplugin.data.oct2017.CLASSES)"
+    evaluate = monailabel.merged_config(OCT, "evaluate")  # no MONAI Label overlay: the config itself
+    assert evaluate["run"][0] == "$@validate#evaluator.run()"
     assert monailabel.merged_config(OCT, "no_such_config") is None
 
 
