@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import shlex
 from pathlib import Path
 
 import torch
@@ -186,8 +187,10 @@ def _norm(v):
 
 
 def _overrides(diffs: dict) -> tuple[str, str]:
-    """(``--key value`` overrides giving the model's values, "key: model ... vs run ..." details)."""
-    fixes = " ".join(f"--{k} {json.dumps(m)}" for k, (m, _) in diffs.items())
+    """(``--key value`` overrides giving the model's values, "key: model ... vs run ..." details); a list or dict
+    value is quoted for the shell (``--views '["PA", "AP"]'``)."""
+    fixes = " ".join(f"--{k} {shlex.quote(json.dumps(m)) if isinstance(m, (list, dict)) else json.dumps(m)}"
+                     for k, (m, _) in diffs.items())
     detail = ", ".join(f"{k}: model {m!r} vs run {r!r}" for k, (m, r) in diffs.items())
     return fixes, detail
 

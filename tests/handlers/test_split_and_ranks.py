@@ -44,13 +44,15 @@ def _model(tmp_path: Path, split: dict) -> tuple[torch.nn.Module, Path]:
 
 
 def test_model_loader_refuses_another_patient_split_and_names_the_overrides(tmp_path):
-    trained = {"dataset_dir": "/data/nih", "val_fraction": 0.2, "split_seed": 3, "patients": "00aa"}
+    trained = {"dataset_dir": "/data/nih", "val_fraction": 0.2, "split_seed": 3, "views": ["PA"], "patients": "00aa"}
     net, path = _model(tmp_path, trained)
     # other settings giving the same patients (e.g. an official test list): accepted
     ModelLoader(net, str(path), {"arch": "linear", "split": {**trained, "split_seed": 0, "dataset_dir": "/mnt/nih"}})()
     other = {"dataset_dir": "/data/nih", "val_fraction": 0.1, "split_seed": 0, "patients": "11bb"}
     with pytest.raises(BadInputError, match=r"another patient split .*run with --val_fraction 0\.2 --split_seed 3$"):
         ModelLoader(net, str(path), {"arch": "linear", "split": other})()
+    with pytest.raises(BadInputError, match=r"""run with --views '\["PA"\]'$"""):  # a list, quoted for the shell
+        ModelLoader(net, str(path), {"split": {**trained, "views": ["PA", "AP"], "patients": "11bb"}})()
     with pytest.raises(BadInputError, match=r"although its split settings agree.*--datalist <the training run's"):
         ModelLoader(net, str(path), {"arch": "linear", "split": {**trained, "patients": "11bb"}})()
     # a model.json from before splits were recorded, or a run that records none (inference): nothing to compare
