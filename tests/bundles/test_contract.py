@@ -50,8 +50,8 @@ def test_network_in_and_out_shapes(name):
 def test_workflow_properties(name, config, workflow, request, tmp_path):
     fixture, infer_sub = BUNDLES[name]
     data = Path(request.getfixturevalue(fixture))
-    check_workflow_properties(bundle_dir(name), config, workflow, data / infer_sub if config == "inference.yaml" else data,
-                              tmp_path / "out")
+    dataset_dir = data / infer_sub if config == "inference.yaml" else data
+    check_workflow_properties(bundle_dir(name), config, workflow, dataset_dir, tmp_path / "out")
 
 
 @pytest.mark.parametrize("name", sorted(BUNDLES))

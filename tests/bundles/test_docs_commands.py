@@ -53,7 +53,8 @@ def test_the_readme_oct_evaluation_runs_as_written(oct_demo, oct_smoke_run, tmp_
     smoke-trained model's folder and size appended."""
     ckpt, _ = oct_smoke_run
     text = (REPO / "README.md").read_text()
-    block = next(b for b in re.findall(r"```[^\n]*\n(.*?)```", text, re.S) if "B=bundles/retina_oct_classification" in b)
+    blocks = re.findall(r"```[^\n]*\n(.*?)```", text, re.S)
+    block = next(b for b in blocks if "B=bundles/retina_oct_classification" in b)
     lines = block.splitlines()
     setup = next(line for line in lines if line.startswith("B="))
     cmd = next(line for line in lines if "evaluate.yaml" in line)
@@ -62,7 +63,8 @@ def test_the_readme_oct_evaluation_runs_as_written(oct_demo, oct_smoke_run, tmp_
     script = "\n".join([setup, cmd.replace("python ", shlex.quote(sys.executable) + " ", 1).replace(
         "/data/OCT2017", shlex.quote(str(oct_demo))) + f" --ckpt_dir {shlex.quote(str(ckpt))} --output_dir "
         f"{shlex.quote(str(out))} --image_size 32 --batch_size 4 --num_workers 0"])
-    proc = subprocess.run(["bash", "-c", script], cwd=REPO, env=quiet_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(["bash", "-c", script], cwd=REPO, env=quiet_env(), capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["n"] == 8 and set(m["per_class"]) == {"CNV", "DME", "DRUSEN", "NORMAL"}
