@@ -202,7 +202,7 @@ def cmd_demo(args) -> int:
     common = {"ckpt_dir": str(ckpt)}
     _run_bundle(bundle, "train.yaml",
                 {**common, "dataset_dir": info["dataset_dir"], "output_dir": str(runs / "train")}, overlays)
-    _run_bundle(bundle, "evaluate.yaml",
+    _run_bundle(bundle, ("train.yaml", "evaluate.yaml"),  # evaluate.yaml is an overlay on train.yaml
                 {**common, "dataset_dir": info["dataset_dir"], "output_dir": str(runs / "evaluate")}, overlays)
     _run_bundle(bundle, "inference.yaml",
                 {**common, "dataset_dir": info["inference_dir"], "output_dir": str(runs / "inference")}, overlays)

@@ -1,6 +1,6 @@
 """Ignite/MONAI handlers: checkpoints with metadata, TensorBoard CAMs, evaluation reports."""
 
-from medplugin.handlers.checkpoint import BestModelSaver, ModelLoader
+from medplugin.handlers.checkpoint import BestModelSaver, ModelLoader, patient_digest
 from medplugin.handlers.gpu import GPUStatsLogger
 from medplugin.handlers.grading import GradingReportWriter
 from medplugin.handlers.hparams import HParamsLogger
@@ -44,4 +44,5 @@ __all__ = [
     "TensorBoardConfusionMatrix",
     "TensorBoardVolumeCAMHandler",
     "VolumeCAMSaver",
+    "patient_digest",
 ]

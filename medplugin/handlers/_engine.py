@@ -1,8 +1,11 @@
-"""Reading per-sample records out of a MONAI engine's state."""
+"""Reading per-sample records out of a MONAI engine's state, and gathering them over ranks."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+
+logger = logging.getLogger(__name__)
 
 
 def iter_samples(engine) -> Iterator[tuple[dict, dict]]:
@@ -22,3 +25,45 @@ def is_main_process() -> bool:
     import torch.distributed as dist
 
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def gather_samples(engine, *columns: list) -> tuple[list, ...]:
+    """Every rank's per-sample records, in the order one process would have seen them.
+
+    Each of ``columns`` holds one entry per sample this rank's engine ran, in its order (e.g. probabilities,
+    labels, file names). Outside a distributed run they come back as they are. Under ``torchrun`` they are
+    gathered from all ranks (``all_gather_object``, so every rank gets everything) and put in dataset order by
+    the indices of the engine's data-loader sampler (a ``DistributedSampler`` gives rank ``r`` the items
+    ``r, r + W, ...``); an index met twice (a sampler padding its shards to equal length) is kept once. Without
+    such indices the ranks' records are concatenated in rank order, with a warning.
+
+    Args:
+        engine: the engine whose data loader produced the samples, or ``None`` (not distributed).
+        columns: per-sample lists of this rank.
+
+    Returns:
+        the gathered columns, one list each.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tuple(list(c) for c in columns)
+    n = len(columns[0]) if columns else 0
+    sampler = getattr(getattr(getattr(engine, "state", None), "dataloader", None), "sampler", None)
+    try:
+        order = [int(i) for i in sampler] if sampler is not None else None
+    except (TypeError, ValueError):
+        order = None
+    if order is not None and len(order) != n:
+        order = None
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (order, [list(c) for c in columns]))
+    if any(o is None for o, _ in parts):
+        logger.warning("the data loader's sampler gives no sample indices: records gathered in rank order")
+        return tuple([v for _, cols in parts for v in cols[k]] for k in range(len(columns)))
+    rows: dict[int, list] = {}
+    for o, cols in parts:
+        for j, idx in enumerate(o):
+            rows.setdefault(idx, [c[j] for c in cols])
+    ordered = [rows[i] for i in sorted(rows)]
+    return tuple([r[k] for r in ordered] for k in range(len(columns)))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import logging
 import math
 import os
+import shlex
 from pathlib import Path
 
 import torch
@@ -17,7 +19,7 @@ from medplugin.handlers._engine import is_main_process
 from medplugin.networks.pretrained import read_state_dict
 from medplugin.utils import atomic_write, write_json
 
-__all__ = ["BestModelSaver", "ModelLoader"]
+__all__ = ["BestModelSaver", "ModelLoader", "patient_digest"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +111,30 @@ class BestModelSaver:
         logger.info("saved %s (%s = %.4f)", self.path, self.key_metric, value)
 
 
+def patient_digest(datalist: dict, sections: tuple[str, ...] = ("training", "validation"),
+                   patient_key: str = "patient_id") -> str:
+    """A short SHA-256 digest of the distinct patients in ``sections`` of a datalist (by default the patients a
+    model is trained and validated on), recorded in ``model.json`` under ``split``.
+
+    Patients are the entries' ``patient_key`` values, or their image's file name when an entry has none (e.g.
+    data sent by MONAI Label). Order and duplicates do not matter, nor does where the dataset lies on disk.
+
+    Args:
+        datalist: ``{"training": [...], "validation": [...], ...}``.
+        sections: the parts whose patients are digested.
+        patient_key: the entry key of the patient id.
+
+    Returns:
+        16 hexadecimal characters.
+    """
+    ids = set()
+    for section in sections:
+        for e in datalist.get(section) or []:
+            pid = e.get(patient_key)
+            ids.add(str(pid) if pid not in (None, "") else os.path.basename(str(e.get("image", ""))))
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
+
+
 class ModelLoader:
     """Load ``model.pt`` into the network when the engine starts, refusing unsafe or mismatched files.
 
@@ -116,10 +142,16 @@ class ModelLoader:
     ``expected`` it also records must agree (e.g. a model trained at ``image_size`` 64 run at 224), with an
     error that says which override fixes it.
 
+    ``split`` is compared by its ``patients`` digest (:func:`patient_digest` of the training and validation
+    patients): an evaluation must compute the split the model was trained on, so that its test patients are
+    none of the model's training patients. When the digests differ, the split settings (the other keys of
+    ``split``, e.g. ``split_seed``, ``val_fraction``) that differ are named as overrides; settings that differ
+    without changing the patients (e.g. ``split_seed`` under an official test list) are accepted.
+
     Args:
         network: the network to fill.
         path: the weights file.
-        expected: the run's values of the recorded keys (``arch``, ``image_size``, ``class_names``, ...).
+        expected: the run's values of the recorded keys (``arch``, ``image_size``, ``class_names``, ``split``, ...).
     """
 
     def __init__(self, network: torch.nn.Module, path: str, expected: dict | None = None) -> None:
@@ -137,11 +169,11 @@ class ModelLoader:
         if meta_path.exists():
             meta = json.loads(meta_path.read_text())
             diffs = {k: (meta[k], v) for k, v in self.expected.items()
-                     if k in meta and _norm(meta[k]) != _norm(v)}
+                     if k != "split" and k in meta and _norm(meta[k]) != _norm(v)}
             if diffs:
-                fixes = " ".join(f"--{k} {json.dumps(m)}" for k, (m, _) in diffs.items())
-                detail = ", ".join(f"{k}: model {m!r} vs run {r!r}" for k, (m, r) in diffs.items())
+                fixes, detail = _overrides(diffs)
                 raise BadInputError(self.path, f"the model was trained with other settings ({detail}); run with {fixes}")
+            _check_split(self.path, meta.get("split"), self.expected.get("split"))
         state = read_state_dict(self.path)
         try:
             _unwrap(self.network).load_state_dict(state, strict=True)
@@ -152,3 +184,32 @@ class ModelLoader:
 
 def _norm(v):
     return list(v) if isinstance(v, (list, tuple)) else v
+
+
+def _overrides(diffs: dict) -> tuple[str, str]:
+    """(``--key value`` overrides giving the model's values, "key: model ... vs run ..." details); a list or dict
+    value is quoted for the shell (``--views '["PA", "AP"]'``)."""
+    fixes = " ".join(f"--{k} {shlex.quote(json.dumps(m)) if isinstance(m, (list, dict)) else json.dumps(m)}"
+                     for k, (m, _) in diffs.items())
+    detail = ", ".join(f"{k}: model {m!r} vs run {r!r}" for k, (m, r) in diffs.items())
+    return fixes, detail
+
+
+def _check_split(path: str, recorded, expected) -> None:
+    """The run's patient split must be the model's (see :class:`ModelLoader`); nothing to check without both."""
+    if not isinstance(recorded, dict) or not isinstance(expected, dict) or "patients" not in recorded:
+        return
+    if recorded["patients"] == expected.get("patients"):
+        return
+    diffs = {k: (recorded[k], v) for k, v in expected.items()
+             if k != "patients" and k in recorded and _norm(recorded[k]) != _norm(v)}
+    risk = "so this run's test patients may include patients the model was trained on"
+    if diffs:
+        fixes, detail = _overrides(diffs)
+        raise BadInputError(path, f"the model was trained on another patient split ({detail}), {risk}; "
+                                  f"run with {fixes}")
+    raise BadInputError(path, f"the model's training and validation patients (digest {recorded['patients']}) are "
+                              f"not those of this run's split (digest {expected.get('patients')}) although its "
+                              f"split settings agree: the data differ from the training run's, {risk}; evaluate "
+                              "on the data the model was trained on, or pass --datalist <the training run's "
+                              "output_dir>/datalist.json")

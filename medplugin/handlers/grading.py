@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from ignite.engine import Engine, Events
 
-from medplugin.handlers._engine import is_main_process
+from medplugin.handlers._engine import gather_samples, is_main_process
 from medplugin.handlers.reports import ClassificationReportWriter
 from medplugin.metrics.grading import REFERABLE_GRADE, grading_report, referable_scores
 from medplugin.utils import write_json
@@ -52,12 +52,13 @@ class GradingReportWriter(ClassificationReportWriter):
         engine.add_event_handler(Events.COMPLETED, self.write)
 
     def write(self, engine: Engine | None = None) -> dict:
-        probs, labels = np.stack(self._probs), np.asarray(self._labels)
+        probs, labels, paths = gather_samples(engine, self._probs, self._labels, self._paths)  # every rank's
+        probs, labels = np.stack(probs), np.asarray(labels)
         report = grading_report(probs, labels, self.class_names, self.task, self.target_specificity, self.threshold)
         preds = probs.argmax(1)
         report["misclassified"] = [
             {"file": p, "true": self.class_names[t], "pred": self.class_names[q]}
-            for p, t, q in zip(self._paths, labels, preds) if t != q
+            for p, t, q in zip(paths, labels, preds) if t != q
         ]
         if is_main_process():
             out = self.output_dir

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
 
-from medplugin.handlers._engine import is_main_process, iter_samples
+from medplugin.handlers._engine import gather_samples, is_main_process, iter_samples
 from medplugin.handlers.panels import TensorBoardPanelHandler, mask_panel, to_numpy
 from medplugin.utils import atomic_write, safe_name, write_json
 
@@ -228,26 +228,27 @@ class Segmentation2dReportWriter:
                               "pred_pixels": int(pred.sum())})
 
     def write(self, engine: Engine | None = None) -> dict:
-        if not self.rows:
+        (rows,) = gather_samples(engine, self.rows)  # every rank's images, in dataset order
+        if not rows:
             raise ValueError("no images were evaluated: the test split is empty")
-        d = np.array([r["dice"] for r in self.rows])
-        metrics = {"n": len(self.rows), "mean_dice": float(d.mean()), "median_dice": float(np.median(d)),
+        d = np.array([r["dice"] for r in rows])
+        metrics = {"n": len(rows), "mean_dice": float(d.mean()), "median_dice": float(np.median(d)),
                    "std_dice": float(d.std()), "min_dice": float(d.min()),
-                   "mean_iou": float(np.mean([r["iou"] for r in self.rows])), "per_image": self.rows}
+                   "mean_iou": float(np.mean([r["iou"] for r in rows])), "per_image": rows}
         if engine is not None:
             engine.state.metrics["mean_dice"] = metrics["mean_dice"]
         if is_main_process():
             write_json(self.output_dir / "metrics.json", metrics)
-            self._plot(d)
+            self._plot(d, rows)
             logger.info("mean Dice %.4f over %d images (metrics.json in %s)", metrics["mean_dice"], len(d), self.output_dir)
         return metrics
 
-    def _plot(self, dice: np.ndarray) -> None:
+    def _plot(self, dice: np.ndarray, rows: list[dict]) -> None:
         from medplugin.visualize.plots import _figure
 
         plt = _figure()
         fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9, 3.8), gridspec_kw={"width_ratios": [3, 1]})
-        names = [Path(r["file"]).stem for r in self.rows]
+        names = [Path(r["file"]).stem for r in rows]
         order = np.argsort(dice)
         ax0.bar(range(len(dice)), dice[order], color="tab:blue")
         ax0.set_xticks(range(len(dice)), [names[i] for i in order], rotation=70, fontsize=7)

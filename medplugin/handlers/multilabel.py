@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from medplugin.handlers._engine import is_main_process, iter_samples
+from medplugin.handlers._engine import gather_samples, is_main_process, iter_samples
 from medplugin.handlers.reports import PredictionWriter
 from medplugin.metrics.localization import localization_report, localization_scores, scale_box
 from medplugin.metrics.multilabel import multilabel_report
@@ -117,8 +117,9 @@ class MultiLabelReportWriter:
 
     def write(self, engine: Engine | None = None) -> dict:
         n = len(self.class_names)
-        probs = np.stack(self._probs) if self._probs else np.zeros((0, n))
-        labels = np.stack(self._labels) if self._labels else np.zeros((0, n))
+        probs, labels = gather_samples(engine, self._probs, self._labels)  # every rank's, in dataset order
+        probs = np.stack(probs) if probs else np.zeros((0, n))
+        labels = np.stack(labels) if labels else np.zeros((0, n))
         report = multilabel_report(probs, labels, self.class_names, self.threshold)
         report = {"n": report["n"], "mean_auroc": report["mean_auroc"], "n_auroc_defined": report["n_auroc_defined"],
                   "per_finding": report["per_label"]}
@@ -266,8 +267,7 @@ class MultiLabelCAMSaver:
         if not pairs or getattr(self.inferer, "_last", None) is None:
             return
         maps = self.inferer.cams_for([i for i, _, _ in pairs], [c for _, c, _ in pairs]).cpu().numpy()
-        if not is_main_process():
-            return
+        # under several processes each rank writes the overlays of its own images (max_images counts per rank)
         originals: dict[int, np.ndarray | None] = {}
         for (i, c, prob), cam in zip(pairs, maps):
             b = samples[i][0]
@@ -324,15 +324,21 @@ class LocalizationEvaluator:
             logger.info("no box file at %s: localisation is not evaluated", bbox_file)
         self.enabled = bool(self.boxes)
         self.records: list[dict] = []
+        self._per_sample: list[list[dict]] = []  # this rank's records, per sample (gathered over ranks at the end)
+
+    def _reset(self, engine: Engine | None = None) -> None:
+        self.records, self._per_sample = [], []
 
     def attach(self, engine: Engine) -> None:
         if self.enabled:
-            engine.add_event_handler(Events.STARTED, lambda e: self.records.clear())
+            engine.add_event_handler(Events.STARTED, self._reset)
             engine.add_event_handler(Events.ITERATION_COMPLETED, self)
             engine.add_event_handler(Events.COMPLETED, self.write)
 
     def __call__(self, engine: Engine) -> None:
         samples = list(iter_samples(engine))
+        found: list[list[dict]] = [[] for _ in samples]
+        self._per_sample += found
         jobs = []
         for i, (b, _) in enumerate(samples):
             path = str(b.get("path") or "")
@@ -354,9 +360,10 @@ class LocalizationEvaluator:
                     sizes[path] = image_size_of(path)
                 scaled = scale_box(box, sizes[path], cam.shape)
             rec = localization_scores(cam, scaled, self.threshold, self.tolerance)
-            self.records.append({"file": os.path.basename(path), "finding": self.class_names[c],
-                                 "box": [round(v, 2) for v in box], "box_in_model": [round(v, 2) for v in scaled],
-                                 **rec})
+            rec = {"file": os.path.basename(path), "finding": self.class_names[c], "box": [round(v, 2) for v in box],
+                   "box_in_model": [round(v, 2) for v in scaled], **rec}
+            found[i].append(rec)
+            self.records.append(rec)
 
     def report(self) -> dict | None:
         """The summary (``None`` when there was no box file or no evaluated image had a box)."""
@@ -367,6 +374,8 @@ class LocalizationEvaluator:
         return rep
 
     def write(self, engine: Engine | None = None) -> None:
+        (per_sample,) = gather_samples(engine, self._per_sample)  # every rank's boxes, in dataset order
+        self.records = [r for recs in per_sample for r in recs]
         rep = self.report()
         if rep is None:
             logger.info("no evaluated image has a box in the box file: localisation not evaluated")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from medplugin.handlers._engine import is_main_process, iter_samples
+from medplugin.handlers._engine import gather_samples, is_main_process, iter_samples
 from medplugin.io.image2d import read_image_2d
 from medplugin.metrics.classification import classification_report
 from medplugin.utils import atomic_write, safe_name, write_json
@@ -32,7 +32,8 @@ class ClassificationReportWriter:
     """At the end of an evaluation, write ``metrics.json``, ``confusion_matrix.png`` and ``roc.png``.
 
     ``metrics.json`` holds accuracy, misclassification rate, macro one-vs-rest AUC, per-class sensitivity,
-    specificity, precision and AUC, the confusion matrix, and the misclassified files.
+    specificity, precision and AUC, the confusion matrix, and the misclassified files. Under several processes
+    the samples of every rank are gathered (in dataset order) and rank 0 writes.
 
     Args:
         output_dir: destination folder.
@@ -63,12 +64,13 @@ class ClassificationReportWriter:
             self._paths.append(str(b.get("path", b.get("image_path", ""))) if isinstance(b.get("path"), str) else "")
 
     def write(self, engine: Engine | None = None) -> dict:
-        probs, labels = np.stack(self._probs), np.asarray(self._labels)
+        probs, labels, paths = gather_samples(engine, self._probs, self._labels, self._paths)  # every rank's
+        probs, labels = np.stack(probs), np.asarray(labels)
         report = classification_report(probs, labels, self.class_names)
         preds = probs.argmax(1)
         report["misclassified"] = [
             {"file": p, "true": self.class_names[t], "pred": self.class_names[q]}
-            for p, t, q in zip(self._paths, labels, preds) if t != q
+            for p, t, q in zip(paths, labels, preds) if t != q
         ]
         if is_main_process():
             write_json(self.output_dir / "metrics.json", report)
@@ -184,9 +186,7 @@ class CAMOverlaySaver:
             self.inferer.cams() if self.inferer._last is not None else None  # free the graph
             return
         maps = self.inferer.cams(preds).cpu()
-        if not is_main_process():
-            return
-        for i in wanted:
+        for i in wanted:  # under several processes each rank writes the overlays of its own images
             b = samples[i][0]
             path = b.get("path") or ""
             name = safe_name(b.get("name") or Path(path).stem or f"item{self.saved}")

@@ -112,8 +112,7 @@ class VolumeCAMSaver:
                 self.inferer.cams()  # free the graph
             return
         maps = self.inferer.cams(preds).cpu()
-        if not is_main_process():
-            return
+        # under several processes each rank writes the maps of its own volumes (TensorBoard: rank 0's only)
         loader = LoadKneeVolume(channel_first=False, npy_spacing=self.npy_spacing)
         for i in wanted:
             b = samples[i][0]

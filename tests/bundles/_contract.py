@@ -1,16 +1,19 @@
 """Checks every bundle passes, run the way users run them (``python -m monai.bundle ...``, ``torchrun``).
 
-Each ``tests/bundles/test_<bundle>.py`` calls these with its own data and network, so the bundle contract
-(metadata schema, network in/out, workflow properties, TorchScript/ONNX export, multi-process training) is
-checked the same way everywhere.
+``tests/bundles/test_contract.py`` runs the checks every bundle shares (metadata schema, network in/out,
+workflow properties of train, inference and the evaluate overlay) over all bundles; each
+``tests/bundles/test_<bundle>.py`` calls the others (TorchScript/ONNX export, multi-process training) with its
+own data and network, so the bundle contract is checked the same way everywhere.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +41,15 @@ def verify_net_in_out(bundle: Path) -> None:
     assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
 
 
-def check_workflow_properties(bundle: Path, config: str, workflow: str, dataset_dir: Path, output_dir: Path) -> None:
-    """MONAI's ``ConfigWorkflow(...).check_properties()`` finds every required property of ``workflow``."""
+def check_workflow_properties(bundle: Path, config: str | Sequence[str], workflow: str, dataset_dir: Path,
+                              output_dir: Path) -> None:
+    """MONAI's ``ConfigWorkflow(...).check_properties()`` finds every required property of ``workflow`` in
+    ``config`` (one file, or several merged in order, e.g. train.yaml then evaluate.yaml)."""
     from monai.bundle import ConfigWorkflow
 
     c = bundle / "configs"
-    wf = ConfigWorkflow(config_file=str(c / config), meta_file=str(c / "metadata.json"),
+    files = [str(c / config)] if isinstance(config, str) else [str(c / f) for f in config]
+    wf = ConfigWorkflow(config_file=files, meta_file=str(c / "metadata.json"),
                         logging_file=str(c / "logging.conf"), workflow_type=workflow, bundle_root=str(bundle),
                         dataset_dir=str(dataset_dir), output_dir=str(output_dir))
     wf.initialize()
@@ -105,6 +111,28 @@ def check_torchrun(bundle: Path, dataset_dir: Path, tmp_path: Path, **overrides)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (ckpt / "model.pt").is_file()
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 only
+
+
+def same_report(a, b, path: str = "") -> None:
+    """Two parsed ``metrics.json`` reports agree: the same keys, lists and strings, numbers within 1e-9 relative
+    (NaN where the other has NaN). Raises ``AssertionError`` naming the first difference."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), f"{path}: keys {list(a)} vs {list(b)}"
+        for k in a:
+            same_report(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), f"{path}: {a!r} vs {b!r}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            same_report(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and not isinstance(b, (bool, str, type(None))):
+        assert (a != a and b != b) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12), f"{path}: {a!r} vs {b!r}"
+    else:
+        assert a == b, f"{path}: {a!r} vs {b!r}"
+
+
+def files_under(folder: Path) -> list[str]:
+    """The files below ``folder``, as sorted relative paths."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
 # ---- patient data: DICOM files whose patient tags carry distinctive values, and a search for them -------------

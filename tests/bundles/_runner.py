@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,13 +26,38 @@ def monai_bundle(*args: str, timeout: int = 600, env: dict | None = None) -> sub
     return proc
 
 
-def run_bundle(name: str, config: str, *overlays: Path, **overrides) -> subprocess.CompletedProcess:
-    b = bundle_dir(name)
-    files = [str(b / "configs" / config), *[str(o) for o in overlays]]
-    args = ["run", "--bundle_root", str(b), "--config_file", json.dumps(files)]
+# evaluation is an overlay merged after the training config; several processes add multi_gpu_evaluate.yaml
+EVALUATE = ("train.yaml", "evaluate.yaml")
+MULTI_GPU_EVALUATE = (*EVALUATE, "multi_gpu_evaluate.yaml")
+
+
+def config_files(name: str, config: str | Sequence[str], *overlays: Path) -> list[str]:
+    """The ``--config_file`` list: the bundle's ``config`` (one name or several, merged in order), then ``overlays``."""
+    names = [config] if isinstance(config, str) else list(config)
+    return [*(str(bundle_dir(name) / "configs" / c) for c in names), *(str(o) for o in overlays)]
+
+
+def run_bundle(name: str, config: str | Sequence[str], *overlays: Path, **overrides) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` of bundle ``name`` with ``config`` (e.g. ``"train.yaml"`` or :data:`EVALUATE`)
+    merged with ``overlays``, and ``--key value`` for each of ``overrides``."""
+    args = ["run", "--bundle_root", str(bundle_dir(name)), "--config_file",
+            json.dumps(config_files(name, config, *overlays))]
     for k, v in overrides.items():
         args += [f"--{k}", str(v)]
     return monai_bundle(*args)
+
+
+def torchrun_bundle(name: str, config: str | Sequence[str], *overlays: Path, nproc: int = 2,
+                    **overrides) -> subprocess.CompletedProcess:
+    """As :func:`run_bundle`, under ``torchrun --nproc_per_node=nproc`` (gloo on the CPU)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "monai.bundle", "run",
+           "--bundle_root", str(bundle_dir(name)), "--config_file", json.dumps(config_files(name, config, *overlays))]
+    for k, v in overrides.items():
+        cmd += [f"--{k}", str(v)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=quiet_env())
+    if proc.returncode != 0:
+        raise AssertionError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
 
 
 def quiet_env() -> dict:

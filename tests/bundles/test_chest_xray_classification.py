@@ -11,18 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from tests.bundles._contract import (
-    check_exports,
-    check_torchrun,
-    check_workflow_properties,
-    phi_leaks,
-    verify_metadata,
-    verify_net_in_out,
-    with_phi,
-)
-from tests.bundles._runner import REPO, SMOKE, bundle_dir, run_bundle
+from tests.bundles._contract import check_exports, check_torchrun, phi_leaks, same_report, with_phi
+from tests.bundles._runner import EVALUATE, REPO, SMOKE, bundle_dir, run_bundle
 
 NAME = "chest_xray_classification"
 B = bundle_dir(NAME)
@@ -51,32 +42,9 @@ def _cr_dicom(name: str) -> str:
     return str(path)
 
 
-def test_metadata_validates_against_the_shipped_schema():
-    meta = verify_metadata(B)
+def test_metadata_names_the_14_findings_in_output_order():
+    meta = json.loads((B / "configs" / "metadata.json").read_text())
     assert list(meta["network_data_format"]["outputs"]["pred"]["channel_def"].values()) == FINDINGS
-
-
-def test_network_in_and_out_shapes():
-    verify_net_in_out(B)
-
-
-@pytest.mark.parametrize("config, workflow", [("train.yaml", "train"), ("inference.yaml", "infer"),
-                                              ("evaluate.yaml", "infer")])
-def test_workflow_properties(config, workflow, cxr_demo, tmp_path):
-    check_workflow_properties(B, config, workflow, cxr_demo, tmp_path)
-
-
-def test_task_definition_is_identical_in_every_config():
-    """Labels, input and weights are defined once per bundle: the configs must not drift apart."""
-    keys = ("class_names", "in_channels", "normalization", "cam_layer", "model_meta", "network_def", "preprocessing",
-            "postprocessing", "device", "ckpt_dir", "lung_crop", "lung_model_path", "lung_margin")
-    cfg = {c: yaml.safe_load((B / "configs" / c).read_text()) for c in ("train.yaml", "evaluate.yaml", "inference.yaml")}
-    for k in keys:
-        assert cfg["train.yaml"][k] == cfg["evaluate.yaml"][k] == cfg["inference.yaml"][k], k
-    for k in ("batch_size", "image_size", "num_workers", "arch", "threshold"):  # same hyperparameter names everywhere
-        assert all(k in c for c in cfg.values()), k
-    smoke = yaml.safe_load(SMOKE.read_text())
-    assert set(smoke) <= set(cfg["train.yaml"])  # the smoke overlay's names all apply
 
 
 def test_train_writes_checkpoint_metadata_and_tensorboard(trained):
@@ -108,7 +76,7 @@ def test_evaluate_writes_metrics_tables_roc_cams_and_localisation(trained, cxr_d
     ckpt, _ = trained
     out = tmp_path / "eval"
     test_names = (cxr_demo / "test_list.txt").read_text().split()
-    run_bundle(NAME, "evaluate.yaml", SMOKE, dataset_dir=cxr_demo, ckpt_dir=ckpt, output_dir=out,
+    run_bundle(NAME, EVALUATE, SMOKE, dataset_dir=cxr_demo, ckpt_dir=ckpt, output_dir=out,
                cam_findings="['Cardiomegaly']")
     m = json.loads((out / "metrics.json").read_text())
     assert m["n"] == len(test_names)
@@ -243,7 +211,7 @@ def test_lung_crop_uses_the_lung_bundle_model(cxr_demo, tmp_path):
         run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=cxr_demo / "images_001", ckpt_dir=ckpt,
                    output_dir=tmp_path / "x")
     ev = tmp_path / "eval"
-    run_bundle(NAME, "evaluate.yaml", SMOKE, dataset_dir=cxr_demo, ckpt_dir=ckpt, output_dir=ev, **common)
+    run_bundle(NAME, EVALUATE, SMOKE, dataset_dir=cxr_demo, ckpt_dir=ckpt, output_dir=ev, **common)
     loc = json.loads((ev / "localization.json").read_text())
     assert loc["n_boxes"] > 0
     # boxes were mapped through the crop: inside the lungs' box, so mostly within the 32 px model frame
@@ -258,6 +226,42 @@ def test_lung_crop_uses_the_lung_bundle_model(cxr_demo, tmp_path):
     run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=ckpt, output_dir=inf, batch_size=4, **common)
     rows = list(csv.DictReader((inf / "predictions.csv").open()))
     assert len(rows) == 4 and sum(1 for r in rows if r["error"]) == 1
+
+
+def test_evaluation_keeps_the_training_split_and_names_the_overrides_it_needs(cxr_demo, tmp_path):
+    """Without the official list files the test part follows split_seed and val_fraction. A model trained with
+    --split_seed 3 --val_fraction 0.2 is evaluated with them on test patients none of which it trained or
+    validated on; without them (where the default split's test part holds its training patients) the evaluation
+    is refused, naming both overrides; the training run's datalist.json gives its test part with no override."""
+    from medplugin.data.chestxray14 import index_chestxray14
+
+    root = tmp_path / "nih"
+    shutil.copytree(cxr_demo, root)
+    for f in ("train_val_list.txt", "test_list.txt"):
+        (root / f).unlink()
+    ckpt, train = tmp_path / "models", tmp_path / "train"
+    split = {"split_seed": 3, "val_fraction": 0.2}
+    run_bundle(NAME, "train.yaml", SMOKE, dataset_dir=root, ckpt_dir=ckpt, output_dir=train, **split)
+    dl = json.loads((train / "datalist.json").read_text())
+    seen = {e["patient_id"] for s in ("training", "validation") for e in dl[s]}
+    assert {e["patient_id"] for e in index_chestxray14(root)["test"]} & seen  # the default split would reuse them
+
+    out = tmp_path / "eval"
+    run_bundle(NAME, EVALUATE, SMOKE, dataset_dir=root, ckpt_dir=ckpt, output_dir=out, **split)
+    tested = json.loads((out / "datalist.json").read_text())["test"]
+    assert tested == dl["test"] and not {e["patient_id"] for e in tested} & seen
+    assert json.loads((out / "metrics.json").read_text())["n"] == len(tested) > 0
+
+    with pytest.raises(AssertionError, match="trained on another patient split") as refused:
+        run_bundle(NAME, EVALUATE, SMOKE, dataset_dir=root, ckpt_dir=ckpt, output_dir=tmp_path / "refused")
+    assert "--split_seed 3" in str(refused.value) and "--val_fraction 0.2" in str(refused.value)
+    assert not (tmp_path / "refused").exists()
+
+    again = tmp_path / "eval_datalist"
+    run_bundle(NAME, EVALUATE, SMOKE, dataset_dir=root, datalist=train / "datalist.json", ckpt_dir=ckpt,
+               output_dir=again)
+    assert json.loads((again / "datalist.json").read_text())["test"] == dl["test"]
+    same_report(json.loads((again / "metrics.json").read_text()), json.loads((out / "metrics.json").read_text()))
 
 
 @pytest.mark.slow
@@ -277,7 +281,7 @@ def test_demo_training_learns_findings_and_cams_point_at_them(tmp_path):
     ckpt = tmp_path / "models"
     run_bundle(NAME, "train.yaml", DEMO, dataset_dir=root, ckpt_dir=ckpt, output_dir=tmp_path / "train", num_workers=0)
     out = tmp_path / "eval"
-    run_bundle(NAME, "evaluate.yaml", DEMO, dataset_dir=root, ckpt_dir=ckpt, output_dir=out, num_workers=0,
+    run_bundle(NAME, EVALUATE, DEMO, dataset_dir=root, ckpt_dir=ckpt, output_dir=out, num_workers=0,
                max_cam_images=4)
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_auroc_defined"] == 4

@@ -12,16 +12,9 @@ import pytest
 import torch
 import yaml
 
-from tests.bundles._contract import (
-    check_exports,
-    check_torchrun,
-    check_workflow_properties,
-    phi_leaks,
-    verify_metadata,
-    verify_net_in_out,
-    with_phi,
-)
-from tests.bundles._runner import REPO, SMOKE, bundle_dir, monai_bundle, run_bundle
+from tests.bundles._contract import check_exports, check_torchrun, files_under, phi_leaks, same_report, with_phi
+from tests.bundles._runner import (EVALUATE, MULTI_GPU_EVALUATE, REPO, SMOKE, bundle_dir, monai_bundle, run_bundle,
+                                   torchrun_bundle)
 
 NAME = "lung_xray_segmentation"
 B = bundle_dir(NAME)
@@ -46,36 +39,11 @@ def trained(lung_demo, tmp_path_factory):
     return ckpt, out
 
 
-def test_metadata_validates_against_the_shipped_schema():
-    verify_metadata(B)
-
-
-def test_network_in_and_out_shapes():
-    verify_net_in_out(B)
-
-
-@pytest.mark.parametrize("config, workflow", [("train.yaml", "train"), ("inference.yaml", "infer"),
-                                              ("evaluate.yaml", "infer")])
-def test_workflow_properties(config, workflow, lung_demo, tmp_path):
-    check_workflow_properties(B, config, workflow, lung_demo, tmp_path)
-
-
-def test_task_definition_is_identical_in_every_config():
-    """Labels, input and weights are defined once per bundle: the configs must not drift apart."""
-    keys = ("arch", "class_names", "in_channels", "normalization", "model_meta", "network_def", "preprocessing",
-            "postprocessing", "inferer", "device", "ckpt_dir")
-    cfg = {c: yaml.safe_load((B / "configs" / c).read_text()) for c in ("train.yaml", "evaluate.yaml", "inference.yaml")}
-    for k in keys:
-        assert cfg["train.yaml"][k] == cfg["evaluate.yaml"][k] == cfg["inference.yaml"][k], k
-    for k in ("batch_size", "image_size", "num_workers", "features", "num_res_units", "dropout", "norm"):
-        assert all(k in c for c in cfg.values()), k  # same hyperparameter names everywhere
-        assert cfg["train.yaml"][k] == cfg["evaluate.yaml"][k] == cfg["inference.yaml"][k], k
-    # the smoke overlay's keys all exist in every config (so it applies to this bundle)
-    smoke = yaml.safe_load(SMOKE.read_text())
-    assert set(smoke) <= set(cfg["train.yaml"])
-    # the metadata's input size is the configs' default
+def test_metadata_input_size_is_the_configs_default():
     meta = json.loads((B / "configs" / "metadata.json").read_text())
-    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [cfg["train.yaml"]["image_size"]] * 2
+    for config in ("train.yaml", "inference.yaml"):
+        size = yaml.safe_load((B / "configs" / config).read_text())["image_size"]
+        assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [size] * 2, config
 
 
 def test_train_writes_checkpoint_metadata_and_tensorboard(trained, lung_demo):
@@ -124,7 +92,7 @@ def test_segment_lungs_transform_loads_the_bundle_model(trained, lung_demo):
 def test_evaluate_writes_metrics_and_plot(trained, lung_demo, tmp_path):
     ckpt, out_train = trained
     out = tmp_path / "eval"
-    run_bundle(NAME, "evaluate.yaml", SMOKE, dataset_dir=lung_demo, ckpt_dir=ckpt, output_dir=out)
+    run_bundle(NAME, EVALUATE, SMOKE, dataset_dir=lung_demo, ckpt_dir=ckpt, output_dir=out)
     m = json.loads((out / "metrics.json").read_text())
     test_files = {e["image"] for e in json.loads((out_train / "datalist.json").read_text())["test"]}
     assert m["n"] == 2 and {r["file"] for r in m["per_image"]} == test_files
@@ -226,6 +194,21 @@ def test_patient_data_stays_out_of_inference_outputs(trained, tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo(lung_demo, tmp_path):
     check_torchrun(B, lung_demo, tmp_path)
+
+
+@pytest.mark.slow
+def test_torchrun_evaluation_gives_the_one_process_metrics(trained, lung_demo, tmp_path):
+    """multi_gpu_evaluate.yaml, two processes (gloo), one test image each: metrics.json (per-image rows in the
+    dataset's order) and dice.png as the one-process evaluation writes them."""
+    ckpt, out_train = trained
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_bundle(NAME, EVALUATE, SMOKE, dataset_dir=lung_demo, ckpt_dir=ckpt, output_dir=one)
+    torchrun_bundle(NAME, MULTI_GPU_EVALUATE, SMOKE, dataset_dir=lung_demo, ckpt_dir=ckpt, output_dir=two)
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    test_files = [e["image"] for e in json.loads((out_train / "datalist.json").read_text())["test"]]
+    assert [r["file"] for r in m2["per_image"]] == test_files and len(test_files) == 2
+    same_report(m2, m1)
+    assert files_under(two) == files_under(one) == ["datalist.json", "dice.png", "metrics.json"]
 
 
 @pytest.mark.slow

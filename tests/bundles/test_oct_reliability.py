@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from tests.bundles._contract import phi_leaks, with_phi
-from tests.bundles._runner import (REPO, SMOKE, bundle_dir, kill_after_first_checkpoint, quiet_env, run_bundle,
-                                   tb_scalars)
+from tests.bundles._runner import (EVALUATE, REPO, SMOKE, bundle_dir, kill_after_first_checkpoint, quiet_env,
+                                   run_bundle, tb_scalars)
 
 NAME = "retina_oct_classification"
 B = bundle_dir(NAME)
@@ -116,7 +116,7 @@ def test_runs_refuse_the_input_folder_and_an_earlier_runs_folder(oct_demo, tmp_p
     earlier.mkdir()
     (earlier / "metrics.json").write_text('{"accuracy": 0.97}')
     with pytest.raises(AssertionError, match=r"already holds the outputs of an earlier run \(metrics.json\)"):
-        run_bundle(NAME, "evaluate.yaml", SMOKE, dataset_dir=oct_demo, ckpt_dir=tmp_path / "models",
+        run_bundle(NAME, EVALUATE, SMOKE, dataset_dir=oct_demo, ckpt_dir=tmp_path / "models",
                    output_dir=earlier)
     assert (earlier / "metrics.json").read_text() == '{"accuracy": 0.97}'
 
@@ -147,7 +147,7 @@ def phi_runs(phi_dicoms, tmp_path_factory):
     out = tmp_path_factory.mktemp("phi_out")
     dl, ckpt = phi_dicoms / "datalist.json", out / "models"
     logs = [run_bundle(NAME, "train.yaml", SMOKE, datalist=dl, ckpt_dir=ckpt, output_dir=out / "train"),
-            run_bundle(NAME, "evaluate.yaml", SMOKE, datalist=dl, ckpt_dir=ckpt, output_dir=out / "evaluate"),
+            run_bundle(NAME, EVALUATE, SMOKE, datalist=dl, ckpt_dir=ckpt, output_dir=out / "evaluate"),
             run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=phi_dicoms / "dicom", ckpt_dir=ckpt,
                        output_dir=out / "inference")]
     return out, "\n".join(p.stdout + p.stderr for p in logs)

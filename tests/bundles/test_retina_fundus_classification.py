@@ -10,16 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from tests.bundles._contract import (
-    check_exports,
-    check_torchrun,
-    check_workflow_properties,
-    verify_metadata,
-    verify_net_in_out,
-)
-from tests.bundles._runner import REPO, SMOKE, bundle_dir, run_bundle
+from tests.bundles._contract import check_exports, check_torchrun
+from tests.bundles._runner import EVALUATE, REPO, SMOKE, bundle_dir, run_bundle
 
 NAME = "retina_fundus_classification"
 B = bundle_dir(NAME)
@@ -42,33 +35,6 @@ def _scalars(logdir: Path) -> tuple[set[str], set[str]]:
     acc = EventAccumulator(str(logdir), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     return set(acc.Tags()["scalars"]), set(acc.Tags()["images"])
-
-
-def test_metadata_validates_against_the_shipped_schema():
-    verify_metadata(B)
-
-
-def test_network_in_and_out_shapes():
-    verify_net_in_out(B)
-
-
-@pytest.mark.parametrize("config, workflow", [("train.yaml", "train"), ("inference.yaml", "infer"),
-                                              ("evaluate.yaml", "infer")])
-def test_workflow_properties(config, workflow, fundus_demo, tmp_path):
-    check_workflow_properties(B, config, workflow, fundus_demo, tmp_path)
-
-
-def test_task_definition_is_identical_in_every_config():
-    """Labels, input, preprocessing and weights are defined once per bundle: the configs must not drift apart."""
-    keys = ("class_names", "in_channels", "normalization", "cam_layer", "model_meta", "network_def",
-            "fundus_preprocessing", "normalize", "preprocessing", "postprocessing", "device", "ckpt_dir")
-    cfg = {c: yaml.safe_load((B / "configs" / c).read_text()) for c in ("train.yaml", "evaluate.yaml", "inference.yaml")}
-    for k in keys:
-        assert cfg["train.yaml"][k] == cfg["evaluate.yaml"][k] == cfg["inference.yaml"][k], k
-    for k in ("batch_size", "image_size", "num_workers", "arch", "task", "preprocessing_mode", "annotate"):
-        assert all(k in c for c in cfg.values()), k
-    # the smoke overlay's hyperparameter names all exist in the training config
-    assert set(yaml.safe_load(SMOKE.read_text())) <= set(cfg["train.yaml"])
 
 
 def test_train_writes_checkpoint_metadata_and_tensorboard(trained):
@@ -107,7 +73,7 @@ def test_grading_task_on_annotated_candidate_channels(fundus_demo, tmp_path):
 def test_evaluate_writes_metrics_plots_and_misclassified_cams(trained, fundus_demo, tmp_path):
     ckpt, _ = trained
     out = tmp_path / "eval"
-    run_bundle(NAME, "evaluate.yaml", SMOKE, dataset_dir=fundus_demo, ckpt_dir=ckpt, output_dir=out)
+    run_bundle(NAME, EVALUATE, SMOKE, dataset_dir=fundus_demo, ckpt_dir=ckpt, output_dir=out)
     m = json.loads((out / "metrics.json").read_text())
     assert m["n"] == 6 and m["task"] == "referable"
     labels = [int(r["level"]) >= 2 for r in csv.DictReader((fundus_demo / "testLabels.csv").open())]
@@ -204,7 +170,7 @@ def test_short_training_on_demo_data_reaches_referable_auc(tmp_path):
     run_bundle(NAME, "train.yaml", dataset_dir=root, ckpt_dir=ckpt, output_dir=tmp_path / "train", num_epochs=6,
                batch_size=16, learning_rate=1e-3, cache_rate=1.0, cam_images=1, **small)
     out = tmp_path / "eval"
-    run_bundle(NAME, "evaluate.yaml", dataset_dir=root, ckpt_dir=ckpt, output_dir=out, **small)
+    run_bundle(NAME, EVALUATE, dataset_dir=root, ckpt_dir=ckpt, output_dir=out, **small)
     m = json.loads((out / "metrics.json").read_text())
     assert m["n"] == 20 and 0 < m["referable_prevalence"] < 1
     assert m["auc"] >= 0.9, m

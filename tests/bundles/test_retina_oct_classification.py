@@ -10,16 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from tests.bundles._contract import (
-    check_exports,
-    check_torchrun,
-    check_workflow_properties,
-    verify_metadata,
-    verify_net_in_out,
-)
-from tests.bundles._runner import REPO, SMOKE, bundle_dir, run_bundle
+from tests.bundles._contract import check_exports, check_torchrun, files_under, same_report
+from tests.bundles._runner import EVALUATE, MULTI_GPU_EVALUATE, REPO, SMOKE, bundle_dir, run_bundle, torchrun_bundle
 
 NAME = "retina_oct_classification"
 B = bundle_dir(NAME)
@@ -32,31 +25,6 @@ def trained(oct_demo, tmp_path_factory):
     ckpt, out = tmp / "models", tmp / "train"
     run_bundle(NAME, "train.yaml", SMOKE, dataset_dir=oct_demo, ckpt_dir=ckpt, output_dir=out)
     return ckpt, out
-
-
-def test_metadata_validates_against_the_shipped_schema():
-    verify_metadata(B)
-
-
-def test_network_in_and_out_shapes():
-    verify_net_in_out(B)
-
-
-@pytest.mark.parametrize("config, workflow", [("train.yaml", "train"), ("inference.yaml", "infer"),
-                                              ("evaluate.yaml", "infer")])
-def test_workflow_properties(config, workflow, oct_demo, tmp_path):
-    check_workflow_properties(B, config, workflow, oct_demo, tmp_path)
-
-
-def test_task_definition_is_identical_in_every_config():
-    """Labels, input and weights are defined once per bundle: the configs must not drift apart."""
-    keys = ("class_names", "in_channels", "normalization", "cam_layer", "model_meta", "network_def", "preprocessing",
-            "postprocessing", "device", "ckpt_dir")
-    cfg = {c: yaml.safe_load((B / "configs" / c).read_text()) for c in ("train.yaml", "evaluate.yaml", "inference.yaml")}
-    for k in keys:
-        assert cfg["train.yaml"][k] == cfg["evaluate.yaml"][k] == cfg["inference.yaml"][k], k
-    for k in ("batch_size", "image_size", "num_workers", "arch"):  # same hyperparameter names everywhere
-        assert all(k in c for c in cfg.values()), k
 
 
 def test_train_writes_checkpoint_metadata_and_tensorboard(trained):
@@ -85,7 +53,7 @@ def test_train_writes_checkpoint_metadata_and_tensorboard(trained):
 def test_evaluate_writes_metrics_plots_and_misclassified_cams(trained, oct_demo, tmp_path):
     ckpt, _ = trained
     out = tmp_path / "eval"
-    run_bundle(NAME, "evaluate.yaml", SMOKE, dataset_dir=oct_demo, ckpt_dir=ckpt, output_dir=out)
+    run_bundle(NAME, EVALUATE, SMOKE, dataset_dir=oct_demo, ckpt_dir=ckpt, output_dir=out)
     m = json.loads((out / "metrics.json").read_text())
     assert m["n"] == 8
     assert set(m["per_class"]) == {"CNV", "DME", "DRUSEN", "NORMAL"}
@@ -146,6 +114,25 @@ def test_torchscript_and_onnx_exports_match_pytorch(trained, tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo(oct_demo, tmp_path):
     check_torchrun(B, oct_demo, tmp_path)
+
+
+@pytest.mark.slow
+def test_torchrun_evaluation_scores_every_image_once_as_one_process_does(trained, tmp_path):
+    """multi_gpu_evaluate.yaml, two processes (gloo): 7 test images split 4 + 3 over the ranks give the metrics.json,
+    the plots and the misclassified-image overlays of the one-process evaluation."""
+    ckpt, train = trained
+    dl = json.loads((train / "datalist.json").read_text())  # the training run's split, one test image fewer
+    dl["test"] = dl["test"][:7]
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps(dl))
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_bundle(NAME, EVALUATE, SMOKE, datalist=datalist, ckpt_dir=ckpt, output_dir=one)
+    torchrun_bundle(NAME, MULTI_GPU_EVALUATE, SMOKE, datalist=datalist, ckpt_dir=ckpt, output_dir=two)
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    assert m1["n"] == 7 and np.asarray(m2["confusion_matrix"]).sum() == 7
+    same_report(m2, m1)
+    assert files_under(two) == files_under(one)
+    assert len(files_under(two / "misclassified_gradcam")) == len(m1["misclassified"])
 
 
 @pytest.mark.slow
