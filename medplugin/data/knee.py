@@ -176,7 +176,9 @@ def index_mrnet(
     out["test"] = parts["valid"]
     assert_disjoint_patients(out)
     logger.info(
-        "MRNet %s/%s: %s", task, plane, ", ".join(f"{k}={len(v)}" for k, v in out.items())
+        "MRNet %s/%s: %s; split by exam: MRNet's 1,130 training exams come from 1,088 patients and no patient ids "
+        "are published, so a patient may have exams in both training and validation", task, plane,
+        ", ".join(f"{k}={len(v)}" for k, v in out.items()),
     )
     return out
 

@@ -68,7 +68,7 @@ def test_task_definition_is_identical_in_every_config():
     for k in ("image_size", "patch_slices", "arch", "features", "num_res_units", "dropout", "intensity_percentiles"):
         assert cfg["train.yaml"][k] == cfg["evaluate.yaml"][k] == cfg["inference.yaml"][k], k
     # the smoke overlay's keys are hyperparameters of this bundle
-    smoke = yaml.safe_load(SMOKE.read_text())
+    smoke = set(yaml.safe_load(SMOKE.read_text())) - {"pretrained"}  # classification bundles' starting weights
     assert set(smoke) <= set(cfg["train.yaml"]), set(smoke) - set(cfg["train.yaml"])
 
 
