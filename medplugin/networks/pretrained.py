@@ -304,7 +304,10 @@ def _read_legacy(path: str, modules: frozenset[str]):
     return obj
 
 
-def _module_tensors(obj: _PickledModule, prefix: str, out: dict[str, torch.Tensor]) -> None:
+def _module_tensors(obj: _PickledModule, prefix: str, out: dict[str, torch.Tensor], seen: set[int]) -> None:
+    if id(obj) in seen:  # a module listed inside itself: not a model torch could have saved
+        raise pickle.UnpicklingError("a module contains itself")
+    seen.add(id(obj))
     state = obj.state
     skip = state.get("_non_persistent_buffers_set") or set()
     for k, v in (state.get("_parameters") or {}).items():
@@ -315,7 +318,7 @@ def _module_tensors(obj: _PickledModule, prefix: str, out: dict[str, torch.Tenso
             out[prefix + k] = v
     for k, v in (state.get("_modules") or {}).items():
         if isinstance(v, _PickledModule):
-            _module_tensors(v, f"{prefix}{k}.", out)
+            _module_tensors(v, f"{prefix}{k}.", out, seen)
 
 
 def read_pickled_module(path: str | os.PathLike, module_classes: Iterable[str]) -> dict[str, torch.Tensor]:
@@ -360,14 +363,18 @@ def read_pickled_module(path: str | os.PathLike, module_classes: Iterable[str]) 
                       str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise BadInputError(path, f"refused to load: the file holds more than the allowed model classes "
                                   f"({reason.strip()})") from e
-    except (RuntimeError, EOFError, OSError, ValueError, struct.error, KeyError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, struct.error, KeyError, TypeError, AttributeError,
+            IndexError) as e:
         raise BadInputError(path, f"not a readable PyTorch file ({type(e).__name__}: {e})") from e
     if isinstance(obj, Mapping):
         return read_state_dict(path)
     if not isinstance(obj, _PickledModule):
         raise BadInputError(path, f"holds no pickled model (found {type(obj).__name__})")
     state: dict[str, torch.Tensor] = {}
-    _module_tensors(obj, "", state)
+    try:
+        _module_tensors(obj, "", state, set())
+    except pickle.UnpicklingError as e:
+        raise BadInputError(path, f"not a readable pickled model ({e})") from e
     if not state:
         raise BadInputError(path, "the pickled model holds no tensors")
     return state

@@ -109,9 +109,15 @@ def export_labelled_model(source: str, bundle: str | os.PathLike, out: str | os.
     return meta
 
 
+def _size(w) -> str:
+    # torchvision's enums give the size (MiB); torchxrayvision's registry does not: the cached file's then
+    size = w.size_mb if w.size_mb else (w.path.stat().st_size / 2**20 if w.cached else None)
+    return f"{size:.1f} MB" if size else "-"
+
+
 def _cmd_list(args) -> int:
-    rows = [(w.fetch_name, w.arch, w.path.name, f"{w.size_mb:.1f} MB" if w.size_mb else "-",
-             "cached" if w.cached else "not cached", str(w.path.parent)) for w in known_weights()]
+    rows = [(w.fetch_name, w.arch, w.path.name, _size(w), "cached" if w.cached else "not cached",
+             str(w.path.parent)) for w in known_weights()]
     head = ("weights", "arch", "file", "size", "state", "folder")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     for r in [head, *rows]:

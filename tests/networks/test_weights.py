@@ -373,6 +373,7 @@ def test_weights_list_and_fetch_work_offline_on_cached_files(tv_home, xrv_home, 
         assert " cached " in rows[arch] and "not cached" not in rows[arch]
     assert "not cached" in rows["vgg16"] and "527.8 MB" in rows["vgg16"]
     assert "not cached" not in rows[NIH] and "not cached" in rows["torchxrayvision:densenet121-res224-all"]
+    assert " MB " in rows[NIH]  # the cached file's size
     assert cli(["weights", "fetch", "resnet50", NIH]) == 0
     assert "already cached" in capsys.readouterr().out
     assert cli(["weights", "fetch", "vgg16"]) == 2
