@@ -350,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     me = sub.add_parser("monailabel-env", help="create (or reuse) the MONAI Label virtual environment")
     me.add_argument("--env", default=None, help=ENV_HELP)
     me.set_defaults(func=cmd_monailabel_env)
+
+    from medplugin.networks.weights_cli import add_weights_parser  # weights list | fetch | export
+
+    add_weights_parser(sub)
     return p
 
 

@@ -168,6 +168,7 @@ class DatasetIndexer(ABC):
     zero_test: ClassVar[bool] = True
     may_have_test_part: ClassVar[bool] = False
     test_overlap: ClassVar[str] = "exclude"
+    split_note: ClassVar[str] = ""  # a caveat of the layout's patient split, added to the split's log line
     datalist_keys: ClassVar[tuple[str, ...]] = ("image", "label")
     datalist_sections: ClassVar[tuple[str, ...]] = SECTIONS
 
@@ -239,7 +240,8 @@ class DatasetIndexer(ABC):
         datalist = self.split(found)
         if self.test_overlap != "keep":
             assert_disjoint_patients(datalist)
-        self.logger.info("%s: %s", self.name, "; ".join(f"{k} {self._describe(v)}" for k, v in datalist.items()))
+        self.logger.info("%s: %s%s", self.name, "; ".join(f"{k} {self._describe(v)}" for k, v in datalist.items()),
+                         f"; {self.split_note}" if self.split_note else "")
         return datalist
 
     def load(self, datalist: str | os.PathLike | None = None) -> dict[str, list[dict]]:

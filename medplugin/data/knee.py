@@ -91,8 +91,9 @@ class MRNetIndexer(DatasetIndexer):
     ``coronal``, ``axial``) and ``train-<task>.csv`` / ``valid-<task>.csv`` without header, rows ``id,label``
     (tasks ``acl``, ``abnormal``, ``meniscus``; labels 0/1). MRNet's public ``valid/`` set is our ``test``
     part (its real test set is not released); ``validation`` is carved from ``train/`` with a patient-level,
-    label-stratified split. In MRNet each exam is one patient, so the zero-padded exam id is the
-    ``patient_id``; an exam in both ``train/`` and ``valid/`` is an error naming the ``valid-`` CSV. Read the
+    label-stratified split. MRNet publishes no patient ids (its 1,130 training exams come from 1,088 patients),
+    so the zero-padded exam id stands in for the ``patient_id``: the few patients with two exams may have one in
+    training and one in validation (the split's log line says so); an exam in both ``train/`` and ``valid/`` is an error naming the ``valid-`` CSV. Read the
     volumes with :func:`medplugin.io.mrnet.read_mrnet_volume`.
 
     Args:
@@ -109,6 +110,8 @@ class MRNetIndexer(DatasetIndexer):
     name = "MRNet"
     fail_fast = True
     test_overlap = "error"
+    split_note = ("split by exam: MRNet's 1,130 training exams come from 1,088 patients and no patient ids are "
+                  "published, so a patient may have exams in both training and validation")
 
     def __init__(self, root: str | os.PathLike | None, task: str = "acl", plane: str = "sagittal",
                  val_fraction: float = 0.2, seed: int = 0, on_bad_input: str = "fail") -> None:

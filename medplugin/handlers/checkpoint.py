@@ -32,8 +32,8 @@ class BestModelSaver:
     """Save the network's state dict to ``ckpt_dir/model.pt`` whenever the key metric improves (or equals the best).
 
     Written atomically (temporary file, then rename), by rank 0 only, with ``model.json`` beside it that
-    records what the weights need (architecture, input size, channels, class names, normalisation) and the
-    metric that chose them. A ``model.pt`` that existed before this run is kept as
+    records what the weights need (architecture, input size, channels, class names, normalisation), where the
+    training started from (the network's ``pretrained_source``, when it has one) and the metric that chose them. A ``model.pt`` that existed before this run is kept as
     ``model.<its modification time>.pt``, never overwritten.
 
     Args:
@@ -106,7 +106,10 @@ class BestModelSaver:
             self._keep_previous()
         state = {k: v.detach().cpu() for k, v in _unwrap(self.network).state_dict().items()}
         atomic_write(self.path, lambda tmp: torch.save(state, tmp))
-        write_json(self.path.with_suffix(".json"), {**self.model_meta, self.key_metric: None if undefined else value,
+        # where the training started from (``pretrained_source`` of medplugin's network builders)
+        start = getattr(_unwrap(self.network), "pretrained_source", None)
+        write_json(self.path.with_suffix(".json"), {**self.model_meta, **({"pretrained": start} if start else {}),
+                                                   self.key_metric: None if undefined else value,
                                                    "saved": datetime.datetime.now().isoformat(timespec="seconds")})
         logger.info("saved %s (%s = %.4f)", self.path, self.key_metric, value)
 

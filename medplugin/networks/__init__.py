@@ -1,4 +1,4 @@
-"""Task networks and their registry (architecture, input size, normalisation, CAM layer, weights)."""
+"""Task networks and their registries (architecture, input size, normalisation, CAM layer, starting weights)."""
 
 from medplugin.networks.classifiers import (
     ARCHS,
@@ -17,6 +17,13 @@ from medplugin.networks.knee import SVMHead, fit_svm_head, knee_cam_layer, knee_
 from medplugin.networks.mrnet import MRNet, resnet3d18
 from medplugin.networks.segmentation import lung_unet, lung_unet_from_meta
 from medplugin.networks.unet3d import knee_unet3d, unet3d_from_meta
+from medplugin.networks.weights import (
+    TORCHVISION_WEIGHTS,
+    XRV_WEIGHTS,
+    WeightsUnavailableError,
+    known_weights,
+    resolve_pretrained,
+)
 
 __all__ = [
     "OnnxRuntimeNetwork",
@@ -43,4 +50,9 @@ __all__ = [
     "load_matching",
     "read_state_dict",
     "unet3d_from_meta",
+    "TORCHVISION_WEIGHTS",
+    "XRV_WEIGHTS",
+    "WeightsUnavailableError",
+    "known_weights",
+    "resolve_pretrained",
 ]

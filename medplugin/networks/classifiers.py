@@ -1,14 +1,17 @@
 """2D image classifiers with their input conventions kept in one registry.
 
 Each architecture's entry keeps together what must never drift apart (as torchxrayvision does): how to
-build it, the layer Grad-CAM hooks, the intensity normalisation its ImageNet weights expect, and how
-torchvision-layout weight names map onto it.
+build it, the layer Grad-CAM hooks, the intensity normalisation its published weights expect, and how
+torchvision-layout weight names map onto it. Starting weights (``pretrained``) come from
+:mod:`medplugin.networks.weights`.
 """
 
 
 import logging
+import os
 import re
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +19,16 @@ from monai.networks.nets import DenseNet121, EfficientNetBN, ResNet, SEResNet50
 from monai.utils import optional_import
 from torch import nn
 
-from medplugin.networks.pretrained import load_matching, read_state_dict
+from medplugin.errors import BadInputError
+from medplugin.networks.pretrained import load_matching
+from medplugin.networks.weights import (
+    XRV_PREFIX,
+    XRV_WEIGHTS,
+    copy_labelled_head,
+    recorded_normalization,
+    refuse_frozen_from_scratch,
+    resolve_pretrained,
+)
 
 __all__ = [
     "ArchSpec",
@@ -37,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)  # torchvision's Inception-v3 weights (Google's) expect inputs in [-1, 1]
+INCEPTION_STD = (0.5, 0.5, 0.5)
 
 
 class _FreezableMixin:
@@ -108,21 +122,26 @@ class DenseNetClassifier(_FreezableMixin, DenseNet121):
 
 
 class InceptionV3Transfer(_FreezableMixin, nn.Module):
-    """torchvision Inception-v3 base with a new global pooling + dense head (Kermany et al., Cell 2018).
+    """torchvision Inception-v3 base with the Cell paper's head (Kermany et al., Cell 2018).
 
-    The Cell paper's transfer learning: ImageNet Inception-v3 convolutional layers kept frozen, a new
-    classification head trained on OCT. Input 299x299.
+    The Cell paper's transfer learning: the ImageNet Inception-v3 convolutional layers kept frozen, then
+    global average pooling, a 64-unit ReLU layer and a ``num_classes``-way output (softmax in the loss). Input
+    299x299 with intensities in [-1, 1], what torchvision's Inception weights expect: torchvision's
+    ``transform_input=True`` turns ImageNet-normalised input into exactly that; here the input is normalised
+    so once (mean 0.5, std 0.5 on the [0, 1] scale, :func:`input_normalization`) and ``transform_input`` is off.
 
     Args:
         in_channels: input channels (the stem is adapted for grayscale).
         num_classes: output logits.
         freeze_backbone: keep the Inception base frozen (the paper's setting; default True).
-        dropout: dropout before the dense layer.
+        dropout: dropout between the 64-unit layer and the output.
+        hidden: units of the ReLU layer (64 in the paper).
     """
 
     head_prefixes = ("head.",)
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 2, freeze_backbone: bool = True, dropout: float = 0.5):
+    def __init__(self, in_channels: int = 1, num_classes: int = 2, freeze_backbone: bool = True, dropout: float = 0.5,
+                 hidden: int = 64):
         super().__init__()
         models, has_tv = optional_import("torchvision.models")
         if not has_tv:
@@ -136,7 +155,8 @@ class InceptionV3Transfer(_FreezableMixin, nn.Module):
         net.dropout = nn.Identity()
         self.base = net
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(2048, num_classes)
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2048, int(hidden)), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(int(hidden), num_classes),
         )
         self.freeze_backbone = freeze_backbone
         self._apply_freeze()
@@ -172,8 +192,8 @@ class SEResNetClassifier(_FreezableMixin, SEResNet50):
 
 class EfficientNetClassifier(_FreezableMixin, EfficientNetBN):
     """MONAI EfficientNet (B0 by default) for 2D classification (Tan and Le, "EfficientNet: Rethinking Model
-    Scaling for Convolutional Neural Networks", ICML 2019). Never downloads: ``pretrained_path`` of
-    :func:`classifier` loads a local file in the ``efficientnet_pytorch`` layout MONAI uses.
+    Scaling for Convolutional Neural Networks", ICML 2019). torchvision publishes no weights in this layout:
+    ``pretrained`` of :func:`classifier` takes a local file in the ``efficientnet_pytorch`` layout MONAI uses.
 
     Args:
         in_channels: input channels.
@@ -203,6 +223,7 @@ _DENSE = re.compile(r"^(features\.denseblock\d+\.denselayer\d+)\.((?:norm|relu|c
 
 
 def _densenet_key(k: str) -> str | None:
+    # current torchvision (and torchxrayvision) names -> MONAI's DenseNet; old names are mapped before this
     if k.startswith("classifier."):
         return None
     m = _DENSE.match(k)
@@ -219,13 +240,16 @@ def _head_free(k: str) -> str | None:
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """What belongs to one architecture: builder, default input size, Grad-CAM layer, weight-name mapping."""
+    """What belongs to one architecture: builder, default input size, Grad-CAM layer, weight-name mapping and
+    the per-channel mean/std (0..1 scale) its published RGB weights expect."""
 
     build: Callable[..., nn.Module]
     image_size: int
     cam_layer: str
     key_map: Callable[[str], str | None]
     first_conv: str
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
 
 
 ARCHS: dict[str, ArchSpec] = {
@@ -233,7 +257,7 @@ ARCHS: dict[str, ArchSpec] = {
     "resnet50": ArchSpec(lambda **kw: ResNetClassifier(depth=50, **kw), 224, "layer4", _head_free, "conv1.weight"),
     "densenet121": ArchSpec(DenseNetClassifier, 224, "class_layers.relu", _densenet_key, "features.conv0.weight"),
     "inception_v3": ArchSpec(InceptionV3Transfer, 299, "base.Mixed_7c", _inception_key,
-                             "base.Conv2d_1a_3x3.conv.weight"),
+                             "base.Conv2d_1a_3x3.conv.weight", INCEPTION_MEAN, INCEPTION_STD),
     # stem conv+BN+ReLU+max-pool = layer0; the CAM layer is the last stage as for ResNet
     "seresnet50": ArchSpec(SEResNetClassifier, 224, "layer4", _drop_prefixes("last_linear."), "layer0.conv1.weight"),
     # `_swish` is shared by stem and head, so Grad-CAM hooks the head's batch norm
@@ -251,55 +275,107 @@ def classifier(
     arch: str = "resnet50",
     in_channels: int = 1,
     num_classes: int = 2,
-    pretrained_path: str | None = None,
+    pretrained: str | os.PathLike | None = None,
     freeze_backbone: bool | None = None,
+    class_names: Sequence[str] | None = None,
+    pretrained_path: str | os.PathLike | None = None,
 ) -> nn.Module:
-    """Build a 2D classifier from the registry, optionally initialised from torchvision ImageNet weights.
+    """Build a 2D classifier from the registry, optionally starting from published weights.
 
     Args:
         arch: one of ``ARCHS`` (``resnet50``, ``resnet18``, ``densenet121``, ``inception_v3``, ``seresnet50``,
             ``efficientnet_b0``).
-        in_channels: 1 for grayscale, 3 for RGB; first-layer ImageNet kernels are adapted.
+        in_channels: 1 for grayscale, 3 for RGB; first-layer kernels are adapted (summed for grayscale).
         num_classes: number of output logits.
-        pretrained_path: a local torchvision-layout state dict (e.g. ``resnet50-11ad3fa6.pth``); its
-            classification layer is ignored. Nothing is downloaded.
+        pretrained: the starting weights (:func:`medplugin.networks.weights.resolve_pretrained`):
+            ``"imagenet"`` (torchvision's, through torch's cache), ``"torchxrayvision:<name>"`` (DenseNet-121
+            trained on chest X-rays; its outputs are mapped onto ``class_names``), ``"none"`` (random, training
+            from scratch; refused with a frozen backbone), a local state dict in the architecture's layout (its
+            classification layer is ignored), or ``None`` (random, no checks: for networks whose trained
+            weights are loaded afterwards, as in evaluation and inference).
         freeze_backbone: train only the new head. ``None`` takes the architecture's default (frozen for
             ``inception_v3`` as in the Cell paper, fine-tuned otherwise).
+        class_names: the outputs' names, needed to map a labelled starting point's outputs onto them.
+        pretrained_path: deprecated name of ``pretrained`` for a local file.
 
     Returns:
-        the network, in training mode.
+        the network, in training mode; ``network.pretrained_source`` records where its weights came from
+        (``medplugin.handlers.BestModelSaver`` writes it to ``model.json``).
+
+    Raises:
+        ValueError: unknown ``arch``, ``pretrained: none`` with a frozen backbone, or weights that do not fit.
+        WeightsUnavailableError: a published file neither cached nor downloadable here.
     """
     spec = _spec(arch)
+    if pretrained_path is not None:
+        if pretrained is not None:
+            raise ValueError(f"give pretrained or its old name pretrained_path, not both (got {pretrained!r} and "
+                             f"{pretrained_path!r}).")
+        warnings.warn("pretrained_path is deprecated: use pretrained (imagenet | none | torchxrayvision:<name> | "
+                      "a file)", DeprecationWarning, stacklevel=2)
+        pretrained = pretrained_path
+    if class_names is not None and len(class_names) != int(num_classes):
+        raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}.")
     kwargs = {"in_channels": int(in_channels), "num_classes": int(num_classes)}
     if freeze_backbone is not None:
         kwargs["freeze_backbone"] = bool(freeze_backbone)
     net = spec.build(**kwargs)
-    if pretrained_path:
-        state = read_state_dict(pretrained_path)
-        report = load_matching(net, state, key_map=spec.key_map, first_conv=spec.first_conv,
-                               skip_prefixes=net.head_prefixes)
+    mode = ("arch inception_v3 (its Inception base is frozen by default, as in the Cell paper; --freeze_backbone "
+            "false trains it whole)" if arch == "inception_v3" and freeze_backbone is None else "freeze_backbone true")
+    refuse_frozen_from_scratch(pretrained, net.freeze_backbone, mode)
+    start = resolve_pretrained(pretrained, arch)
+    if start is not None:
+        source = start.record["file"]
+        try:
+            report = load_matching(net, start.state, key_map=spec.key_map, first_conv=spec.first_conv,
+                                   skip_prefixes=net.head_prefixes)
+        except ValueError as e:
+            raise BadInputError(source, f"not {arch} weights: {e}") from e
         backbone_missing = [k for k in report["missing"] if not k.startswith(net.head_prefixes)]
         if backbone_missing:
-            raise ValueError(
-                f"{pretrained_path}: {len(backbone_missing)} backbone tensors of {arch} found no match in the file "
-                f"(e.g. {backbone_missing[:3]}): is it a torchvision {arch} state dict?"
-            )
+            raise BadInputError(
+                source, f"{len(backbone_missing)} backbone tensors of {arch} found no match in the file "
+                        f"(e.g. {backbone_missing[:3]}): is it a torchvision {arch} state dict?")
+        if start.labels is not None:
+            if class_names is None:
+                raise ValueError(f"pretrained={pretrained!r} has labelled outputs: give class_names to map them.")
+            fresh = copy_labelled_head(net, start, class_names, "classifier.", "class_layers.out.")
+            start.record["fresh_classes"] = fresh
+    if pretrained is not None:
+        net.pretrained_source = start.record if start is not None else {"pretrained": "none"}
+        if start is None:
+            logger.info("%s starts from random weights (pretrained: none)", arch)
     return net
 
 
-def input_normalization(arch: str, in_channels: int = 1) -> tuple[list[float], list[float]]:
-    """The ImageNet mean and std (0..1 scale) for ``in_channels`` inputs; grayscale uses the channel means.
+def input_normalization(arch: str, in_channels: int = 1, pretrained: str | os.PathLike | None = None,
+                        model_dir: str | os.PathLike | None = None) -> tuple[list[float], list[float]]:
+    """The mean and std (0..1 scale) of ``in_channels`` inputs for ``arch`` and its weights.
 
-    Applied to every image whether or not ImageNet weights are loaded, so a model is never trained under
-    one normalisation and run under another.
+    Training (``pretrained`` given): the convention of the starting weights: torchxrayvision's [-1024, 1024]
+    range for ``torchxrayvision:<name>``, else the architecture's (ImageNet's mean/std; [-1, 1] for
+    ``inception_v3``), also with ``none``, so a model is never trained under one normalisation and run under
+    another. Evaluation and inference (``pretrained`` ``None``): the ``normalization`` recorded beside the
+    trained weights in ``model_dir/model.json`` when there is one, else the architecture's.
+    Grayscale uses the channel means; channels after the first three (extra maps already in [0, 1], e.g.
+    fundus lesion-candidate channels) get mean 0, std 1.
     """
-    _spec(arch)
+    spec = _spec(arch)
+    if pretrained is None:
+        recorded = recorded_normalization(model_dir)
+        if recorded is not None:
+            return recorded
+    elif str(pretrained).startswith(XRV_PREFIX):
+        name = str(pretrained)[len(XRV_PREFIX):]
+        if name not in XRV_WEIGHTS:
+            raise ValueError(f"unknown torchxrayvision weights {name!r}: choose one of {sorted(XRV_WEIGHTS)}.")
+        return XRV_WEIGHTS[name].normalization(in_channels)
     if in_channels == 1:
-        return [sum(IMAGENET_MEAN) / 3], [sum(IMAGENET_STD) / 3]
+        return [sum(spec.mean) / 3], [sum(spec.std) / 3]
     if in_channels == 3:
-        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+        return list(spec.mean), list(spec.std)
     if in_channels > 3:  # RGB then extra maps already in [0, 1] (e.g. fundus lesion-candidate channels)
-        return list(IMAGENET_MEAN) + [0.0] * (in_channels - 3), list(IMAGENET_STD) + [1.0] * (in_channels - 3)
+        return list(spec.mean) + [0.0] * (in_channels - 3), list(spec.std) + [1.0] * (in_channels - 3)
     raise ValueError(f"in_channels must be 1 or 3 (or more: RGB plus extra maps) for ImageNet normalisation, got {in_channels!r}.")
 
 

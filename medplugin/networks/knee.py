@@ -3,9 +3,11 @@
 The transfer modes are the three compared for knee MRI by the MRNet line of work (Bien et al. 2018, PLOS
 Medicine; and its follow-ups comparing ImageNet fine-tuning, training from scratch and frozen-feature SVMs):
 
-- ``fine_tune``: start from local ImageNet weights (``pretrained_path``) and train the whole network;
-- ``scratch``: random initialisation, train the whole network (``pretrained_path`` is ignored);
-- ``feature_extraction``: the backbone is frozen and its pooled features go to a scikit-learn ``SVC``
+- ``fine_tune``: start from ``pretrained`` weights (ImageNet by default in the bundle) and train the whole
+  network;
+- ``scratch``: random initialisation, train the whole network (``pretrained`` is ignored);
+- ``feature_extraction``: the backbone is frozen (so it needs published weights: ``pretrained: none`` is
+  refused) and its pooled features go to a scikit-learn ``SVC``
   (Cortes and Vapnik 1995) fitted by :func:`fit_svm_head`. The fitted SVC is copied into :class:`SVMHead`,
   a plain torch module whose buffers (standardisation, support vectors, dual coefficients, intercepts,
   kernel) are part of the network's state dict, so it is saved in ``model.pt`` with the rest of the network,
@@ -18,12 +20,14 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
 from medplugin.networks.mrnet import MRNET_BACKBONES, MRNet, resnet3d18
+from medplugin.networks.weights import refuse_frozen_from_scratch
 
 __all__ = [
     "KNEE_ARCHS",
@@ -123,9 +127,10 @@ def knee_classifier(
     backbone: str = "resnet18",
     num_classes: int = 2,
     transfer: str = "fine_tune",
-    pretrained_path: str | os.PathLike | None = None,
+    pretrained: str | os.PathLike | None = None,
     dropout: float = 0.0,
     slice_channels: str = "repeat",
+    pretrained_path: str | os.PathLike | None = None,
 ) -> nn.Module:
     """Build the knee MRI classifier for ``(B, 1, slices, H, W)`` volumes.
 
@@ -140,14 +145,19 @@ def knee_classifier(
         backbone: MRNet's 2D backbone: ``"alexnet"``, ``"resnet18"``, ``"densenet121"`` or ``"vgg16"``.
         num_classes: number of classes (4 ACL conditions, or 2 for healthy/unhealthy).
         transfer: ``"fine_tune"``, ``"scratch"`` or ``"feature_extraction"``.
-        pretrained_path: local ImageNet (torchvision layout; MONAI layout for the 3D net) weights; nothing is
-            downloaded. Ignored with ``transfer="scratch"``.
+        pretrained: starting weights of the backbone: ``"imagenet"`` (torchvision's, MRNet backbones only),
+            ``"none"`` (random; refused with ``feature_extraction``), a local file (torchvision layout; MONAI's
+            ResNet layout for the 3D net), or ``None`` (random, for networks whose trained weights are loaded
+            afterwards). Ignored with ``transfer="scratch"``.
         dropout: dropout before MRNet's linear head.
         slice_channels: MRNet's ``"repeat"`` (gray to 3 channels) or ``"adapt"`` (one-channel first conv).
+        pretrained_path: deprecated name of ``pretrained`` for a local file.
 
     Raises:
-        ValueError: unknown ``arch``, ``backbone`` or ``transfer``, or ``num_classes < 2``.
-        BadInputError: unreadable or mismatched ``pretrained_path``.
+        ValueError: unknown ``arch``, ``backbone`` or ``transfer``, ``num_classes < 2``, or
+            ``pretrained: none`` with ``feature_extraction``.
+        BadInputError: unreadable or mismatched ``pretrained`` weights (``WeightsUnavailableError`` for a
+            published file neither cached nor downloadable here).
     """
     if arch not in KNEE_ARCHS:
         raise ValueError(f"arch must be one of {KNEE_ARCHS}, got {arch!r}.")
@@ -157,20 +167,28 @@ def knee_classifier(
         raise ValueError(f"backbone must be one of {MRNET_BACKBONES}, got {backbone!r}.")
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes!r}.")
-    path = pretrained_path
-    if transfer == "scratch" and path is not None:
-        logger.info("transfer='scratch': pretrained_path %s is not used", path)
-        path = None
-    elif path is None and transfer != "scratch":
-        logger.info("transfer=%r without pretrained_path: the backbone starts from random weights", transfer)
+    if pretrained_path is not None:
+        if pretrained is not None:
+            raise ValueError(f"give pretrained or its old name pretrained_path, not both (got {pretrained!r} and "
+                             f"{pretrained_path!r}).")
+        warnings.warn("pretrained_path is deprecated: use pretrained (imagenet | none | a file)", DeprecationWarning,
+                      stacklevel=2)
+        pretrained = pretrained_path
     frozen = transfer == "feature_extraction"
+    refuse_frozen_from_scratch(pretrained, frozen, "transfer feature_extraction (an SVC on frozen backbone features)")
+    start = pretrained
+    if transfer == "scratch" and pretrained is not None:
+        if str(pretrained).lower() != "none":
+            logger.info("transfer='scratch': pretrained %s is not used; the network starts from random weights",
+                        pretrained)
+        start = "none"
     if arch == "mrnet":
-        net = MRNet(backbone, num_classes, pretrained_path=path, freeze_backbone=frozen,
+        net = MRNet(backbone, num_classes, pretrained=start, freeze_backbone=frozen,
                     slice_channels=slice_channels, dropout=dropout)
         if frozen:
             net.head = SVMHead(net.num_features, num_classes)
         return net
-    net = resnet3d18(1, num_classes, pretrained_path=path, conv1_t_size=(3, 7, 7), conv1_t_stride=(1, 2, 2))
+    net = resnet3d18(1, num_classes, pretrained=start, conv1_t_size=(3, 7, 7), conv1_t_stride=(1, 2, 2))
     if frozen:
         for p in net.parameters():
             p.requires_grad_(False)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -16,18 +15,14 @@ from monai.utils import optional_import
 from torch import nn
 
 from medplugin.errors import BadInputError
-from medplugin.networks.pretrained import load_matching, read_state_dict
+from medplugin.networks.pretrained import load_matching
+from medplugin.networks.weights import StartingWeights, refuse_frozen_from_scratch, resolve_pretrained
 
 __all__ = ["MRNet", "MRNET_BACKBONES", "resnet3d18"]
 
 logger = logging.getLogger(__name__)
 
 MRNET_BACKBONES = ("alexnet", "resnet18", "densenet121", "vgg16")
-
-# torchvision's DenseNet files from the model zoo name some layers "norm.1" instead of "norm1"
-_DENSENET_OLD_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
-)
 
 
 def _torchvision_models():
@@ -41,7 +36,8 @@ def _build_backbone(name: str) -> tuple[nn.Module, int, str, str, Callable[[str]
     """Return ``(features, num_features, cam_layer, first_conv, key_map)`` for a torchvision backbone.
 
     ``cam_layer`` and ``first_conv`` are names inside :class:`MRNet` (prefixed ``backbone.``); ``key_map`` turns
-    a torchvision state-dict key into the MRNet key, or ``None`` for keys MRNet does not use (classifiers).
+    a (current) torchvision state-dict key into the MRNet key, or ``None`` for keys MRNet does not use
+    (classifiers); old DenseNet key names are brought to the current ones first, by ``load_matching``.
     """
     models = _torchvision_models()
     if name in ("alexnet", "vgg16"):
@@ -76,10 +72,7 @@ def _build_backbone(name: str) -> tuple[nn.Module, int, str, str, Callable[[str]
         features = nn.Sequential(OrderedDict(features=net.features, relu=nn.ReLU(inplace=False)))
 
         def key_map(k: str) -> str | None:
-            if not k.startswith("features."):
-                return None
-            m = _DENSENET_OLD_KEY.match(k)
-            return "backbone." + (m.group(1) + m.group(2) if m else k)
+            return "backbone." + k if k.startswith("features.") else None
 
         return features, net.classifier.in_features, "backbone.relu", "backbone.features.conv0.weight", key_map
     raise ValueError(f"backbone must be one of {MRNET_BACKBONES}, got {name!r}.")
@@ -99,7 +92,7 @@ class MRNet(nn.Module):
     retrospective validation of MRNet", PLOS Medicine 15(11): e1002699. Each slice goes through the backbone's
     convolutional features, is global-average-pooled to a vector, the vectors are max-pooled over the slices
     and a linear layer gives the logits. MRNet used AlexNet; ResNet-18, DenseNet-121 and VGG-16 are offered too
-    (torchvision layouts, so torchvision ImageNet weights load from a local file).
+    (torchvision layouts, so torchvision's ImageNet weights load as published).
 
     Input is ``(B, 1, S, H, W)`` or ``(B, S, H, W)`` (slice-first volumes as
     :func:`medplugin.io.mrnet.read_mrnet_volume` returns them). Volumes in one batch must share ``S``: MRNet
@@ -116,8 +109,10 @@ class MRNet(nn.Module):
     Args:
         backbone: ``"alexnet"``, ``"resnet18"``, ``"densenet121"`` or ``"vgg16"``.
         num_classes: outputs of the linear head (1 for one binary logit as MRNet, or the number of classes).
-        pretrained_path: a local torchvision-layout state dict (e.g. ImageNet weights) for the backbone, read
-            with ``torch.load(weights_only=True)``; classifier weights in the file are ignored.
+        pretrained: the backbone's starting weights: ``"imagenet"`` (torchvision's, through torch's cache),
+            ``"none"`` (random; refused with ``freeze_backbone``), a local torchvision-layout state dict, or
+            ``None`` (random, for a network whose trained weights are loaded afterwards); read with
+            ``torch.load(weights_only=True)``, classifier weights of the file ignored.
         freeze_backbone: freeze the backbone's parameters (``requires_grad=False``) and keep its batch-norm
             statistics fixed (it stays in eval mode when the network is put in training mode): for linear
             probing or the feature-extraction mode (:meth:`features`).
@@ -127,15 +122,17 @@ class MRNet(nn.Module):
         dropout: dropout before the head.
 
     Raises:
-        ValueError: an unknown ``backbone`` or ``slice_channels``, or ``num_classes < 1``.
-        BadInputError: a ``pretrained_path`` that cannot be read or does not fit the backbone.
+        ValueError: an unknown ``backbone`` or ``slice_channels``, ``num_classes < 1``, or ``pretrained: none``
+            with a frozen backbone.
+        BadInputError: ``pretrained`` weights that cannot be read or do not fit the backbone (a
+            ``WeightsUnavailableError`` when a published file is neither cached nor downloadable).
     """
 
     def __init__(
         self,
         backbone: str = "alexnet",
         num_classes: int = 1,
-        pretrained_path: str | os.PathLike | None = None,
+        pretrained: str | os.PathLike | None = None,
         freeze_backbone: bool = False,
         slice_channels: str = "repeat",
         dropout: float = 0.0,
@@ -152,6 +149,7 @@ class MRNet(nn.Module):
         self.backbone_name = backbone
         self.slice_channels = slice_channels
         self.freeze_backbone = bool(freeze_backbone)
+        refuse_frozen_from_scratch(pretrained, self.freeze_backbone, "a frozen backbone")
         features, self.num_features, self.cam_layer, self._first_conv, self._key_map = _build_backbone(backbone)
         self.backbone = features
         if slice_channels == "adapt":
@@ -164,28 +162,35 @@ class MRNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.num_features, int(num_classes))
-        if pretrained_path is not None:
-            self.load_backbone(pretrained_path)
+        if pretrained is not None:
+            self.load_backbone(pretrained)
         if self.freeze_backbone:
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
             self.backbone.eval()
 
-    def load_backbone(self, path: str | os.PathLike) -> dict[str, list[str]]:
-        """Load a torchvision-layout state dict (e.g. ImageNet weights) from ``path`` into the backbone.
+    def load_backbone(self, pretrained: str | os.PathLike | StartingWeights) -> dict[str, list[str]]:
+        """Load torchvision-layout weights (``"imagenet"``, a file, or weights already read) into the backbone.
 
-        Every backbone tensor must be found in the file with its shape (the first convolution is adapted to one
-        channel with ``slice_channels="adapt"``); classifier tensors of the file are ignored.
+        Every backbone tensor must be found with its shape (the first convolution is adapted to one channel
+        with ``slice_channels="adapt"``); classifier tensors are ignored. ``"none"`` leaves it as initialised.
+        Sets :attr:`pretrained_source`, the record ``model.json`` keeps.
 
         Returns:
-            ``load_matching``'s report ``{"loaded", "missing", "unexpected"}``.
+            ``load_matching``'s report ``{"loaded", "missing", "unexpected"}`` (empty with ``"none"``).
 
         Raises:
             BadInputError: unreadable or unsafe file, or one for another architecture.
         """
-        state = read_state_dict(path)
+        start = pretrained if isinstance(pretrained, StartingWeights) else resolve_pretrained(pretrained,
+                                                                                              self.backbone_name)
+        if start is None:
+            self.pretrained_source = {"pretrained": "none"}
+            logger.info("MRNet %s backbone starts from random weights (pretrained: none)", self.backbone_name)
+            return {"loaded": [], "missing": [], "unexpected": []}
+        path = start.record["file"]
         try:
-            report = load_matching(self, state, key_map=self._key_map, first_conv=self._first_conv,
+            report = load_matching(self, start.state, key_map=self._key_map, first_conv=self._first_conv,
                                    skip_prefixes=("head.",))
         except ValueError as e:
             raise BadInputError(path, f"not {self.backbone_name} weights in torchvision layout: {e}") from e
@@ -196,6 +201,7 @@ class MRNet(nn.Module):
                 f"not complete {self.backbone_name} weights in torchvision layout: {len(missing)} backbone "
                 f"tensor(s) absent or of another shape, e.g. {missing[:3]}",
             )
+        self.pretrained_source = start.record
         logger.info("loaded %d %s backbone tensors from %s", len(report["loaded"]), self.backbone_name, path)
         return report
 
@@ -244,24 +250,25 @@ class MRNet(nn.Module):
 
 
 def resnet3d18(
-    in_channels: int = 1, num_classes: int = 2, pretrained_path: str | os.PathLike | None = None, **kwargs
+    in_channels: int = 1, num_classes: int = 2, pretrained: str | os.PathLike | None = None, **kwargs
 ) -> nn.Module:
     """A 3D ResNet-18 (MONAI's ``ResNet`` with ``spatial_dims=3``) for whole knee volumes ``(B, C, S, H, W)``.
 
     He et al. 2016, "Deep residual learning for image recognition", CVPR; 3D form as in Hara et al. 2018,
     "Can spatiotemporal 3D CNNs retrace the history of 2D CNNs and ImageNet?", CVPR. The 3D alternative to
-    :class:`MRNet`. ``pretrained_path`` loads a local state dict in MONAI's ``ResNet`` key layout (e.g. a
-    MedicalNet file, Chen et al. 2019; a ``module.`` prefix is removed); the ``fc`` head is left as initialised
-    and the first convolution is adapted to ``in_channels``. Batch volumes must share their shape.
+    :class:`MRNet`. ``pretrained`` is a local state dict in MONAI's ``ResNet`` key layout (e.g. a MedicalNet
+    file, Chen et al. 2019; a ``module.`` prefix is removed), ``"none"`` or ``None``: there are no ImageNet
+    weights for it. The ``fc`` head is left as initialised and the first convolution is adapted to
+    ``in_channels``. Batch volumes must share their shape.
 
     Args:
         in_channels: input channels.
         num_classes: outputs of the head.
-        pretrained_path: optional local weights file.
+        pretrained: optional local weights file (``"none"``/``None``: random weights).
         kwargs: passed to ``monai.networks.nets.ResNet`` (e.g. ``conv1_t_stride=2``, ``shortcut_type="A"``).
 
     Raises:
-        ValueError: ``in_channels`` or ``num_classes`` < 1.
+        ValueError: ``in_channels`` or ``num_classes`` < 1, or ``pretrained="imagenet"``.
         BadInputError: a weights file that cannot be read or holds no matching tensor.
     """
     from monai.networks.nets import ResNet
@@ -269,18 +276,24 @@ def resnet3d18(
 
     if in_channels < 1 or num_classes < 1:
         raise ValueError(f"in_channels and num_classes must be >= 1, got {in_channels} and {num_classes}.")
+    if pretrained is not None and str(pretrained).lower() == "imagenet":
+        raise ValueError("pretrained='imagenet': there are no ImageNet weights for the 3D ResNet-18; pass a local "
+                         "file in MONAI's ResNet layout (e.g. MedicalNet's) as pretrained PATH, or pretrained none.")
     net = ResNet(
         ResNetBlock, [2, 2, 2, 2], get_inplanes(), spatial_dims=3, n_input_channels=in_channels,
         num_classes=num_classes, **kwargs,
     )
-    if pretrained_path is not None:
-        state = read_state_dict(pretrained_path)
+    start = resolve_pretrained(pretrained, "resnet3d18")
+    if start is not None:
+        path = start.record["file"]
         try:
-            report = load_matching(net, state, first_conv="conv1.weight", skip_prefixes=("fc.",))
+            report = load_matching(net, start.state, first_conv="conv1.weight", skip_prefixes=("fc.",))
         except ValueError as e:
-            raise BadInputError(pretrained_path, f"not 3D ResNet-18 weights in MONAI's layout: {e}") from e
+            raise BadInputError(path, f"not 3D ResNet-18 weights in MONAI's layout: {e}") from e
         missing = [k for k in report["missing"] if not k.startswith("fc.")]
         if missing:
             logger.warning("%s: %d tensors of the 3D ResNet-18 left as initialised, e.g. %s",
-                           pretrained_path, len(missing), missing[:3])
+                           path, len(missing), missing[:3])
+    if pretrained is not None:
+        net.pretrained_source = start.record if start is not None else {"pretrained": "none"}
     return net

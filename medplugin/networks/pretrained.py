@@ -1,21 +1,54 @@
-"""Reading weight files safely and mapping torchvision-layout weights onto our networks."""
+"""Reading weight files safely and mapping published weight layouts onto our networks.
+
+This module is the one place where published key layouts are mapped: :func:`load_matching` first brings every
+key to torchvision's current names (:func:`torchvision_key`: the old DenseNet names of torchvision's
+``densenet121-a639ec97.pth``), then applies the network's own key map (``features.*`` of torchvision to MONAI's
+DenseNet, ``backbone.*`` of MRNet, ...), and adapts the first convolution to the network's input channels.
+"""
 
 from __future__ import annotations
 
+import collections
+import json
 import logging
 import os
-import json
 import pickle
-from collections.abc import Callable, Mapping
+import re
+import struct
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
 
 from medplugin.errors import BadInputError
 
-__all__ = ["read_state_dict", "load_matching", "adapt_input_channels", "load_trained_model"]
+__all__ = [
+    "read_state_dict",
+    "read_pickled_module",
+    "torchvision_key",
+    "load_matching",
+    "adapt_input_channels",
+    "load_trained_model",
+]
 
 logger = logging.getLogger(__name__)
+
+# torchvision's DenseNet files (densenet121-a639ec97.pth, 2017) name some layers "norm.1" instead of "norm1";
+# torchvision renames them with this pattern when it loads them (torchvision.models.densenet._load_state_dict)
+_DENSENET_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def torchvision_key(key: str) -> str:
+    """The current torchvision name of ``key`` from any published torchvision layout.
+
+    ``features.denseblock1.denselayer1.norm.1.weight`` (DenseNet files published before torchvision 0.3)
+    becomes ``features.denseblock1.denselayer1.norm1.weight``; every other key is returned unchanged.
+    """
+    m = _DENSENET_OLD_KEY.match(key)
+    return m.group(1) + m.group(2) if m else key
 
 
 def read_state_dict(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -85,10 +118,13 @@ def load_matching(
 ) -> dict[str, list[str]]:
     """Copy the tensors of ``state_dict`` into ``network`` where names (after ``key_map``) and shapes match.
 
+    Source keys are first brought to torchvision's current names (:func:`torchvision_key`), so every published
+    torchvision layout goes through the same ``key_map``.
+
     Args:
         network: the module to initialise (changed in place).
         state_dict: source weights, e.g. torchvision's ImageNet weights.
-        key_map: turns a source key into the network's key, or ``None`` to drop it.
+        key_map: turns a (current torchvision) source key into the network's key, or ``None`` to drop it.
         first_conv: the network key of the first convolution weight, adapted to the network's input channels.
         skip_prefixes: network keys starting with these are left as initialised (e.g. a new head).
 
@@ -103,7 +139,8 @@ def load_matching(
     loaded, unexpected = [], []
     new_state = {}
     for src_key, value in state_dict.items():
-        key = key_map(src_key) if key_map else src_key
+        key = torchvision_key(src_key)
+        key = key_map(key) if key_map else key
         if key is None or key not in own or (skip_prefixes and key.startswith(skip_prefixes)):
             unexpected.append(src_key)
             continue
@@ -175,3 +212,169 @@ def load_trained_model(
         raise BadInputError(model_path, f"weights do not fit the network model.json describes ({str(e).splitlines()[0]})") from e
     return network.eval(), meta
 
+
+
+# ---- whole pickled models (e.g. torchxrayvision's releases), read without running their code -------------------
+
+class _PickledModule:
+    """Stands in for an allow-listed ``nn.Module`` class while a pickled model is read: it keeps the object's
+    attribute dictionary (``_parameters``, ``_buffers``, ``_modules``, ...) and runs none of the class's code."""
+
+    def __setstate__(self, state) -> None:
+        self.state = state if isinstance(state, dict) else {}
+
+
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+class _StorageType:
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+
+class _LegacyUnpickler(pickle.Unpickler):
+    """Unpickler of torch's pre-1.6 file format (``_use_new_zipfile_serialization=False``) that resolves only
+    allow-listed names: the module classes become :class:`_PickledModule`, tensors are rebuilt by torch's own
+    rebuild functions (the ones ``torch.load(weights_only=True)`` allows) on storages filled afterwards, and the
+    class source code the format keeps beside each module class is ignored, never run."""
+
+    _SAFE = {
+        "collections.OrderedDict": collections.OrderedDict,
+        "builtins.set": set,
+        "__builtin__.set": set,
+        "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
+        "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter,
+    }
+
+    def __init__(self, f, modules: frozenset[str], storages: dict) -> None:
+        super().__init__(f)
+        self.modules = modules
+        self.storages = storages
+
+    def find_class(self, module: str, name: str):
+        full = f"{module}.{name}"
+        if full in self.modules:
+            return _PickledModule
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
+        if full in self._SAFE:
+            return self._SAFE[full]
+        raise pickle.UnpicklingError(f"global {full} is not allowed")
+
+    def persistent_load(self, pid):
+        kind = pid[0].decode("ascii") if isinstance(pid[0], bytes) else pid[0]
+        if kind == "module":  # (module, class, source file, source): the class, with its source kept for a check
+            if len(pid) < 2 or pid[1] is not _PickledModule:
+                raise pickle.UnpicklingError("a module persistent id without an allowed class")
+            return _PickledModule
+        if kind != "storage" or len(pid) != 6 or not isinstance(pid[1], _StorageType) or pid[5] is not None:
+            raise pickle.UnpicklingError(f"unsupported persistent id {kind!r}")
+        dtype, key, numel = pid[1].dtype, str(pid[2]), int(pid[4])
+        if key not in self.storages:
+            raw = torch.UntypedStorage(numel * torch._utils._element_size(dtype))
+            self.storages[key] = torch.storage.TypedStorage(wrap_storage=raw, dtype=dtype, _internal=True)
+        return self.storages[key]
+
+
+def _read_legacy(path: str, modules: frozenset[str]):
+    storages: dict[str, torch.storage.TypedStorage] = {}
+    with open(path, "rb") as f:
+        header = [_LegacyUnpickler(f, frozenset(), storages).load() for _ in range(3)]
+        if header[0] != _LEGACY_MAGIC:
+            raise pickle.UnpicklingError("not a PyTorch file (bad magic number)")
+        if not isinstance(header[2], dict) or not header[2].get("little_endian", True):
+            raise pickle.UnpicklingError("big-endian files are not supported")
+        obj = _LegacyUnpickler(f, modules, storages).load()
+        for key in _LegacyUnpickler(f, frozenset(), storages).load():
+            typed = storages[str(key)]
+            (numel,) = struct.unpack("<q", f.read(8))
+            size = numel * torch._utils._element_size(typed.dtype)
+            if size != typed._untyped_storage.nbytes():
+                raise pickle.UnpicklingError(f"storage {key} holds {size} bytes, its tensors need "
+                                             f"{typed._untyped_storage.nbytes()}")
+            data = f.read(size)
+            if len(data) != size:
+                raise pickle.UnpicklingError("the file ends inside a storage (truncated?)")
+            typed._untyped_storage.copy_(torch.UntypedStorage.from_buffer(data, dtype=torch.uint8))
+    return obj
+
+
+def _module_tensors(obj: _PickledModule, prefix: str, out: dict[str, torch.Tensor], seen: set[int]) -> None:
+    if id(obj) in seen:  # a module listed inside itself: not a model torch could have saved
+        raise pickle.UnpicklingError("a module contains itself")
+    seen.add(id(obj))
+    state = obj.state
+    skip = state.get("_non_persistent_buffers_set") or set()
+    for k, v in (state.get("_parameters") or {}).items():
+        if isinstance(v, torch.Tensor):
+            out[prefix + k] = v.detach()
+    for k, v in (state.get("_buffers") or {}).items():
+        if isinstance(v, torch.Tensor) and k not in skip:
+            out[prefix + k] = v
+    for k, v in (state.get("_modules") or {}).items():
+        if isinstance(v, _PickledModule):
+            _module_tensors(v, f"{prefix}{k}.", out, seen)
+
+
+def read_pickled_module(path: str | os.PathLike, module_classes: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The state dict of a whole pickled ``nn.Module`` (``torch.save(model)``), read without running its code.
+
+    Publishers such as torchxrayvision release whole pickled models rather than state dicts. Loading those
+    normally imports and runs the classes named in the file. Here every name of ``module_classes`` (full
+    dotted names, e.g. ``"torchxrayvision.models.DenseNet"``, ``"torch.nn.modules.conv.Conv2d"``) is read as
+    an inert stand-in that only keeps the object's attributes, and the parameters and persistent buffers are
+    collected from them, as ``model.state_dict()`` would give them. Any other name in the file is refused.
+    Both of torch's formats are read: the zip format with ``torch.load(weights_only=True)`` and an explicit
+    ``torch.serialization.safe_globals`` allow-list, and the pre-1.6 format (files saved before PyTorch 1.6
+    keep each module class's source code, which ``weights_only`` rejects) with an allow-list unpickler that
+    resolves the same names. The package whose classes are named need not be installed.
+
+    Args:
+        path: the file.
+        module_classes: full names of the module classes the file may hold.
+
+    Returns:
+        ``{name: tensor}`` as ``state_dict()`` of the pickled model; a file holding a plain state dict is
+        returned as :func:`read_state_dict` returns it.
+
+    Raises:
+        BadInputError: missing, empty or corrupt file, a name outside ``module_classes`` and torch's own
+            tensor-rebuilding functions, or a file that holds no module.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise BadInputError(path, "weights file not found")
+    if os.path.getsize(path) == 0:
+        raise BadInputError(path, "weights file is empty (0 bytes)")
+    modules = frozenset(module_classes)
+    try:
+        if zipfile.is_zipfile(path):
+            with torch.serialization.safe_globals([(_PickledModule, name) for name in sorted(modules)]):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            obj = _read_legacy(path, modules)
+    except pickle.UnpicklingError as e:
+        reason = next((line for line in str(e).splitlines() if "GLOBAL" in line or "global" in line),
+                      str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise BadInputError(path, f"refused to load: the file holds more than the allowed model classes "
+                                  f"({reason.strip()})") from e
+    except (RuntimeError, EOFError, OSError, ValueError, struct.error, KeyError, TypeError, AttributeError,
+            IndexError) as e:
+        raise BadInputError(path, f"not a readable PyTorch file ({type(e).__name__}: {e})") from e
+    if isinstance(obj, Mapping):
+        return read_state_dict(path)
+    if not isinstance(obj, _PickledModule):
+        raise BadInputError(path, f"holds no pickled model (found {type(obj).__name__})")
+    state: dict[str, torch.Tensor] = {}
+    try:
+        _module_tensors(obj, "", state, set())
+    except pickle.UnpicklingError as e:
+        raise BadInputError(path, f"not a readable pickled model ({e})") from e
+    if not state:
+        raise BadInputError(path, "the pickled model holds no tensors")
+    return state

@@ -49,9 +49,12 @@ def check_workflow_properties(bundle: Path, config: str | Sequence[str], workflo
 
     c = bundle / "configs"
     files = [str(c / config)] if isinstance(config, str) else [str(c / f) for f in config]
+    # the classification bundles start training from ImageNet weights by default, which these offline machines
+    # do not have: the properties do not depend on the starting weights (pretrained: none, as the smoke overlay)
+    offline = {"pretrained": "none"} if workflow == "train" else {}
     wf = ConfigWorkflow(config_file=files, meta_file=str(c / "metadata.json"),
                         logging_file=str(c / "logging.conf"), workflow_type=workflow, bundle_root=str(bundle),
-                        dataset_dir=str(dataset_dir), output_dir=str(output_dir))
+                        dataset_dir=str(dataset_dir), output_dir=str(output_dir), **offline)
     wf.initialize()
     assert wf.check_properties() == []
 

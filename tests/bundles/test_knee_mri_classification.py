@@ -186,15 +186,22 @@ def test_label_mode_binary_and_imbalance_are_one_override(knee_nifti):
 
 @pytest.mark.slow
 def test_feature_extraction_fits_an_svc_saved_in_the_state_dict_and_infers(knee_nifti, tmp_path):
+    import torchvision
+
     ckpt, out = tmp_path / "models", tmp_path / "train"
+    # frozen features need starting weights (the smoke overlay's pretrained: none is refused): a torchvision-layout
+    # ResNet-18 file at torchvision's own initialisation, what the backbone got from random init before
+    torch.manual_seed(0)
+    start = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), start)
     run_bundle(NAME, "train.yaml", SMOKE, dataset_dir=knee_nifti, ckpt_dir=ckpt, output_dir=out,
-               transfer="feature_extraction", **TINY)
+               transfer="feature_extraction", pretrained=start, **TINY)
     state = torch.load(ckpt / "model.pt", weights_only=True)  # no pickle: the SVC is tensors
     assert bool(state["head.fitted"]) and state["head.support"].shape[0] == 4 and state["head.support"].shape[1] > 0
     assert json.loads((ckpt / "model.json").read_text())["transfer"] == "feature_extraction"
     inf = tmp_path / "inf"
     run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=knee_nifti / "exams", ckpt_dir=ckpt, output_dir=inf,
-               transfer="feature_extraction", save_cams=False, **TINY)
+               transfer="feature_extraction", save_cams=False, pretrained=start, **TINY)
     rows = list(csv.DictReader((inf / "predictions.csv").open()))
     assert len(rows) == 16 and all(r["error"] == "" and r["prediction"] in CLASSES for r in rows)
     # the SVC's own training accuracy on its training exams is reproduced by the bundle's inference

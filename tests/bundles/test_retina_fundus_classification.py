@@ -166,7 +166,8 @@ def test_short_training_on_demo_data_reaches_referable_auc(tmp_path):
     root = tmp_path / "eyepacs"
     make_eyepacs_demo(root, n_patients=30, size=128, seed=1, n_test_patients=10)
     ckpt = tmp_path / "models"
-    small = {"arch": "resnet18", "image_size": 64, "num_workers": 0, "device": "$torch.device('cpu')", "amp": False}
+    small = {"arch": "resnet18", "image_size": 64, "num_workers": 0, "device": "$torch.device('cpu')", "amp": False,
+             "pretrained": "none"}  # offline: from random weights, as before ImageNet became the default
     run_bundle(NAME, "train.yaml", dataset_dir=root, ckpt_dir=ckpt, output_dir=tmp_path / "train", num_epochs=6,
                batch_size=16, learning_rate=1e-3, cache_rate=1.0, cam_images=1, **small)
     out = tmp_path / "eval"

@@ -63,7 +63,7 @@ def test_one_event_folder_with_loss_lr_metrics_cams_and_hparams(run_dir):
     # the values the run used: train.yaml's, with the smoke overlay's on top
     assert values["arch"] == "resnet50" and values["optimizer_name"] == "adam"
     assert values["num_epochs"] == 1 and values["batch_size"] == 4 and values["image_size"] == 32
-    assert values["learning_rate"] == pytest.approx(1e-4) and values["pretrained_path"] == "None"
+    assert values["learning_rate"] == pytest.approx(1e-4) and values["pretrained"] == "none"
     end = plugin_data_pb2.HParamsPluginData.FromString(hp["_hparams_/session_end_info"]).session_end_info
     assert end.status == api_pb2.STATUS_SUCCESS
 

@@ -17,7 +17,7 @@ def test_torchvision_imagenet_file_maps_onto_every_backbone_tensor(tmp_path, arc
     tv = tv_builder()
     path = tmp_path / f"{arch}.pth"
     torch.save(tv.state_dict(), path)
-    net = classifier(arch, in_channels=3, num_classes=4, pretrained_path=str(path))
+    net = classifier(arch, in_channels=3, num_classes=4, pretrained=str(path))
     own, src = net.state_dict(), tv.state_dict()
     if arch == "resnet50":
         torch.testing.assert_close(own["layer4.2.conv3.weight"], src["layer4.2.conv3.weight"])
@@ -33,7 +33,7 @@ def test_grayscale_first_conv_is_the_sum_of_rgb_kernels(tmp_path):
     tv = torchvision.models.resnet50()
     path = tmp_path / "r50.pth"
     torch.save(tv.state_dict(), path)
-    net = classifier("resnet50", in_channels=1, num_classes=2, pretrained_path=str(path))
+    net = classifier("resnet50", in_channels=1, num_classes=2, pretrained=str(path))
     torch.testing.assert_close(net.conv1.weight, tv.conv1.weight.sum(1, keepdim=True))
 
 
@@ -41,9 +41,11 @@ def test_inception_transfer_is_frozen_with_a_new_head(tmp_path):
     tv = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
     path = tmp_path / "inc.pth"
     torch.save(tv.state_dict(), path)
-    net = classifier("inception_v3", in_channels=1, num_classes=4, pretrained_path=str(path))
+    net = classifier("inception_v3", in_channels=1, num_classes=4, pretrained=str(path))
     trainable = [n for n, p in net.named_parameters() if p.requires_grad]
-    assert trainable == ["head.3.weight", "head.3.bias"]
+    # the Cell paper's head: global average pooling, a 64-unit ReLU layer, the 4-way output
+    assert trainable == ["head.2.weight", "head.2.bias", "head.5.weight", "head.5.bias"]
+    assert net.head[2].out_features == 64 and isinstance(net.head[3], torch.nn.ReLU)
     torch.testing.assert_close(net.base.Mixed_7c.branch1x1.conv.weight, tv.Mixed_7c.branch1x1.conv.weight)
     net.train()
     assert not net.base.Conv2d_1a_3x3.bn.training  # frozen batch-norm statistics stay frozen
@@ -64,7 +66,11 @@ def test_wrong_weights_file_is_refused_with_a_reason(tmp_path):
     path = tmp_path / "dn.pth"
     torch.save(torchvision.models.densenet121().state_dict(), path)
     with pytest.raises(ValueError, match="no tensor of the weights file matched"):
-        classifier("resnet50", pretrained_path=str(path))
+        classifier("resnet50", pretrained=str(path))
+    with pytest.deprecated_call(match="pretrained_path is deprecated"):  # the old name still reads a file
+        classifier("densenet121", num_classes=3, pretrained_path=str(path))
+    with pytest.raises(ValueError, match="not both"):
+        classifier("densenet121", pretrained="none", pretrained_path=str(path))
     with pytest.raises(ValueError, match="unknown arch 'vit'"):
         classifier("vit")
 
@@ -88,6 +94,9 @@ def test_pickled_code_is_refused(tmp_path):
 def test_registry_keeps_input_conventions_together():
     mean, std = input_normalization("resnet50", 1)
     assert mean == [pytest.approx(0.449)] and std == [pytest.approx(0.226)]
+    # torchvision's Inception-v3 weights expect [-1, 1]: (x - 0.5) / 0.5 on the [0, 1] scale, in every channel
+    assert input_normalization("inception_v3", 1) == ([0.5], [0.5])
+    assert input_normalization("inception_v3", 3) == ([0.5] * 3, [0.5] * 3)
     assert len(input_normalization("densenet121", 3)[0]) == 3
     assert cam_layer("resnet50") == "layer4" and cam_layer("inception_v3") == "base.Mixed_7c"
     with pytest.raises(ValueError, match="in_channels must be 1 or 3"):

@@ -25,7 +25,7 @@ def test_local_weights_load_rgb_kernels_kept_and_extra_channels_zero(tmp_path, a
     src = classifier(arch, in_channels=3, num_classes=1000)
     path = tmp_path / f"{arch}.pth"
     torch.save(src.state_dict(), path)
-    net = classifier(arch, in_channels=5, num_classes=2, pretrained_path=str(path), freeze_backbone=True)
+    net = classifier(arch, in_channels=5, num_classes=2, pretrained=str(path), freeze_backbone=True)
     first = "layer0.conv1.weight" if arch == "seresnet50" else "_conv_stem.weight"
     w = net.state_dict()[first]
     assert torch.equal(w[:, :3], src.state_dict()[first]) and not w[:, 3:].any()

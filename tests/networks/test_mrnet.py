@@ -97,7 +97,7 @@ def test_pretrained_file_is_copied_into_backbone(backbone, tmp_path, seeded):
         if v.is_floating_point():
             v.normal_()
     path = _save(tmp_path, f"{backbone}.pth", state)
-    net = MRNet(backbone, num_classes=2, pretrained_path=path)
+    net = MRNet(backbone, num_classes=2, pretrained=path)
     own = net.state_dict()
     compared = 0
     for k, v in state.items():
@@ -117,7 +117,7 @@ def test_pretrained_file_is_copied_into_backbone(backbone, tmp_path, seeded):
 def test_pretrained_first_conv_adapted_to_one_channel(tmp_path, seeded):
     state = _tv_state("resnet18")
     path = _save(tmp_path, "r18.pth", state)
-    net = MRNet("resnet18", pretrained_path=path, slice_channels="adapt")
+    net = MRNet("resnet18", pretrained=path, slice_channels="adapt")
     torch.testing.assert_close(net.backbone.conv1.weight, state["conv1.weight"].sum(1, keepdim=True))
     torch.testing.assert_close(net.backbone.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
 
@@ -126,7 +126,7 @@ def test_pretrained_densenet_old_zoo_key_names(tmp_path, seeded):
     state = _tv_state("densenet121")
     old = {k.replace(".norm1.", ".norm.1.").replace(".conv2.", ".conv.2."): v for k, v in state.items()}
     assert any(".norm.1." in k for k in old)
-    net = MRNet("densenet121", pretrained_path=_save(tmp_path, "d121_old.pth", {"state_dict": old}))
+    net = MRNet("densenet121", pretrained=_save(tmp_path, "d121_old.pth", {"state_dict": old}))
     key = "features.denseblock1.denselayer1.norm1.weight"
     assert torch.equal(net.state_dict()["backbone." + key], state[key])
 
@@ -134,11 +134,11 @@ def test_pretrained_densenet_old_zoo_key_names(tmp_path, seeded):
 def test_pretrained_wrong_architecture_is_refused(tmp_path):
     path = _save(tmp_path, "r18.pth", _tv_state("resnet18"))
     with pytest.raises(BadInputError, match=r"r18\.pth: not alexnet weights in torchvision layout"):
-        MRNet("alexnet", pretrained_path=path)
+        MRNet("alexnet", pretrained=path)
     # a file with only some of the backbone's tensors is refused, not half-loaded
     partial = {k: v for k, v in _tv_state("resnet18").items() if not k.startswith("layer4")}
     with pytest.raises(BadInputError, match=r"not complete resnet18 weights.*layer4"):
-        MRNet("resnet18", pretrained_path=_save(tmp_path, "partial.pth", partial))
+        MRNet("resnet18", pretrained=_save(tmp_path, "partial.pth", partial))
 
 
 def test_pretrained_unsafe_or_corrupt_file_is_refused(tmp_path):
@@ -151,14 +151,14 @@ def test_pretrained_unsafe_or_corrupt_file_is_refused(tmp_path):
         pickle.dump({"weight": Evil()}, f)
     torch.save({"conv1.weight": torch.zeros(1), "obj": Evil()}, tmp_path / "unsafe2.pth")
     with pytest.raises(BadInputError, match="unsafe2.pth: refused to load"):
-        MRNet("resnet18", pretrained_path=tmp_path / "unsafe2.pth")
+        MRNet("resnet18", pretrained=tmp_path / "unsafe2.pth")
     with pytest.raises(BadInputError, match="unsafe.pth"):
-        MRNet("resnet18", pretrained_path=unsafe)
+        MRNet("resnet18", pretrained=unsafe)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
     with pytest.raises(BadInputError, match="junk.pth: (not a readable PyTorch weights file|refused to load)"):
-        MRNet("resnet18", pretrained_path=tmp_path / "junk.pth")
+        MRNet("resnet18", pretrained=tmp_path / "junk.pth")
     with pytest.raises(BadInputError, match="missing.pth: weights file not found"):
-        MRNet("resnet18", pretrained_path=tmp_path / "missing.pth")
+        MRNet("resnet18", pretrained=tmp_path / "missing.pth")
 
 
 def test_freeze_backbone(seeded):
@@ -207,13 +207,13 @@ def test_resnet3d18_forward_and_pretrained(tmp_path, seeded):
         if v.is_floating_point():
             v.normal_()
     path = _save(tmp_path, "r3d18.pth", {"state_dict": {"module." + k: v for k, v in source.items()}})
-    loaded = resnet3d18(in_channels=2, num_classes=3, pretrained_path=path).state_dict()
+    loaded = resnet3d18(in_channels=2, num_classes=3, pretrained=path).state_dict()
     assert torch.equal(loaded["layer3.1.conv2.weight"], source["layer3.1.conv2.weight"])
     assert loaded["conv1.weight"].shape[1] == 2  # adapted first convolution
     assert loaded["fc.weight"].shape == (3, 512)
     path2 = _save(tmp_path, "r18_2d.pth", {"features.0.weight": torch.zeros(3)})
     with pytest.raises(BadInputError, match="r18_2d.pth: not 3D ResNet-18 weights"):
-        resnet3d18(pretrained_path=path2)
+        resnet3d18(pretrained=path2)
     with pytest.raises(ValueError, match="in_channels and num_classes must be >= 1, got 0 and 2"):
         resnet3d18(in_channels=0)
 
