@@ -13,8 +13,9 @@ The environment's folder is ``--env`` / the ``env`` argument, else ``$MEDPLUGIN_
 :func:`medplugin.resources.bundles_dir`.
 
 :func:`assemble_app` writes an app folder in the layout of MONAI Label's stock ``monaibundle`` sample app
-(``main.py``, ``lib/``, ``model/<bundle>``) with our bundles copied into ``model/``; :func:`server_command`
-gives the offline ``monailabel start_server`` line for it.
+(``main.py``, ``lib/``, ``model/<bundle>``) with our bundles copied into ``model/``; its ``main.py`` is the stock
+app (kept as ``stock_main.py``) plus the uncertainty strategies of :mod:`medplugin.tools.monailabel_activelearning`.
+:func:`server_command` gives the offline ``monailabel start_server`` line for it.
 """
 
 from __future__ import annotations
