@@ -54,7 +54,7 @@ TTA_FLIPS: dict[str, tuple[int, ...]] = {
 }
 
 
-def _flag(value, default: bool) -> bool:
+def _flag(value, default: bool, what: str = "value") -> bool:
     if value is None or value == "":
         return default
     if isinstance(value, bool):
@@ -64,7 +64,7 @@ def _flag(value, default: bool) -> bool:
         return True
     if text in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"expected true or false, got {value!r}")
+    raise ValueError(f"{what}: expected true or false, got {value!r}")
 
 
 def _number(conf: dict, key: str, default, kind=float):
@@ -74,7 +74,7 @@ def _number(conf: dict, key: str, default, kind=float):
     try:
         return kind(value)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"--conf {key}: expected a {kind.__name__}, got {value!r}") from e
+        raise ValueError(f"--conf {key}: expected {'an integer' if kind is int else 'a number'}, got {value!r}") from e
 
 
 def model_stamp(path: str | None) -> str | None:
@@ -213,7 +213,7 @@ class UncertaintyScoring(ScoringMethod):
             logger.warning("%s: no model file %s yet; nothing scored", self.key, self.task.get_path(validate=False))
             return {"total": 0, "scored": 0, "skipped": 0, "failed": 0, "latency": 0.0}
         ids = request.get("images") or datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
-        force = _flag(request.get("force"), False)
+        force = _flag(request.get("force"), False, "scoring request 'force'")
         todo = [i for i in ids if force or not self.is_current(datastore.get_image_info(i), stamp)]
         failed = sum("error" in self.score(i, datastore, request.get("device")) for i in todo)
         self.task.clear()  # the networks cached on each device
@@ -303,7 +303,7 @@ class UncertaintyAppMixin:
 
     def init_strategies(self):
         strategies = dict(super().init_strategies() or {})
-        on_demand = _flag(self.conf.get("uncertainty_on_demand"), True)
+        on_demand = _flag(self.conf.get("uncertainty_on_demand"), True, "--conf uncertainty_on_demand")
         reserve = _number(self.conf, "uncertainty_reserve_s", 3600.0, float)
         for name, scoring in self._uncertainty_tasks().items():
             strategies[name] = UncertaintyStrategy(scoring, on_demand=on_demand, reserve_s=reserve)

@@ -290,3 +290,42 @@ def test_the_next_study_to_label_is_the_most_uncertain(server):
     assert (summary["scored"], summary["failed"]) == (n_unlabelled - len(plant.unreadable), len(plant.unreadable))
     print(f"{plant.bundle}: ambiguous {scores[ambiguous_id]['score']:.4f}, sure {sure}, "
           f"first /activelearning (scoring {n_unlabelled} studies) {first_call:.1f} s")
+
+
+def test_bad_conf_values_are_named():
+    """``--conf`` mistakes stop the app with the key and the value (in the MONAI Label environment, no server)."""
+    py = monailabel.ensure_env(ML_ENV)
+    code = """
+import json
+from medplugin.tools.monailabel_activelearning import UncertaintyAppMixin
+
+class Stock:  # what the stock app registers
+    def init_strategies(self):
+        return {"random": None}
+
+    def init_scoring_methods(self):
+        return {}
+
+class App(UncertaintyAppMixin, Stock):
+    def __init__(self, conf):
+        self.conf, self.models = conf, {"a_classification": "/nonexistent/a_classification"}
+
+out = [sorted(App({}).init_strategies()), sorted(App({}).init_scoring_methods())]
+for conf in ({"uncertainty_models": "b_segmentation"}, {"uncertainty_models": "all", "uncertainty_method": "bayes"},
+             {"uncertainty_models": "all", "uncertainty_passes": "many"},
+             {"uncertainty_models": "all", "uncertainty_on_demand": "maybe"}):
+    try:
+        App(conf).init_strategies()
+        out.append(None)
+    except ValueError as e:
+        out.append(str(e))
+print(json.dumps(out))
+"""
+    proc = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out[:2] == [["random"], []]  # nothing added unless asked for
+    assert out[2] == "--conf uncertainty_models: 'b_segmentation' is not among the app's models ['a_classification']"
+    assert out[3] == "--conf uncertainty_method: expected one of ['auto', 'tta', 'dropout'], got 'bayes'"
+    assert out[4] == "--conf uncertainty_passes: expected an integer, got 'many'"
+    assert out[5] == "--conf uncertainty_on_demand: expected true or false, got 'maybe'"
