@@ -13,8 +13,9 @@ The environment's folder is ``--env`` / the ``env`` argument, else ``$MEDPLUGIN_
 :func:`medplugin.resources.bundles_dir`.
 
 :func:`assemble_app` writes an app folder in the layout of MONAI Label's stock ``monaibundle`` sample app
-(``main.py``, ``lib/``, ``model/<bundle>``) with our bundles copied into ``model/``; :func:`server_command`
-gives the offline ``monailabel start_server`` line for it.
+(``main.py``, ``lib/``, ``model/<bundle>``) with our bundles copied into ``model/``; its ``main.py`` is the stock
+app (kept as ``stock_main.py``) plus the uncertainty strategies of :mod:`medplugin.tools.monailabel_activelearning`.
+:func:`server_command` gives the offline ``monailabel start_server`` line for it.
 """
 
 from __future__ import annotations
@@ -249,11 +250,31 @@ def ensure_env(env: Path | str | None = None, python: str | None = None) -> Path
 
 # the studies folder may hold JPEG images, DICOM radiographs and text class labels: MONAI Label's datastore only
 # lists files with these extensions (its default lacks .jpeg, .dcm and .txt). medplugin's DICOM reader runs on
-# the environment's pydicom 2 through medplugin.io._pydicom2.
-DATASTORE_FILE_EXT = ("*.nii.gz", "*.nii", "*.nrrd", "*.jpg", "*.jpeg", "*.png", "*.tif", "*.dcm", "*.txt",
-                      "*.json")
+# the environment's pydicom 2 through medplugin.io._pydicom2. Not *.json: MONAI Label keeps its own datastore file
+# (datastore_v2.json) in the studies folder, which would then be listed as a study to label.
+DATASTORE_FILE_EXT = ("*.nii.gz", "*.nii", "*.nrrd", "*.jpg", "*.jpeg", "*.png", "*.tif", "*.dcm", "*.txt")
 # overlays a bundle may ship for MONAI Label, merged after its own config into the app's JSON config
 OVERLAYS = {"train": "monailabel_train.yaml", "inference": "monailabel_inference.yaml"}
+
+
+# the app's main.py: the stock app (kept unchanged as stock_main.py) with medplugin's uncertainty strategies added.
+# MONAI Label takes the class of main.py whose direct bases include one named MONAILabelApp.
+APP_MAIN = '''"""MONAI Label app of medplugin's bundles, written by `medplugin monailabel-app`.
+
+MONAI Label's stock monaibundle app (stock_main.py, unchanged) plus medplugin's uncertainty-driven active learning:
+start the server with --conf uncertainty_models <bundle,...|all> for a scoring method and a strategy
+<bundle>_uncertainty per bundle (see medplugin.tools.monailabel_activelearning).
+"""
+
+import stock_main
+from monailabel.interfaces.app import MONAILabelApp
+
+from medplugin.tools.monailabel_activelearning import UncertaintyAppMixin
+
+
+class MyApp(UncertaintyAppMixin, stock_main.MyApp, MONAILabelApp):
+    """The stock monaibundle app with the uncertainty scoring methods and strategies."""
+'''
 
 
 def stock_app_dir(env: Path | str | None = None) -> Path:
@@ -355,7 +376,9 @@ def assemble_app(out: Path | str, bundles: Sequence[str] | None = None, override
     (``configs/monailabel_train.yaml`` / ``monailabel_inference.yaml``, when the bundle ships one), the
     weights' settings from ``model.json`` (architecture, input size) and ``overrides``.
     A bundle without weights is still copied: MONAI Label lists it for training only (after a training,
-    restart the server to infer with it).
+    restart the server to infer with it). The stock ``main.py`` is kept as ``stock_main.py``; the app's ``main.py``
+    adds the uncertainty strategies of :mod:`medplugin.tools.monailabel_activelearning` to it (off unless the server
+    is started with ``--conf uncertainty_models ...``).
 
     Returns:
         ``{"app_dir", "models", "without_weights"}``.
@@ -379,6 +402,8 @@ def assemble_app(out: Path | str, bundles: Sequence[str] | None = None, override
             raise FileNotFoundError(f"{v}: weights file for {k} not found")
     stock = stock_app_dir(env)
     shutil.copytree(stock, out, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "model"))
+    (out / "main.py").rename(out / "stock_main.py")
+    (out / "main.py").write_text(APP_MAIN)
     without = []
     for n in names:
         src, dst = bundles_root / n, out / "model" / n
@@ -409,7 +434,7 @@ def assemble_app(out: Path | str, bundles: Sequence[str] | None = None, override
 
 
 def server_command(app_dir: Path | str, studies: Path | str, models: Sequence[str], host: str = "127.0.0.1",
-                   port: int = 8000, executable: str = "monailabel") -> list[str]:
+                   port: int = 8000, executable: str = "monailabel", conf: dict | None = None) -> list[str]:
     """``monailabel start_server`` for an assembled app, offline (local bundles only, no SAM2 download).
 
     Args:
@@ -419,10 +444,20 @@ def server_command(app_dir: Path | str, studies: Path | str, models: Sequence[st
         host: interface to listen on.
         port: TCP port.
         executable: the ``monailabel`` command (e.g. ``<env>/bin/monailabel``).
+        conf: more ``--conf`` pairs, e.g. ``{"uncertainty_models": "all"}`` for the uncertainty strategies.
     """
+    extra = [x for k, v in (conf or {}).items() for x in ("--conf", str(k), _conf_text(v))]
     return [executable, "start_server", "--app", str(app_dir), "--studies", str(studies), "--host", host,
             "--port", str(int(port)), "--conf", "models", ",".join(models), "--conf", "zoo_source", "github",
-            "--conf", "sam2", "false"]
+            "--conf", "sam2", "false", *extra]
+
+
+def _conf_text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 def server_environment(env: Path | str | None = None, base: dict | None = None) -> dict:
@@ -436,10 +471,11 @@ def server_environment(env: Path | str | None = None, base: dict | None = None) 
 
 
 def server_line(app_dir: Path | str, studies: Path | str, models: Sequence[str], host: str = "127.0.0.1",
-                port: int = 8000, env: Path | str | None = None) -> str:
-    """The shell line that starts the server for an assembled app (environment variables included)."""
+                port: int = 8000, env: Path | str | None = None, conf: dict | None = None) -> str:
+    """The shell line that starts the server for an assembled app (environment variables included); ``conf`` as in
+    :func:`server_command`."""
     import shlex
 
     exts = shlex.quote(json.dumps(list(DATASTORE_FILE_EXT)))
-    cmd = " ".join(shlex.quote(c) for c in server_command(app_dir, studies, models, host, port))
+    cmd = " ".join(shlex.quote(c) for c in server_command(app_dir, studies, models, host, port, conf=conf))
     return f"PATH={shlex.quote(str(_env(env).resolve() / 'bin'))}:$PATH MONAI_LABEL_DATASTORE_FILE_EXT={exts} {cmd}"

@@ -58,6 +58,37 @@ def test_server_line_is_offline_on_loopback(tmp_path):
             ) in line
 
 
+def test_server_line_passes_more_conf_pairs(tmp_path):
+    cmd = monailabel.server_command(tmp_path / "app", tmp_path / "studies", ["a_classification"],
+                                    conf={"uncertainty_models": ["a_classification"], "uncertainty_on_demand": False})
+    assert cmd[-6:] == ["--conf", "uncertainty_models", "a_classification", "--conf", "uncertainty_on_demand", "false"]
+    line = monailabel.server_line(tmp_path / "app", tmp_path / "studies", ["a_classification"],
+                                  conf={"uncertainty_models": "all"})
+    assert line.endswith("--conf sam2 false --conf uncertainty_models all")
+
+
+def test_the_app_is_the_stock_app_with_the_uncertainty_strategies(tmp_path):
+    """main.py keeps the stock app (as stock_main.py, byte for byte) and adds the mixin; MONAI Label takes the class
+    of main.py whose direct bases include one named MONAILabelApp."""
+    import ast
+
+    stock = tmp_path / "env" / "monailabel" / "sample-apps" / "monaibundle"
+    (stock / "lib").mkdir(parents=True)
+    stock_main = "class MyApp(MONAILabelApp):\n    pass  # the stock app\n"
+    (stock / "main.py").write_text(stock_main)
+    (stock / "lib" / "__init__.py").write_text("")
+    app = monailabel.assemble_app(tmp_path / "app", ["retina_oct_classification"], env=tmp_path / "env",
+                                  bundles_root=REPO / "bundles")
+    out = Path(app["app_dir"])
+    assert (out / "stock_main.py").read_text() == stock_main and (out / "lib" / "__init__.py").is_file()
+    tree = ast.parse((out / "main.py").read_text())
+    classes = [n for n in tree.body if isinstance(n, ast.ClassDef)]
+    assert [c.name for c in classes] == ["MyApp"]
+    assert [ast.unparse(b) for b in classes[0].bases] == ["UncertaintyAppMixin", "stock_main.MyApp", "MONAILabelApp"]
+    imports = {ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
+    assert "from medplugin.tools.monailabel_activelearning import UncertaintyAppMixin" in imports
+
+
 @pytest.mark.parametrize("args, message", [
     (["--bundles", "no_such_bundle"], "no_such_bundle: not a bundle MONAI Label can load"),
     (["--set", "num_workers"], "--set takes key=value"),
