@@ -22,7 +22,9 @@ BUNDLES = {
     "retina_oct_classification": ("oct_demo", ""),
 }
 # what an evaluate overlay may set that train.yaml has: where to write, what runs, and the validation section
-REPLACEABLE = {"output_dir", "initialize", "run", "finalize"}
+# what an evaluation replaces besides validate#...: where it writes, what it runs, and the starting weights (none:
+# the trained model.pt replaces them, and with no starting point the normalisation comes from its model.json)
+REPLACEABLE = {"output_dir", "initialize", "run", "finalize", "pretrained"}
 
 
 def _yaml(name: str, config: str) -> dict:
