@@ -1,51 +1,12 @@
-"""Knee MRI transforms: load exams, segment the ACL region with a trained 3D U-Net, crop to it."""
+"""Knee MRI loading (:class:`LoadKneeVolume`); the other knee transforms are grouped by operation.
 
-from medplugin.transforms.knee.array import (
-    EMPTY_MASK_MODES,
-    CheckGeometry,
-    CropToMask,
-    LoadKneeVolume,
-    SegmentROI,
-    knee_intensity_scaler,
-    mask_bounding_box,
-    to_file_grid,
-    voxel_spacing,
-)
-from medplugin.transforms.knee.dictionary import (
-    CheckGeometryd,
-    CheckGeometryD,
-    CheckGeometryDict,
-    CropToMaskd,
-    CropToMaskD,
-    CropToMaskDict,
-    LoadKneeVolumed,
-    LoadKneeVolumeD,
-    LoadKneeVolumeDict,
-    SegmentROId,
-    SegmentROID,
-    SegmentROIDict,
-)
+``CheckGeometryd`` is re-exported here only for the ``evaluate.yaml`` of ``knee_mri_segmentation``, which names
+``medplugin.transforms.knee.CheckGeometryd``: deprecated, remove once that config names
+``medplugin.transforms.CheckGeometryd``.
+"""
 
-__all__ = [
-    "EMPTY_MASK_MODES",
-    "CheckGeometry",
-    "CheckGeometryd",
-    "CheckGeometryD",
-    "CheckGeometryDict",
-    "CropToMask",
-    "CropToMaskd",
-    "CropToMaskD",
-    "CropToMaskDict",
-    "LoadKneeVolume",
-    "LoadKneeVolumed",
-    "LoadKneeVolumeD",
-    "LoadKneeVolumeDict",
-    "SegmentROI",
-    "SegmentROId",
-    "SegmentROID",
-    "SegmentROIDict",
-    "knee_intensity_scaler",
-    "mask_bounding_box",
-    "to_file_grid",
-    "voxel_spacing",
-]
+from medplugin.transforms.knee.array import LoadKneeVolume
+from medplugin.transforms.knee.dictionary import LoadKneeVolumed, LoadKneeVolumeD, LoadKneeVolumeDict
+from medplugin.transforms.spatial.dictionary import CheckGeometryd  # deprecated alias, see the module docstring
+
+__all__ = ["CheckGeometryd", "LoadKneeVolume", "LoadKneeVolumed", "LoadKneeVolumeD", "LoadKneeVolumeDict"]
