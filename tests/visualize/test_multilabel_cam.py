@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medplugin.inferers import MultiLabelGradCAMInferer
-from medplugin.visualize.cam import GradCAM
+from medplugin.visualize.cam import CapturedGradCAM
 
 
 class _Net(torch.nn.Module):
@@ -31,7 +31,7 @@ def test_pairs_equal_single_label_grad_cam_and_can_be_asked_twice():
     samples, labels = [0, 0, 2, 1, 0], [1, 4, 3, 0, 1]
     maps = inferer.cams_for(samples, labels)
     assert maps.shape == (5, 1, 16, 16)
-    ref = GradCAM(net, "features")
+    ref = CapturedGradCAM(net, "features")
     for k, (i, c) in enumerate(zip(samples, labels)):
         expected, _ = ref(x[i:i + 1], class_idx=c)
         torch.testing.assert_close(maps[k], expected[0], atol=1e-5, rtol=1e-4)
