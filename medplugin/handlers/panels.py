@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from medplugin.handlers._engine import is_main_process, iter_samples
+from medplugin.handlers._engine import Collector, is_main_process, iter_samples
 
 __all__ = ["TensorBoardPanelHandler", "TensorBoardMaskHandler", "mask_panel", "to_numpy"]
 
@@ -39,7 +39,7 @@ def mask_panel(image: np.ndarray, label: np.ndarray | None, pred: np.ndarray) ->
     return np.concatenate(panels, axis=1).astype(np.float32)
 
 
-class TensorBoardPanelHandler(ABC):
+class TensorBoardPanelHandler(Collector, ABC):
     """Base of the handlers that show validation segmentations in TensorBoard, one panel per sample.
 
     Attach to the evaluator: the panels of the first ``max_images`` samples are collected each evaluation and
@@ -67,11 +67,10 @@ class TensorBoardPanelHandler(ABC):
     def panel(self, image: np.ndarray, label: Any | None, pred: Any) -> np.ndarray:
         """The ``(H, W, 3)`` float image shown for one sample (its image, reference or ``None``, prediction)."""
 
-    def attach(self, engine: Engine) -> None:
-        """Collect on every iteration of ``engine``, write at the end of each of its epochs."""
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self._panels.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+    start_event, end_event = Events.EPOCH_STARTED, Events.EPOCH_COMPLETED  # every evaluation is one epoch
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self._panels.clear()
 
     def collect(self, engine: Engine) -> None:
         """Add the panels of this iteration's samples, up to ``max_images`` in the evaluation."""

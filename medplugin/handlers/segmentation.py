@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from monai.data import MetaTensor
 
-from medplugin.handlers._engine import is_main_process, iter_samples
+from medplugin.handlers._engine import Collector, is_main_process, iter_samples
 from medplugin.utils import atomic_write, safe_name, write_json
 
 __all__ = ["SegmentationWriter", "SegmentationReportWriter", "Segmentation2dReportWriter", "foreground", "dice_iou",
@@ -160,7 +160,7 @@ def _affine_2d(path: str) -> np.ndarray | None:
     return None
 
 
-class SegmentationWriter:
+class SegmentationWriter(Collector):
     """Write each predicted mask on its input's own grid, with its region, for batch inference (2D and 3D).
 
     Per input the prediction (network resolution) goes back to the loaded image's grid through the inverse of
@@ -206,10 +206,8 @@ class SegmentationWriter:
         self.records: list[dict] = []
         self._dims: int | None = None
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda e: self.records.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.COMPLETED, self.write)
+    def reset(self, engine: Engine | None = None) -> None:
+        self.records.clear()
 
     def collect(self, engine: Engine) -> None:
         """Write the masks of this iteration's items and keep their records."""
@@ -304,7 +302,7 @@ class SegmentationWriter:
         logger.info("wrote %d masks (%d errors) to %s", len(self.records) - n_err, n_err, self.output_dir)
 
 
-class SegmentationReportWriter:
+class SegmentationReportWriter(Collector):
     """Evaluation report of a binary segmentation (2D or 3D): ``metrics.json`` and ``dice.png``.
 
     Per item (an image in 2D, an exam in 3D) the Dice and IoU of the foregrounds (:func:`foreground`) at the
@@ -326,10 +324,8 @@ class SegmentationReportWriter:
         self.rows: list[dict] = []
         self._dims = 2
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda e: self.rows.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.COMPLETED, self.write)
+    def reset(self, engine: Engine | None = None) -> None:
+        self.rows.clear()
 
     def collect(self, engine: Engine) -> None:
         """Score this iteration's items."""

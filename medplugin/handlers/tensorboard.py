@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from medplugin.handlers._engine import is_main_process, iter_samples
+from medplugin.handlers._engine import Collector, is_main_process, iter_samples
 
 __all__ = ["LearningRateLogger", "TensorBoardConfusionMatrix"]
 
@@ -42,7 +42,7 @@ class LearningRateLogger:
             self.writer.add_scalar(tag, float(g["lr"]), engine.state.epoch)
 
 
-class TensorBoardConfusionMatrix:
+class TensorBoardConfusionMatrix(Collector):
     """Write the confusion matrix of each evaluator run to TensorBoard as an image (rows true, columns predicted).
 
     Args:
@@ -62,21 +62,16 @@ class TensorBoardConfusionMatrix:
         self.tag, self.pred_key, self.label_key = tag, pred_key, label_key
         self.cm = np.zeros((len(self.class_names),) * 2, np.int64)
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._write)
-
-    def _reset(self, engine: Engine) -> None:
+    def reset(self, engine: Engine | None = None) -> None:
         self.cm[:] = 0
 
-    def _collect(self, engine: Engine) -> None:
+    def collect(self, engine: Engine) -> None:
         for b, o in iter_samples(engine):
             if b.get("error") or self.label_key not in b:
                 continue
             self.cm[int(torch.as_tensor(b[self.label_key]).reshape(-1)[0]), int(torch.as_tensor(o[self.pred_key]).reshape(-1).argmax())] += 1
 
-    def _write(self, engine: Engine) -> None:
+    def write(self, engine: Engine) -> None:
         from monai.utils import evenly_divisible_all_gather
 
         cm = evenly_divisible_all_gather(torch.as_tensor(self.cm)[None], concat=True).sum(0).numpy()

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from monai.config import NdarrayOrTensor
 from monai.data import MetaTensor
+from monai.transforms import MapTransform
 from monai.utils import convert_data_type, ensure_tuple_rep
 from scipy import ndimage as ndi
 
@@ -26,6 +27,7 @@ __all__ = [
     "mask_bounding_box",
     "voxel_spacing",
     "number_word",
+    "MaskedMapTransform",
 ]
 
 POLARITIES = ("dark", "bright", "both")
@@ -177,3 +179,37 @@ def voxel_spacing(img: NdarrayOrTensor, spacing: Sequence[float] | float | None 
     if sp.shape != (spatial_dims,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
         raise ValueError(f"spacing must be {spatial_dims} positive numbers (mm), got {sp.tolist()!r}.")
     return sp
+
+
+class MaskedMapTransform(MapTransform):
+    """Base of the dictionary twins that call an array transform per key, with an optional mask key per key.
+
+    Subclasses set :attr:`transform` (the array transform, built from their keyword arguments) and override
+    :meth:`apply` when the transform's result goes elsewhere than back under ``key``.
+
+    Args:
+        keys: keys to transform.
+        transform: the array transform.
+        mask_key: one key (or one per key) of a mask, ``None`` for none; what it means is the subclass's.
+        allow_missing_keys: skip missing keys instead of raising.
+    """
+
+    def __init__(self, keys, transform, mask_key=None, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.transform = transform
+        self.backend = getattr(transform, "backend", [])
+        self.mask_key = opt_keys(mask_key, len(self.keys), "mask_key")
+
+    def mask(self, d: dict, mask_key: str | None):
+        """The mask under ``mask_key`` (``None`` without one)."""
+        return None if mask_key is None else d[mask_key]
+
+    def apply(self, d: dict, key, mask_key: str | None) -> None:
+        """Transform ``d[key]`` in place (default: with the mask as the second argument)."""
+        d[key] = self.transform(d[key], self.mask(d, mask_key))
+
+    def __call__(self, data):
+        d = dict(data)
+        for key, mkey in self.key_iterator(d, self.mask_key):
+            self.apply(d, key, mkey)
+        return d

@@ -13,7 +13,7 @@ from monai.transforms import Cropd, MapTransform
 from monai.utils import TransformBackends
 
 from medplugin.transforms.crop.array import CropToMask, FundusFOVCrop
-from medplugin.transforms.utils import opt_keys, voxel_spacing
+from medplugin.transforms.utils import MaskedMapTransform, voxel_spacing
 
 __all__ = [
     "CropToMaskd",
@@ -45,9 +45,10 @@ class CropToMaskd(Cropd):
     Args:
         keys: keys to crop.
         mask_key: key of the mask.
-        margin, margin_unit, min_size, empty, spacing, spatial_dims, mask_name: as :class:`CropToMask`.
         box_key: where to store the box (``None``: not stored).
         allow_missing_keys: do not raise if a key is absent.
+        kwargs: the arguments of :class:`CropToMask` (margin, margin_unit, min_size, empty, spacing, spatial_dims,
+            mask_name).
 
     Raises:
         KeyError: ``mask_key`` is not in the data.
@@ -55,23 +56,9 @@ class CropToMaskd(Cropd):
 
     backend = CropToMask.backend
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        mask_key: str = "roi_mask",
-        margin: Sequence[float] | float = 0,
-        margin_unit: str = "voxel",
-        min_size: Sequence[int] | int | None = None,
-        empty: str = "full",
-        spacing: Sequence[float] | float | None = None,
-        spatial_dims: int | None = None,
-        mask_name: str = "ROI",
-        box_key: str | None = "roi_box",
-        allow_missing_keys: bool = False,
-    ) -> None:
-        cropper = CropToMask(margin=margin, margin_unit=margin_unit, min_size=min_size, empty=empty, spacing=spacing,
-                             spatial_dims=spatial_dims, mask_name=mask_name)
-        super().__init__(keys, cropper, allow_missing_keys)
+    def __init__(self, keys: KeysCollection, mask_key: str = "roi_mask", box_key: str | None = "roi_box",
+                 allow_missing_keys: bool = False, **kwargs) -> None:
+        super().__init__(keys, CropToMask(**kwargs), allow_missing_keys)
         self.mask_key = mask_key
         self.box_key = box_key
 
@@ -99,44 +86,29 @@ class CropToMaskd(Cropd):
         return d
 
 
-class FundusFOVCropd(MapTransform):
+class FundusFOVCropd(MaskedMapTransform):
     """Dictionary twin of :class:`~medplugin.transforms.crop.array.FundusFOVCrop`.
 
     Args:
         keys: image keys to crop.
         spatial_size: output side in pixels.
         mask_key: where to store each key's FOV mask (1, S, S) float32; one name or one per key; ``None``: none.
-        threshold: see ``FundusFOVCrop``.
-        mask_scale: see ``FundusFOVCrop``.
-        min_area_fraction: see ``FundusFOVCrop``.
         allow_missing_keys: skip missing keys instead of raising.
+        kwargs: further arguments of ``FundusFOVCrop`` (threshold, mask_scale, min_area_fraction).
     """
 
     backend = FundusFOVCrop.backend
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        spatial_size: int = 512,
-        mask_key: str | Sequence[str | None] | None = None,
-        threshold: float = 0.15,
-        mask_scale: float = 1.0,
-        min_area_fraction: float = 0.05,
-        allow_missing_keys: bool = False,
-    ) -> None:
+    def __init__(self, keys: KeysCollection, spatial_size: int = 512, mask_key: str | Sequence[str | None] | None = None,
+                 allow_missing_keys: bool = False, **kwargs) -> None:
         """Check and store the arguments (see the class docstring)."""
-        super().__init__(keys, allow_missing_keys)
-        self.mask_key = opt_keys(mask_key, len(self.keys), "mask_key")
-        self.cropper = FundusFOVCrop(spatial_size, threshold, mask_scale, True, min_area_fraction)
+        super().__init__(keys, FundusFOVCrop(spatial_size, return_mask=True, **kwargs), mask_key, allow_missing_keys)
 
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        """Crop every key; store masks under ``mask_key``."""
-        d = dict(data)
-        for key, mkey in self.key_iterator(d, self.mask_key):
-            d[key], mask = self.cropper(d[key])
-            if mkey is not None:
-                d[mkey] = mask
-        return d
+    def apply(self, d: dict, key, mask_key: str | None) -> None:
+        """Crop ``d[key]``; store its mask under ``mask_key``."""
+        d[key], mask = self.transform(d[key])
+        if mask_key is not None:
+            d[mask_key] = mask
 
 
 class CropBoxToTensord(MapTransform):

@@ -17,7 +17,7 @@ from monai.utils import TransformBackends, convert_data_type, convert_to_dst_typ
 from medplugin.transforms.crop.array import FundusFOVCrop
 from medplugin.transforms.intensity.array import GrahamContrast
 from medplugin.transforms.lesion.array import AnnotateCandidates, LesionCandidates
-from medplugin.transforms.utils import opt_keys
+from medplugin.transforms.utils import MaskedMapTransform, opt_keys
 
 __all__ = [
     "LesionCandidatesd",
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 
-class LesionCandidatesd(MapTransform):
+class LesionCandidatesd(MaskedMapTransform):
     """Dictionary twin of :class:`~medplugin.transforms.lesion.array.LesionCandidates`.
 
     Stores the (N, 5) candidates ``[row, col, radius, polarity, score]`` under ``candidates_key``. Variable-N
@@ -44,76 +44,47 @@ class LesionCandidatesd(MapTransform):
         mask_key: key of the FOV mask; ``None``: non-black pixels.
         fovea_key: key holding the fovea (row, col); enables the fovea filter; ``None``: argument/estimate.
         disc_key: key holding the optic disc centre (row, col); ``None``: not used unless estimated.
+        allow_missing_keys: skip missing keys instead of raising.
         kwargs: the arguments of ``LesionCandidates`` (radii, alpha, beta, q, min_distance, max_fovea_distance,
             disc_diameter, estimate_fovea, polarity, channel, max_candidates).
-        allow_missing_keys: skip missing keys instead of raising.
     """
 
     backend = LesionCandidates.backend
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        candidates_key: str | Sequence[str] = "candidates",
-        mask_key: str | None = None,
-        fovea_key: str | None = None,
-        disc_key: str | None = None,
-        allow_missing_keys: bool = False,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, keys: KeysCollection, candidates_key: str | Sequence[str] = "candidates",
+                 mask_key: str | None = None, fovea_key: str | None = None, disc_key: str | None = None,
+                 allow_missing_keys: bool = False, **kwargs: Any) -> None:
         """Check and store the arguments (see the class docstring)."""
-        super().__init__(keys, allow_missing_keys)
-        self.finder = LesionCandidates(**kwargs)
-        self.candidates_key = opt_keys(candidates_key, len(self.keys), "candidates_key")
-        if any(c is None for c in self.candidates_key):
+        super().__init__(keys, LesionCandidates(**kwargs), mask_key, allow_missing_keys)
+        outs = opt_keys(candidates_key, len(self.keys), "candidates_key")
+        if any(c is None for c in outs):
             raise ValueError(f"candidates_key must name a key, got {candidates_key!r}")
-        self.mask_key, self.fovea_key, self.disc_key = mask_key, fovea_key, disc_key
+        self.candidates_key = dict(zip(self.keys, outs))
+        self.fovea_key, self.disc_key = fovea_key, disc_key
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        """Find the candidates of every key."""
-        d = dict(data)
-        for key, ckey in self.key_iterator(d, self.candidates_key):
-            mask = d[self.mask_key] if self.mask_key is not None else None
-            fovea = d.get(self.fovea_key) if self.fovea_key is not None else None
-            disc = d.get(self.disc_key) if self.disc_key is not None else None
-            d[ckey] = self.finder(d[key], mask, fovea=fovea, disc=disc)
-        return d
+    def apply(self, d: dict, key, mask_key: str | None) -> None:
+        """Store the candidates of ``d[key]``."""
+        fovea = d.get(self.fovea_key) if self.fovea_key is not None else None
+        disc = d.get(self.disc_key) if self.disc_key is not None else None
+        d[self.candidates_key[key]] = self.transform(d[key], self.mask(d, mask_key), fovea=fovea, disc=disc)
 
 
-class AnnotateCandidatesd(MapTransform):
+class AnnotateCandidatesd(MaskedMapTransform):
     """Dictionary twin of :class:`~medplugin.transforms.lesion.array.AnnotateCandidates`.
 
     Args:
         keys: image keys (annotated in place).
         candidates_key: key of the (N, 5) candidates (one or one per key).
-        mode, dark_color, bright_color, thickness, value_range: see ``AnnotateCandidates``.
         allow_missing_keys: skip missing keys instead of raising.
+        kwargs: the arguments of ``AnnotateCandidates`` (mode, dark_color, bright_color, thickness, value_range).
     """
 
     backend = AnnotateCandidates.backend
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        candidates_key: str | Sequence[str] = "candidates",
-        mode: str = "draw",
-        dark_color: Sequence[float] = (0.0, 1.0, 1.0),
-        bright_color: Sequence[float] = (0.0, 0.0, 1.0),
-        thickness: float | None = None,
-        value_range: float = 255.0,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        """Check and store the arguments (see the class docstring)."""
-        super().__init__(keys, allow_missing_keys)
-        self.annotator = AnnotateCandidates(mode, dark_color, bright_color, thickness, value_range)
-        self.candidates_key = opt_keys(candidates_key, len(self.keys), "candidates_key")
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        """Annotate every key."""
-        d = dict(data)
-        for key, ckey in self.key_iterator(d, self.candidates_key):
-            d[key] = self.annotator(d[key], d[ckey])
-        return d
+    def __init__(self, keys: KeysCollection, candidates_key: str | Sequence[str] = "candidates",
+                 allow_missing_keys: bool = False, **kwargs: Any) -> None:
+        """Check and store the arguments (see the class docstring): the candidates take the mask's place."""
+        super().__init__(keys, AnnotateCandidates(**kwargs), candidates_key, allow_missing_keys)
 
 
 class FundusPreprocessd(MapTransform):

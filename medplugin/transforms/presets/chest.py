@@ -1,7 +1,7 @@
 """The chest X-ray classifier's preprocessing, defined once and referenced by every config of the bundle.
 
 Multi-label (ChestX-ray14) variant of :func:`medplugin.transforms.image_classification_preprocessing`: the
-same load -> [0, 1] -> resize -> normalise chain, the 14-value ``label`` made a float tensor, and an
+same load -> [0, 1] -> resize -> normalise chain (built by it), the 14-value ``label`` made a float tensor, and an
 optional lung crop first (``lung_crop=True``): the lung fields are segmented by the ``lung_xray_segmentation``
 bundle's U-Net (:class:`medplugin.transforms.SegmentWithModeld`) and the image is cut to their bounding box plus
 a margin (:class:`medplugin.transforms.CropToMaskd`), as in the segment-then-classify pipelines of Liu et al. 2019
@@ -15,33 +15,26 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from monai.data import list_data_collate
-from monai.transforms import Compose, EnsureTyped, NormalizeIntensityd, Resized, ScaleIntensityRanged
+from monai.transforms import Compose, EnsureTyped
 
 from medplugin.transforms.crop.dictionary import NO_CROP_BOX, CropBoxToTensord, CropToMaskd, RememberShaped
-from medplugin.transforms.io import LoadImage2dd
+from medplugin.transforms.presets.classification import image_classification_preprocessing
 from medplugin.transforms.segment.dictionary import SegmentWithModeld
 
 __all__ = ["chest_xray_preprocessing", "collate_with_defaults"]
 
 
-def chest_xray_preprocessing(
-    image_size: int,
-    channels: int = 1,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    lung_crop: bool = False,
-    lung_model_path: str | None = None,
-    lung_margin: float | Sequence[float] = 0.05,
-    lung_device: str | torch.device = "cpu",
-    keys: Sequence[str] = ("image",),
-) -> Compose:
+def chest_xray_preprocessing(image_size: int, channels: int = 1, mean: Sequence[float] | None = None,
+                             std: Sequence[float] | None = None, lung_crop: bool = False,
+                             lung_model_path: str | None = None, lung_margin: float | Sequence[float] = 0.05,
+                             lung_device: str | torch.device = "cpu", keys: Sequence[str] = ("image",)) -> Compose:
     """Deterministic preprocessing of the chest X-ray classifier (train, validation, evaluation, inference).
 
-    Steps: load (PNG/JPEG/DICOM, ``channels`` channels on 0..255, the file path kept under ``path``) ->
-    [lung crop] -> [0, 1] -> resize to ``image_size`` (whole image, aspect not kept) -> normalise with
-    ``mean``/``std`` -> plain tensors; ``label`` (14 values of 0/1, optional) becomes a float32 tensor.
-    With ``lung_crop`` the item also carries ``crop_box`` ``tensor([r0, c0, r1, c1, H, W])``: the crop in the
-    loaded image's pixels and that image's size.
+    :func:`~medplugin.transforms.image_classification_preprocessing` without the ``uint8`` cache step (load ->
+    [0, 1] -> resize to ``image_size`` -> normalise with ``mean``/``std`` -> plain tensors), with the lung crop
+    after loading (``lung_crop``), and ``label`` (14 values of 0/1, optional) made a float32 tensor. With
+    ``lung_crop`` the item also carries ``crop_box`` ``tensor([r0, c0, r1, c1, H, W])``: the crop in the loaded
+    image's pixels and that image's size.
 
     Args:
         image_size: square network input size.
@@ -58,16 +51,12 @@ def chest_xray_preprocessing(
     Raises:
         ValueError: bad sizes, mean/std, or ``lung_crop`` without ``lung_model_path``.
     """
-    if int(image_size) < 8:
-        raise ValueError(f"image_size must be at least 8, got {image_size!r}.")
-    if (mean is None) != (std is None):
-        raise ValueError(f"give both mean and std or neither, got mean={mean!r}, std={std!r}.")
     keys = list(keys)
-    steps: list = [LoadImage2dd(keys, channels=channels, path_key="path")]
+    steps = list(image_classification_preprocessing(image_size, channels, mean, std, keys, uint8=False).transforms)
     if lung_crop:
         if not lung_model_path:
             raise ValueError("lung_crop needs lung_model_path: the lung_xray_segmentation bundle's model.pt.")
-        steps += [
+        steps[1:1] = [  # right after loading
             RememberShaped(keys[0]),
             SegmentWithModeld(keys[0], model_path=lung_model_path, mask_key="lung_mask", device=lung_device,
                               keep_components=2, fill_holes=True, model_name="lung segmentation"),
@@ -75,15 +64,6 @@ def chest_xray_preprocessing(
                         mask_name="lung", box_key="lung_box"),
             CropBoxToTensord(keys[0]),
         ]
-    steps += [
-        ScaleIntensityRanged(keys, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
-        Resized(keys, spatial_size=(int(image_size), int(image_size)), mode="bilinear", anti_aliasing=True),
-    ]
-    if mean is not None:
-        if len(mean) != channels or len(std) != channels:
-            raise ValueError(f"mean and std need {channels} value(s), got mean={list(mean)}, std={list(std)}.")
-        steps.append(NormalizeIntensityd(keys, subtrahend=list(mean), divisor=list(std), channel_wise=True))
-    steps.append(EnsureTyped(keys, track_meta=False))
     steps.append(EnsureTyped("label", data_type="tensor", dtype=torch.float32, track_meta=False,
                              allow_missing_keys=True))
     return Compose(steps)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 
-import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
@@ -21,32 +20,18 @@ class SegmentWithModeld(MapTransform):
         keys: the image key (one key; the first present one is used).
         model_path: the segmentation bundle's ``model.pt`` (``model.json`` beside it).
         mask_key: where to store the mask (the image's channel layout).
-        device, keep_components, fill_holes, overlap, sw_batch_size, roi_size, model_name: as
-            :class:`SegmentWithModel`.
         allow_missing_keys: do not raise if the key is absent.
+        kwargs: the arguments of :class:`SegmentWithModel` (device, keep_components, fill_holes, overlap,
+            sw_batch_size, roi_size, model_name).
     """
 
     backend = SegmentWithModel.backend
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        model_path: str | os.PathLike,
-        mask_key: str = "roi_mask",
-        device: str | torch.device = "cpu",
-        keep_components: int | None = 1,
-        fill_holes: bool = True,
-        overlap: float = 0.25,
-        sw_batch_size: int = 2,
-        roi_size: Sequence[int] | None = None,
-        model_name: str = "segmentation",
-        allow_missing_keys: bool = False,
-    ) -> None:
+    def __init__(self, keys: KeysCollection, model_path: str | os.PathLike, mask_key: str = "roi_mask",
+                 allow_missing_keys: bool = False, **kwargs) -> None:
         super().__init__(keys, allow_missing_keys)
         self.mask_key = mask_key
-        self.segmenter = SegmentWithModel(model_path, device=device, keep_components=keep_components,
-                                          fill_holes=fill_holes, overlap=overlap, sw_batch_size=sw_batch_size,
-                                          roi_size=roi_size, model_name=model_name)
+        self.segmenter = SegmentWithModel(model_path, **kwargs)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)

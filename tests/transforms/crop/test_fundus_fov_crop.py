@@ -8,30 +8,11 @@ import torch
 
 from medplugin.data.synthetic.fundus import synthetic_fundus
 from medplugin.errors import BadInputError
-from medplugin.transforms import (
-    FundusFOVCrop,
-)
+from medplugin.transforms import FundusFOVCrop
 
 
 def _chw(d):
     return np.ascontiguousarray(d["image"].transpose(2, 0, 1))
-
-
-def _match(cands: np.ndarray, fundus: dict, tol: float) -> tuple[int, int, int]:
-    """(planted, found within tol with the right polarity, unmatched candidates), one-to-one."""
-    planted = [(r, c, -1.0) for r, c, _ in fundus["dark"]] + [(r, c, 1.0) for r, c, _ in fundus["bright"]]
-    used = np.zeros(len(cands), bool)
-    hit = 0
-    for r, c, pol in planted:
-        if not len(cands):
-            break
-        dist = np.hypot(cands[:, 0] - r, cands[:, 1] - c)
-        dist[(cands[:, 3] != pol) | used] = np.inf
-        j = int(np.argmin(dist))
-        if dist[j] <= tol:
-            used[j] = True
-            hit += 1
-    return len(planted), hit, int((~used).sum())
 
 
 # ------------------------------------------------------------------------------------------ detection

@@ -33,14 +33,20 @@ def test_text_and_json_label_files(tmp_path):
     assert t(tmp_path / "a.txt") == 3  # a Path works as well
 
 
-@pytest.mark.parametrize("content, reason", [("GLAUCOMA", "unknown class 'GLAUCOMA'"), ("", "empty label file"),
-                                             ("7", "class index 7 out of range for 4 classes"),
-                                             ('{"grade": 1}', 'needs a "label" key')])
-def test_bad_label_files_name_the_file_and_the_reason(tmp_path, content, reason):
+@pytest.mark.parametrize("kind, content, reason", [
+    ("class", "GLAUCOMA", "unknown class 'GLAUCOMA'"), ("class", "", "empty label file"),
+    ("class", "7", "class index 7 out of range for 4 classes"), ("class", '{"grade": 1}', 'needs a "label" key'),
+    ("multi", "Effusion|Glaucoma", "unknown finding 'Glaucoma'"),
+    ("multi", "", "empty label file"),
+    ("multi", "|", "no finding named"),
+    ("multi", '{"label": [0, 1]}', r"must be 4 values of 0/1"),
+    ("multi", '{"label": [0, 2, 0, 0]}', r"must be 4 values of 0/1"),
+])
+def test_bad_label_files_name_the_file_and_the_reason(tmp_path, kind, content, reason):
     f = tmp_path / ("x.json" if content.startswith("{") else "x.txt")
     f.write_text(content)
     with pytest.raises(BadInputError, match=reason) as e:
-        ClassIndexFromFile(CLASSES)(str(f))
+        (ClassIndexFromFile(CLASSES) if kind == "class" else MultiHotFromFile(FINDINGS))(str(f))
     assert e.value.path == str(f)
 
 
@@ -92,21 +98,6 @@ def test_multi_hot_json_label_file(tmp_path):
     f = tmp_path / "l.json"
     f.write_text('{"label": ["Effusion"]}')
     assert MultiHotFromFile(FINDINGS)(f).tolist() == [0, 1, 0, 0]
-
-
-@pytest.mark.parametrize("content, reason", [
-    ("Effusion|Glaucoma", "unknown finding 'Glaucoma'"),
-    ("", "empty label file"),
-    ("|", "no finding named"),
-    ('{"label": [0, 1]}', r"must be 4 values of 0/1"),
-    ('{"label": [0, 2, 0, 0]}', r"must be 4 values of 0/1"),
-])
-def test_bad_multi_label_files_name_the_file_and_the_reason(tmp_path, content, reason):
-    f = tmp_path / ("x.json" if content.startswith("{") else "x.txt")
-    f.write_text(content)
-    with pytest.raises(BadInputError, match=reason) as e:
-        MultiHotFromFile(FINDINGS)(str(f))
-    assert e.value.path == str(f)
 
 
 def test_multi_hot_dictionary_twin_names_the_image(tmp_path):

@@ -7,11 +7,7 @@ import pytest
 import torch
 
 from medplugin.data.synthetic.fundus import synthetic_fundus
-from medplugin.transforms import (
-    AnnotateCandidates,
-    LesionCandidates,
-    estimate_disc_and_fovea,
-)
+from medplugin.transforms import AnnotateCandidates, LesionCandidates, estimate_disc_and_fovea
 
 
 def _chw(d):

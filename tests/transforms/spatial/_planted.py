@@ -38,18 +38,15 @@ def write_dicom(path: Path, spacing=(0.7, 0.4)) -> np.ndarray:
     from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 
     img, mask = image_2d()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ComputedRadiographyImageStorage, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    uid = generate_uid()
     ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = ComputedRadiographyImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "CR", "anon"
-    ds.Rows, ds.Columns = ROWS, COLS
-    ds.PixelSpacing = list(spacing)
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = img.tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.update({"MediaStorageSOPClassUID": ComputedRadiographyImageStorage, "MediaStorageSOPInstanceUID": uid,
+                         "TransferSyntaxUID": ExplicitVRLittleEndian})
+    ds.update({"SOPClassUID": ComputedRadiographyImageStorage, "SOPInstanceUID": uid, "Modality": "CR",
+               "PatientID": "anon", "Rows": ROWS, "Columns": COLS, "PixelSpacing": list(spacing),
+               "SamplesPerPixel": 1, "PhotometricInterpretation": "MONOCHROME2", "BitsAllocated": 8,
+               "BitsStored": 8, "HighBit": 7, "PixelRepresentation": 0, "PixelData": img.tobytes()})
     ds.save_as(path, enforce_file_format=True)
     return mask
 
