@@ -71,5 +71,5 @@ class GradCAMInferer(Inferer):
 
 
 MultiLabelGradCAMInferer = GradCAMInferer
-"""The name the chest X-ray bundle's configs use: :class:`GradCAMInferer` explains multi-label batches
-(:meth:`GradCAMInferer.cams_for`) as well."""
+"""Deprecated name of :class:`GradCAMInferer` (which explains multi-label batches too, :meth:`GradCAMInferer.cams_for`),
+kept only for the chest bundle's ``evaluate.yaml``; remove once it names ``GradCAMInferer``."""

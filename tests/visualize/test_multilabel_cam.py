@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medplugin.inferers import MultiLabelGradCAMInferer
+from medplugin.inferers import GradCAMInferer
 from medplugin.visualize.cam import CapturedGradCAM
 
 
@@ -24,7 +24,7 @@ class _Net(torch.nn.Module):
 def test_pairs_equal_single_label_grad_cam_and_can_be_asked_twice():
     net = _Net().eval()
     x = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(1))
-    inferer = MultiLabelGradCAMInferer("features")
+    inferer = GradCAMInferer("features")
     with torch.no_grad():  # as inside the evaluator
         logits = inferer(x, net)
     assert not logits.requires_grad and logits.shape == (3, 5)
@@ -45,7 +45,7 @@ def test_pairs_equal_single_label_grad_cam_and_can_be_asked_twice():
 
 def test_pairs_are_checked():
     net = _Net().eval()
-    inferer = MultiLabelGradCAMInferer("features")
+    inferer = GradCAMInferer("features")
     inferer(torch.randn(2, 1, 16, 16), net)
     with pytest.raises(ValueError, match="outside the batch"):
         inferer.cams_for([2], [0])
