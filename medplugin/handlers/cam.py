@@ -12,7 +12,8 @@ import torch
 from ignite.engine import Engine, Events
 
 from medplugin.handlers._engine import is_main_process, iter_samples
-from medplugin.handlers.segmentation import _dataset_transform, _has_trace, to_input_grid
+from medplugin.handlers.segmentation import _dataset_transform
+from medplugin.transforms.spatial.array import has_trace, to_input_grid
 from medplugin.utils import safe_name
 from medplugin.visualize.cam import CapturedGradCAM
 from medplugin.visualize.montage import cam_montage
@@ -187,8 +188,8 @@ class CAMSaver:
     def _on_original(self, cam: torch.Tensor, item: dict, shape: Sequence[int], transform) -> torch.Tensor:
         """The map ``(1, *spatial)`` of the network input on the loaded input's grid of ``shape``."""
         image = item.get(self.image_key)
-        if _has_trace(image) and transform is not None:
-            heat = to_input_grid(cam, image, transform)
+        if has_trace(image) and transform is not None:
+            heat = to_input_grid(cam, image, transform, image_key=self.image_key)
         elif len(shape) == 2 and crop_box_of(item) is not None:
             r0, c0, r1, c1 = crop_box_of(item)[:4]
             heat = torch.zeros(1, *shape)

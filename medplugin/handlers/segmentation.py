@@ -19,10 +19,11 @@ from ignite.engine import Engine
 from monai.data import MetaTensor
 
 from medplugin.handlers._engine import Collector, is_main_process, iter_samples
+from medplugin.transforms.spatial.array import has_trace, to_input_grid
 from medplugin.utils import atomic_write, safe_name, write_json
 
 __all__ = ["SegmentationWriter", "SegmentationReportWriter", "Segmentation2dReportWriter", "foreground", "dice_iou",
-           "region_record", "to_input_grid"]
+           "region_record"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,30 +98,6 @@ def region_record(mask: np.ndarray, affine: np.ndarray | None = None) -> dict:
         mm = corners @ a[:3, :sd].T + a[:3, 3]
         out["bbox_mm"] = {"min": mm.min(0).round(3).tolist(), "max": mm.max(0).round(3).tolist()}
     return out
-
-
-def _has_trace(image) -> bool:
-    return isinstance(image, MetaTensor) and bool(image.applied_operations)
-
-
-def to_input_grid(data: torch.Tensor, image, transform: Callable | None, nearest: bool = False) -> torch.Tensor:
-    """``data`` computed on a preprocessed image ``(C, *spatial)`` put back on the loaded image's grid with
-    MONAI's ``Invertd`` (``transform``: the preprocessing that made ``image``, whose record ``image`` carries).
-
-    Without a record (no invertible step, or an image without metadata) ``data`` is returned unchanged, as a
-    ``MetaTensor`` with ``image``'s metadata when there is any. Interpolation: the preprocessing's own (e.g.
-    bilinear for a resize), or nearest with ``nearest``; cropped regions come back as zeros.
-    """
-    from monai.transforms import Invertd
-
-    x = torch.as_tensor(data.as_tensor() if isinstance(data, MetaTensor) else data)
-    if _has_trace(image) and transform is not None:
-        d = Invertd("data", transform=transform, orig_keys="image", nearest_interp=nearest)(
-            {"image": image, "data": MetaTensor(x)})
-        return d["data"]
-    if isinstance(image, MetaTensor):
-        return MetaTensor(x, meta={k: v for k, v in image.meta.items() if k != "affine"}, affine=image.affine.clone())
-    return x
 
 
 def _dataset_transform(engine: Engine) -> Callable | None:
@@ -232,8 +209,8 @@ class SegmentationWriter(Collector):
         from medplugin.transforms import ToOriginalOrientation, clean_mask
 
         fg = torch.as_tensor(foreground(pred))[None]
-        if _has_trace(image) and transform is not None:
-            mask = to_input_grid(fg.float(), image, transform) > 0.5
+        if has_trace(image) and transform is not None:
+            mask = to_input_grid(fg.float(), image, transform, image_key=self.image_key) > 0.5
         else:  # nothing to invert: keep the label values
             p = _np(pred)
             labels = torch.as_tensor(p.argmax(0)[None] if p.shape[0] > 1 else np.rint(p[:1]))

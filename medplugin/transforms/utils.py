@@ -197,7 +197,6 @@ class MaskedMapTransform(MapTransform):
     def __init__(self, keys, transform, mask_key=None, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.transform = transform
-        self.backend = getattr(transform, "backend", [])
         self.mask_key = opt_keys(mask_key, len(self.keys), "mask_key")
 
     def mask(self, d: dict, mask_key: str | None):

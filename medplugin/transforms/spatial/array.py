@@ -1,20 +1,22 @@
-"""Array transforms of voxel grids: check that a mask lies on its image's grid, put an array back in the voxel order
-of the file its image was read from."""
+"""Voxel grids: check that a mask lies on its image's grid; put a result back on the loaded image's grid (MONAI's
+``Invertd`` on the preprocessing) and in the voxel order of the file the image was read from."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from monai.config import NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import Orientation, Transform
+from monai.transforms import Invertd, Orientation, Transform
 from monai.utils import TransformBackends, optional_import
 
 from medplugin.errors import BadInputError
 
 nib, _ = optional_import("nibabel")
 
-__all__ = ["CheckGeometry", "ToOriginalOrientation"]
+__all__ = ["CheckGeometry", "ToOriginalOrientation", "has_trace", "to_input_grid"]
 
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel's axis codes, as aff2axcodes writes them
 
@@ -89,3 +91,29 @@ class ToOriginalOrientation(Transform):
                                  "or flip of the file's (original_affine); cannot put it back in the file's order")
         x.meta["spatial_shape"] = np.asarray(x.shape[1:])
         return x
+
+
+def has_trace(image) -> bool:
+    """Whether ``image`` is a ``MetaTensor`` that records invertible transforms (MONAI's ``applied_operations``)."""
+    return isinstance(image, MetaTensor) and bool(image.applied_operations)
+
+
+def to_input_grid(data: torch.Tensor, image, transform: Callable | None, nearest: bool = False,
+                  image_key: str = "image") -> torch.Tensor:
+    """``data`` computed on a preprocessed image ``(C, *spatial)`` put back on the loaded image's grid with
+    MONAI's ``Invertd`` (``transform``: the preprocessing that made ``image``, whose record ``image`` carries;
+    ``image_key``: the image's key in that preprocessing).
+
+    Without a record (no invertible step, or an image without metadata) ``data`` is returned unchanged, as a
+    ``MetaTensor`` with ``image``'s metadata when there is any. Interpolation: the preprocessing's own (e.g.
+    bilinear for a resize), or nearest with ``nearest``; cropped regions come back as zeros.
+    """
+    x = torch.as_tensor(data.as_tensor() if isinstance(data, MetaTensor) else data)
+    if has_trace(image) and transform is not None:
+        key = "data" if image_key != "data" else "map"
+        d = Invertd(key, transform=transform, orig_keys=image_key, nearest_interp=nearest)(
+            {image_key: image, key: MetaTensor(x)})
+        return d[key]
+    if isinstance(image, MetaTensor):
+        return MetaTensor(x, meta={k: v for k, v in image.meta.items() if k != "affine"}, affine=image.affine.clone())
+    return x

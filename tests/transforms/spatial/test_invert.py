@@ -12,7 +12,6 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd
 
 from medplugin.errors import BadInputError
-from medplugin.handlers.segmentation import to_input_grid
 from medplugin.transforms import (
     CheckGeometry,
     CheckGeometryd,
@@ -24,6 +23,7 @@ from medplugin.transforms import (
     ToOriginalOrientationd,
     knee_classification_preprocessing,
     lung_segmentation_preprocessing,
+    to_input_grid,
 )
 from medplugin.visualize.overlay import save_nifti
 from tests.transforms.spatial._planted import (
