@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from medplugin.handlers import CAMSaver, MultiLabelCAMSaver, TensorBoardCAMHandler
+from medplugin.handlers import CAMSaver, TensorBoardCAMHandler
 from medplugin.inferers import GradCAMInferer
 from medplugin.transforms import image_classification_preprocessing, knee_classification_preprocessing
 from tests.transforms.spatial._planted import FILE_AFFINE, FILE_SHAPE, write_exam
@@ -86,7 +86,7 @@ def test_multi_label_maps_per_finding_and_the_lung_crop_region(tmp_path):
     batch = _batch(prep, paths)
     batch["crop_box"] = torch.tensor([[10, 20, 30, 50, 40, 60]])  # the model saw rows 10..29, cols 20..49
     net, inferer = _net(), GradCAMInferer("1")
-    saver = MultiLabelCAMSaver(inferer, str(tmp_path / "out"), CLASSES, findings=["a", "c"])
+    saver = CAMSaver(inferer, str(tmp_path / "out"), CLASSES, multi_label=True, findings=["a", "c"])
     engine = _engine(net, inferer, batch, sigmoid=True)
     saver.attach(engine)
     engine.run([batch])
