@@ -143,12 +143,11 @@ class CAMSaver:
             return
         samples = list(iter_samples(engine))
         pairs = self._pairs(samples)
+        maps = self.inferer.cams_for([i for i, _, _ in pairs], [c for _, c, _ in pairs]).cpu() if pairs else []
+        if not self.multi_label:  # single-label: nobody else asks, free the graph; multi-label: the localisation may
+            self.inferer.release()
         if not pairs:
-            self.inferer.release()
             return
-        maps = self.inferer.cams_for([i for i, _, _ in pairs], [c for _, c, _ in pairs]).cpu()
-        if not self.multi_label:
-            self.inferer.release()
         if not is_main_process():
             return
         transform = self.transform or _dataset_transform(engine)

@@ -93,6 +93,11 @@ def test_multi_label_maps_per_finding_and_the_lung_crop_region(tmp_path):
     names = sorted(p.name for p in (tmp_path / "out" / "cams").iterdir())
     assert [n.split("_p")[0] for n in names] == ["img0_a", "img0_c"] and all(n.endswith("_gradcam.png") for n in names)
     assert inferer.ready  # multi-label keeps the graph for the localisation evaluator
+    none = CAMSaver(inferer, str(tmp_path / "none"), CLASSES, multi_label=True, threshold=1.0)  # nothing called
+    engine = _engine(net, inferer, batch, sigmoid=True)
+    none.attach(engine)
+    engine.run([batch])
+    assert inferer.ready and not (tmp_path / "none").exists()  # still kept, though this saver had nothing to map
     heat = saver._on_original(torch.ones(1, 16, 16), {"crop_box": batch["crop_box"][0]}, (40, 60), None)
     assert heat.shape == (1, 40, 60) and torch.allclose(heat[0, 10:30, 20:50], torch.ones(20, 30))
     assert float(heat.sum()) == pytest.approx(20 * 30)  # zero outside the crop
