@@ -13,7 +13,7 @@ from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from PIL import Image
 
 from medplugin.data.synthetic.chest_xray import synthetic_chest_xray
-from medplugin.transforms.chest_classification import chest_xray_preprocessing
+from medplugin.transforms import chest_xray_preprocessing
 
 
 def _write_pngs(root: Path, n: int, size: int) -> list[dict]:

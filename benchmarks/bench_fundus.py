@@ -19,7 +19,7 @@ from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose
 
 from medplugin.data.synthetic.fundus import make_eyepacs_demo
-from medplugin.transforms.fundus import fundus_augmentation, fundus_classification_preprocessing
+from medplugin.transforms import fundus_augmentation, fundus_classification_preprocessing
 
 
 def _per_image_ms(files: list[str], mode: str, size: int, repeats: int) -> float:

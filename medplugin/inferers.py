@@ -1,4 +1,4 @@
-"""Inferers that return predictions and keep what is needed for class activation maps."""
+"""An inferer that returns predictions and keeps what Grad-CAM needs of the same forward pass."""
 
 from __future__ import annotations
 
@@ -8,17 +8,21 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
-from medplugin.visualize.cam import ActivationCapture, grad_cam_from_activations, normalize_maps
+from medplugin.visualize.cam import CapturedGradCAM
 
-__all__ = ["GradCAMInferer", "MultiLabelGradCAMInferer"]
+__all__ = ["GradCAMInferer"]
 
 
 class GradCAMInferer(Inferer):
     """Run the network once with its graph kept up to ``layer``, so Grad-CAM costs one partial backward.
 
-    Used as a bundle's ``inferer`` where CAMs are written (evaluation, inference). The evaluator runs under
-    ``torch.no_grad()``; this inferer re-enables gradients for its forward pass only. The returned logits are
-    detached; :meth:`cams` then gives the maps of the last batch and frees the graph.
+    Used as a bundle's ``inferer`` where CAMs are written (evaluation, inference): the evaluator's own forward
+    pass is the one explained (:class:`medplugin.visualize.cam.CapturedGradCAM`, which says why MONAI's
+    ``GradCAM`` is not used). The evaluator runs under ``torch.no_grad()``; this inferer re-enables gradients
+    for its forward pass only, and the returned logits are detached. The graph of the last batch is kept until
+    the next batch: :meth:`cams` gives one map per sample and frees it, :meth:`cams_for` gives the maps of any
+    (sample, class) pairs (multi-label findings) and keeps it, so several handlers can ask; :meth:`release`
+    frees it.
 
     Args:
         layer: dotted name of the module whose output Grad-CAM weights (e.g. ``"layer4"``).
@@ -29,79 +33,39 @@ class GradCAMInferer(Inferer):
         super().__init__()
         self.layer = layer
         self.enabled = enabled
-        self._last: tuple[torch.Tensor, torch.Tensor, tuple[int, ...]] | None = None
+        self._cam: CapturedGradCAM | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether the last batch can be explained."""
+        return self._cam is not None and self._cam.ready
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
         """Return the detached logits of ``network(inputs)``."""
-        self._last = None
+        self._cam = None
         if not self.enabled:
             return network(inputs, *args, **kwargs)
-        with torch.enable_grad(), ActivationCapture(network, self.layer) as cap:
-            logits = network(inputs, *args, **kwargs)
-        if cap.activation is not None:
-            self._last = (logits, cap.activation, tuple(inputs.shape[2:]))
-        return logits.detach()
+        cam = CapturedGradCAM(network, self.layer)
+        logits = cam.forward(inputs, *args, **kwargs)
+        self._cam = cam
+        return logits
+
+    def _require(self) -> CapturedGradCAM:
+        if not self.ready:
+            raise RuntimeError("no batch to explain: call the inferer first (with enabled=True).")
+        return self._cam  # type: ignore[return-value]
 
     def cams(self, class_idx: torch.Tensor | Sequence[int] | int | None = None) -> torch.Tensor:
-        """Grad-CAM maps ``(B, 1, *input_spatial)`` in [0, 1] of the last batch (predicted class by default)."""
-        if self._last is None:
-            raise RuntimeError("no batch to explain: call the inferer first (with enabled=True).")
-        logits, activation, size = self._last
-        self._last = None
-        with torch.enable_grad():  # handlers may run inside the evaluator's no_grad context
-            return grad_cam_from_activations(logits, activation, class_idx, output_size=size)
-
-
-class MultiLabelGradCAMInferer(GradCAMInferer):
-    """:class:`GradCAMInferer` for multi-label networks: Grad-CAM of any (sample, label) pairs of a batch.
-
-    A multi-label classifier (e.g. 14 chest X-ray findings with sigmoid outputs) is explained per label:
-    the map of each finding called positive, or of each finding that has a ground-truth box. The graph of the
-    last batch is kept until the next batch (or :meth:`release`), so several handlers can ask for maps of the
-    same batch. Pairs are grouped so that each backward pass takes at most one label per sample.
-
-    Args:
-        layer: dotted name of the module whose output Grad-CAM weights (e.g. ``"class_layers.relu"``).
-        enabled: when ``False`` it behaves like ``SimpleInferer``.
-    """
+        """Grad-CAM maps ``(B, 1, *input_spatial)`` in [0, 1] of the last batch (predicted class by default);
+        frees the graph."""
+        return self._require().maps(classes=class_idx, keep=False)
 
     def cams_for(self, samples: Sequence[int], labels: Sequence[int]) -> torch.Tensor:
-        """Maps ``(K, 1, *input_spatial)`` in [0, 1] for the pairs ``(samples[k], labels[k])`` of the last batch."""
-        if self._last is None:
-            raise RuntimeError("no batch to explain: call the inferer first (with enabled=True).")
-        if len(samples) != len(labels):
-            raise ValueError(f"samples and labels differ in length: {len(samples)} vs {len(labels)}.")
-        logits, activation, size = self._last
-        b, n_labels = logits.shape
-        pairs = [(int(i), int(c)) for i, c in zip(samples, labels)]
-        for i, c in pairs:
-            if not (0 <= i < b and 0 <= c < n_labels):
-                raise ValueError(f"pair (sample {i}, label {c}) outside the batch of {b} x {n_labels} labels.")
-        out: list[torch.Tensor | None] = [None] * len(pairs)
-        todo = list(range(len(pairs)))
-        spatial = tuple(range(2, activation.dim()))
-        with torch.enable_grad():
-            while todo:
-                taken, rest, used = [], [], set()
-                for k in todo:
-                    (taken if pairs[k][0] not in used else rest).append(k)
-                    used.add(pairs[k][0])
-                idx = torch.tensor([pairs[k][0] for k in taken], device=logits.device)
-                cls = torch.tensor([pairs[k][1] for k in taken], device=logits.device)
-                (grads,) = torch.autograd.grad(logits[idx, cls].sum(), activation, retain_graph=True)
-                weights = grads[idx].float().mean(dim=spatial, keepdim=True)
-                maps = torch.relu((weights * activation.detach()[idx].float()).sum(dim=1, keepdim=True))
-                if tuple(maps.shape[2:]) != tuple(size):
-                    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
-                    maps = torch.nn.functional.interpolate(maps, size=tuple(size), mode=mode, align_corners=False)
-                maps = normalize_maps(maps)
-                for j, k in enumerate(taken):
-                    out[k] = maps[j]
-                todo = rest
-        if not pairs:
-            return torch.zeros((0, 1, *size))
-        return torch.stack(out)  # type: ignore[arg-type]
+        """Maps ``(K, 1, *input_spatial)`` in [0, 1] for the pairs ``(samples[k], labels[k])`` of the last batch;
+        the graph is kept for further calls."""
+        return self._require().maps(samples, labels, keep=True)
 
     def release(self) -> None:
         """Free the graph of the last batch."""
-        self._last = None
+        self._cam = None
+

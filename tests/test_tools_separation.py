@@ -20,7 +20,7 @@ import medplugin
 
 names = json.loads(sys.argv[1])
 imported, failed = set(), {}
-for name in names:  # "medplugin.transforms.fundus.FundusPreprocessd.out_channels": the longest module prefix
+for name in names:  # "medplugin.transforms.FundusPreprocessd.out_channels": the longest module prefix
     parts = name.split(".")
     for n in range(len(parts), 0, -1):
         try:

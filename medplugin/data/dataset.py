@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 import torch
-from monai.data import Dataset
+from monai.data import Dataset, MetaTensor
 
 from medplugin.errors import BadInputError
 
@@ -43,8 +43,9 @@ class TolerantDataset(Dataset):
 
     An item whose transform fails returns ``{image_key: zeros(fallback_shape), "error": message, ...}`` with
     the entry's string fields (``path``, ``name``) kept, so a batch job writes an error row for it and goes on
-    with the rest. Good items get ``"error": ""``. Tensors are returned without MONAI metadata so good and
-    bad items collate together.
+    with the rest. Good items get ``"error": ""``. Images are returned without MONAI metadata so good and
+    bad items collate together; with ``keep_meta`` every image is a ``MetaTensor`` (a failed item's with only
+    ``filename_or_obj``), so good items keep the record of their transforms (for MONAI's ``Invertd``).
 
     Args:
         data: datalist entries.
@@ -53,14 +54,16 @@ class TolerantDataset(Dataset):
         image_key: key of the image.
         fallback: extra keys a failed item gets so it collates with good ones, e.g. ``{"geometry": [0] * 12}``
             (values are turned into tensors).
+        keep_meta: keep images as ``MetaTensor`` s (see above).
     """
 
     def __init__(self, data: Sequence[dict], transform: Callable | None, fallback_shape: Sequence[int],
-                 image_key: str = "image", fallback: dict | None = None) -> None:
+                 image_key: str = "image", fallback: dict | None = None, keep_meta: bool = False) -> None:
         super().__init__(data=data, transform=transform)
         self.fallback_shape = tuple(int(s) for s in fallback_shape)
         self.image_key = image_key
         self.fallback = dict(fallback or {})
+        self.keep_meta = bool(keep_meta)
 
     def _transform(self, index: int) -> dict:
         entry = self.data[index]
@@ -73,10 +76,12 @@ class TolerantDataset(Dataset):
             out["error"] = failure_message(entry, e, self.image_key)
             out.update({k: torch.as_tensor(v) for k, v in self.fallback.items()})
         img = out[self.image_key]
-        if hasattr(img, "as_tensor"):
+        if hasattr(img, "as_tensor") and not (self.keep_meta and not out["error"]):
             out[self.image_key] = img.as_tensor()
         if tuple(out[self.image_key].shape) != self.fallback_shape and not out["error"]:
             out[self.image_key] = torch.zeros(self.fallback_shape)
             out["error"] = (f"{entry.get('path')}: preprocessing gave shape {tuple(img.shape)}, "
                             f"expected {self.fallback_shape}")
+        if self.keep_meta and not isinstance(out[self.image_key], MetaTensor):
+            out[self.image_key] = MetaTensor(out[self.image_key], meta={"filename_or_obj": str(entry.get("path", ""))})
         return out

@@ -7,7 +7,7 @@ Two layouts are recognised (:func:`detect_lungseg_layout`):
   ``CXR_png/MCUCXR_0001_0.png`` with ``ManualMask/leftMask/MCUCXR_0001_0.png`` and
   ``ManualMask/rightMask/MCUCXR_0001_0.png`` (0/255 PNGs, one per lung; the last digit of the name is 0 for
   normal, 1 for abnormal). The root may also be the folder holding ``MontgomerySet/``. The two masks are
-  merged at load time (:class:`medplugin.transforms.chest.LoadLungMaskd`): the entry's ``label`` is the list
+  merged at load time (:class:`medplugin.transforms.LoadLungMaskd`): the entry's ``label`` is the list
   ``[leftMask, rightMask]``.
 - ``images_masks``: any set laid out as ``images/<name>.<ext>`` and ``masks/<name>.<ext>`` (matching names
   without the suffix; PNG, JPEG, BMP, TIFF or DICOM images; masks > 0 are lung). Sub-folders are searched and

@@ -1,9 +1,14 @@
-"""Reading per-sample records out of a MONAI engine's state, and gathering them over ranks."""
+"""Reading per-sample records out of a MONAI engine's state, gathering them over ranks, and the base of handlers that
+collect per iteration and write once."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+
+from abc import ABC, abstractmethod
+
+from ignite.engine import Events
 
 logger = logging.getLogger(__name__)
 
@@ -67,3 +72,28 @@ def gather_samples(engine, *columns: list) -> tuple[list, ...]:
             rows.setdefault(idx, [c[j] for c in cols])
     ordered = [rows[i] for i in sorted(rows)]
     return tuple([r[k] for r in ordered] for k in range(len(columns)))
+
+
+class Collector(ABC):
+    """Base of the handlers that collect per iteration and write once: :meth:`reset` on ``start_event`` (a run's
+    start), :meth:`collect` on every iteration, :meth:`write` on ``end_event`` (the run's end)."""
+
+    start_event = Events.STARTED
+    end_event = Events.COMPLETED
+
+    def attach(self, engine) -> None:
+        """Attach to ``engine`` (an ignite ``Engine``, e.g. MONAI's evaluator)."""
+        engine.add_event_handler(self.start_event, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(self.end_event, self.write)
+
+    def reset(self, engine=None) -> None:  # noqa: B027 - optional hook: a collector with nothing to forget
+        """Forget what an earlier run collected."""
+
+    @abstractmethod
+    def collect(self, engine) -> None:
+        """Keep what this iteration's output holds for :meth:`write`."""
+
+    @abstractmethod
+    def write(self, engine=None):
+        """Write what the run collected (gathered over ranks where the subclass needs every sample)."""

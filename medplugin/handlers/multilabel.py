@@ -1,5 +1,5 @@
-"""Multi-label (e.g. ChestX-ray14) evaluation outputs: AUROC tables and ROC plot, per-file predictions,
-Grad-CAM overlays per finding, and localisation scores of the maps against ground-truth boxes."""
+"""Multi-label (e.g. ChestX-ray14) evaluation outputs: AUROC tables and ROC plot, per-file predictions, and
+localisation scores of Grad-CAM maps against ground-truth boxes (the overlays: :class:`medplugin.handlers.CAMSaver`)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,14 @@ import torch
 from ignite.engine import Engine, Events
 
 from medplugin.handlers._engine import gather_samples, is_main_process, iter_samples
+from medplugin.handlers.cam import _thresholds, crop_box_of
 from medplugin.handlers.reports import PredictionWriter
 from medplugin.metrics.localization import localization_report, localization_scores, scale_box
 from medplugin.metrics.multilabel import multilabel_report
-from medplugin.utils import atomic_write, safe_name, write_json
-from medplugin.visualize.overlay import overlay_cam, save_png
+from medplugin.utils import atomic_write, write_json
 from medplugin.visualize.plots import plot_roc
 
-__all__ = ["MultiLabelReportWriter", "MultiLabelPredictionWriter", "MultiLabelCAMSaver", "LocalizationEvaluator",
-           "image_size_of"]
+__all__ = ["MultiLabelReportWriter", "MultiLabelPredictionWriter", "LocalizationEvaluator", "image_size_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,22 +38,6 @@ def _write_text(path: Path, text: str) -> None:
 
 def _fmt(v: float, digits: int = 4) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
-
-def _thresholds(threshold, n: int) -> np.ndarray:
-    t = np.asarray(threshold, dtype=np.float64).ravel()
-    t = np.broadcast_to(t, (n,)) if t.size == 1 else t
-    if t.shape != (n,) or not np.all((t >= 0) & (t <= 1)):
-        raise ValueError(f"threshold must be one number or {n} numbers in [0, 1], got {threshold!r}.")
-    return t.copy()
-
-
-def _crop_box(item: dict) -> list[int] | None:
-    box = item.get("crop_box")
-    if box is None:
-        return None
-    b = [int(v) for v in torch.as_tensor(box).reshape(-1).tolist()]
-    return b if len(b) == 6 and b[0] >= 0 else None
 
 
 def image_size_of(path: str) -> tuple[int, int]:
@@ -196,98 +179,6 @@ class MultiLabelPredictionWriter(PredictionWriter):
         return "|".join(called) or "No Finding"
 
 
-def _map_on_original(cam: np.ndarray, crop: list[int] | None, shape: tuple[int, int]) -> np.ndarray:
-    """A map of the (cropped) model input placed into the frame of the original image."""
-    if crop is None:
-        return cam
-    from medplugin.visualize.overlay import resize_map
-
-    r0, c0, r1, c1 = crop[:4]
-    full = np.zeros(shape, dtype=np.float32)
-    full[r0:r1, c0:c1] = resize_map(cam, (r1 - r0, c1 - c0))
-    return full
-
-
-class MultiLabelCAMSaver:
-    """Save Grad-CAM overlay PNGs per image and per requested finding, at the image's own resolution.
-
-    By default each finding whose probability is at least its threshold gets a map; with ``findings`` those
-    findings are explained for every image. Files: ``<subdir>/<image name>_<finding>_p<prob>_gradcam.png``.
-    With a lung crop (``crop_box`` in the batch), the map is placed over the crop's region of the original.
-    Needs the evaluator's inferer to be a :class:`medplugin.inferers.MultiLabelGradCAMInferer`.
-
-    Args:
-        inferer: the evaluator's ``MultiLabelGradCAMInferer``.
-        output_dir: overlays go to ``output_dir/<subdir>``.
-        class_names: finding names in output order.
-        findings: names to explain for every image, or ``None`` (each finding above its threshold).
-        threshold: one threshold or one per finding.
-        max_images: stop after this many images with overlays (``None``: all).
-        subdir: sub-folder name.
-        alpha: heat-map weight.
-        pred_key: output key of the probabilities.
-        enabled: ``False`` turns the handler off.
-    """
-
-    def __init__(self, inferer, output_dir: str, class_names: Sequence[str], findings: Sequence[str] | None = None,
-                 threshold: float | Sequence[float] = 0.5, max_images: int | None = None, subdir: str = "cams",
-                 alpha: float = 0.4, pred_key: str = "pred", enabled: bool = True) -> None:
-        self.inferer = inferer
-        self.enabled = bool(enabled)
-        self.dir = Path(output_dir) / subdir
-        self.class_names = list(class_names)
-        unknown = [f for f in (findings or []) if f not in self.class_names]
-        if unknown:
-            raise ValueError(f"findings {unknown} are not among {self.class_names}.")
-        self.findings = None if findings is None else [self.class_names.index(f) for f in findings]
-        self.threshold = _thresholds(threshold, len(self.class_names))
-        self.max_images = max_images
-        self.alpha = alpha
-        self.pred_key = pred_key
-        self.saved = 0
-        self._images = 0
-
-    def attach(self, engine: Engine) -> None:
-        if self.enabled:
-            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        from medplugin.io.image2d import read_image_2d
-
-        samples = list(iter_samples(engine))
-        pairs = []
-        for i, (b, o) in enumerate(samples):
-            if b.get("error") or (self.max_images is not None and self._images >= self.max_images):
-                continue
-            p = _vec(o[self.pred_key])
-            wanted = self.findings if self.findings is not None else [c for c in range(len(p)) if p[c] >= self.threshold[c]]
-            if wanted:
-                self._images += 1
-                pairs += [(i, c, float(p[c])) for c in wanted]
-        if not pairs or getattr(self.inferer, "_last", None) is None:
-            return
-        maps = self.inferer.cams_for([i for i, _, _ in pairs], [c for _, c, _ in pairs]).cpu().numpy()
-        # under several processes each rank writes the overlays of its own images (max_images counts per rank)
-        originals: dict[int, np.ndarray | None] = {}
-        for (i, c, prob), cam in zip(pairs, maps):
-            b = samples[i][0]
-            path = str(b.get("path") or "")
-            if i not in originals:
-                try:
-                    originals[i] = read_image_2d(path, channels=None)[0] if path else None
-                except Exception as e:  # the overlay is a by-product: log and go on
-                    logger.warning("no CAM overlay for %s: %s", path, e)
-                    originals[i] = None
-            original = originals[i]
-            if original is None:
-                continue
-            name = safe_name(b.get("name") or Path(path).stem or f"item{self.saved}")
-            heat = _map_on_original(cam[0], _crop_box(b), tuple(original.shape[1:]))
-            out = self.dir / f"{name}_{self.class_names[c]}_p{prob:.2f}_gradcam.png"
-            save_png(out, overlay_cam(original, heat, self.alpha))
-            self.saved += 1
-
-
 class LocalizationEvaluator:
     """Score Grad-CAM maps against ground-truth boxes (NIH ``BBox_List_2017.csv``): pointing game and IoU.
 
@@ -300,7 +191,7 @@ class LocalizationEvaluator:
     ``metrics.json``.
 
     Args:
-        inferer: the evaluator's ``MultiLabelGradCAMInferer``.
+        inferer: the evaluator's ``GradCAMInferer``.
         bbox_file: the box CSV, or ``None``/a missing file to turn the evaluation off (logged).
         output_dir: destination folder.
         class_names: finding names in output order.
@@ -345,13 +236,13 @@ class LocalizationEvaluator:
             for finding, x, y, w, h in self.boxes.get(os.path.basename(path), []):
                 if finding in self.class_names:
                     jobs.append((i, self.class_names.index(finding), (x, y, w, h), path))
-        if not jobs or getattr(self.inferer, "_last", None) is None:
+        if not jobs or not self.inferer.ready:
             return
         maps = self.inferer.cams_for([j[0] for j in jobs], [j[1] for j in jobs]).cpu().numpy()
         sizes: dict[str, tuple[int, int]] = {}
         for (i, c, box, path), cam in zip(jobs, maps):
             cam = cam[0]
-            crop = _crop_box(samples[i][0])
+            crop = crop_box_of(samples[i][0])
             if crop is not None:
                 r0, c0, r1, c1 = crop[:4]
                 scaled = scale_box(box, (r1 - r0, c1 - c0), cam.shape, offset=(r0, c0))

@@ -1,4 +1,4 @@
-"""TensorBoard image panels of validation segmentations: image | reference (green) | prediction (red)."""
+"""TensorBoard image panels of validation segmentations, 2D and 3D: image | reference (green) | prediction (red)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from medplugin.handlers._engine import is_main_process, iter_samples
+from medplugin.handlers._engine import Collector, is_main_process, iter_samples
 
-__all__ = ["TensorBoardPanelHandler", "mask_panel", "to_numpy"]
+__all__ = ["TensorBoardPanelHandler", "TensorBoardMaskHandler", "mask_panel", "to_numpy"]
 
 
 def to_numpy(x) -> np.ndarray:
@@ -39,7 +39,7 @@ def mask_panel(image: np.ndarray, label: np.ndarray | None, pred: np.ndarray) ->
     return np.concatenate(panels, axis=1).astype(np.float32)
 
 
-class TensorBoardPanelHandler(ABC):
+class TensorBoardPanelHandler(Collector, ABC):
     """Base of the handlers that show validation segmentations in TensorBoard, one panel per sample.
 
     Attach to the evaluator: the panels of the first ``max_images`` samples are collected each evaluation and
@@ -67,11 +67,10 @@ class TensorBoardPanelHandler(ABC):
     def panel(self, image: np.ndarray, label: Any | None, pred: Any) -> np.ndarray:
         """The ``(H, W, 3)`` float image shown for one sample (its image, reference or ``None``, prediction)."""
 
-    def attach(self, engine: Engine) -> None:
-        """Collect on every iteration of ``engine``, write at the end of each of its epochs."""
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self._panels.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+    start_event, end_event = Events.EPOCH_STARTED, Events.EPOCH_COMPLETED  # every evaluation is one epoch
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self._panels.clear()
 
     def collect(self, engine: Engine) -> None:
         """Add the panels of this iteration's samples, up to ``max_images`` in the evaluation."""
@@ -92,3 +91,33 @@ class TensorBoardPanelHandler(ABC):
             self.writer.add_image(f"{self.tag}/{i}", panel, global_step=engine.state.epoch, dataformats="HWC")
         if hasattr(self.writer, "flush"):
             self.writer.flush()
+
+
+class TensorBoardMaskHandler(TensorBoardPanelHandler):
+    """Show validation segmentations in TensorBoard as three panels: image | reference (green) | prediction (red).
+
+    2D images are shown whole; of a 3D volume the slice (first spatial axis) with the most reference foreground
+    (else predicted foreground) is shown. Foregrounds are :func:`medplugin.handlers.segmentation.foreground`
+    (the most likely class is not the background, or a single channel above 0.5). Attach to the evaluator; the
+    first ``max_images`` samples are written at the end of each evaluation under ``<tag>/<i>``, with the
+    trainer's epoch as the step (MONAI's ``ValidationHandler`` runs the evaluator with it).
+
+    Args:
+        summary_writer: a TensorBoard ``SummaryWriter``.
+        max_images: samples shown per evaluation.
+        tag: image tag prefix (e.g. ``val_masks``, ``val_slices``).
+        image_key, label_key, pred_key: keys in the engine's output.
+    """
+
+    def panel(self, image: np.ndarray, label: Any | None, pred: Any) -> np.ndarray:
+        """The image (first channel), its reference and prediction; of a volume, its most informative slice."""
+        from medplugin.handlers.segmentation import foreground
+
+        pred = foreground(pred)
+        label = None if label is None else foreground(label)
+        img = image[0] if image.ndim == pred.ndim + 1 else image
+        if pred.ndim == 3:
+            ref = label if label is not None and label.any() else pred
+            k = int(ref.reshape(ref.shape[0], -1).sum(1).argmax())
+            img, pred, label = img[k], pred[k], None if label is None else label[k]
+        return mask_panel(img, label, pred)

@@ -1,4 +1,4 @@
-"""Evaluation outputs: metrics.json with plots, per-file predictions, CAM overlays."""
+"""Evaluation outputs: metrics.json with plots, per-file predictions (CAMs: :mod:`medplugin.handlers.cam`)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,11 @@ import torch
 from ignite.engine import Engine, Events
 
 from medplugin.handlers._engine import gather_samples, is_main_process, iter_samples
-from medplugin.io.image2d import read_image_2d
 from medplugin.metrics.classification import classification_report
-from medplugin.utils import atomic_write, safe_name, write_json
-from medplugin.visualize.overlay import overlay_cam, save_png
+from medplugin.utils import atomic_write, write_json
 from medplugin.visualize.plots import plot_confusion_matrix, plot_roc
 
-__all__ = ["ClassificationReportWriter", "PredictionWriter", "CAMOverlaySaver"]
+__all__ = ["ClassificationReportWriter", "PredictionWriter"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,66 +135,3 @@ class PredictionWriter:
         atomic_write(self.path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
         n_err = sum(1 for r in self.rows if r[-1])
         logger.info("wrote %d predictions (%d errors) to %s", len(self.rows), n_err, self.path)
-
-
-class CAMOverlaySaver:
-    """Save a Grad-CAM overlay PNG per image, at the image's own resolution.
-
-    Needs the evaluator's inferer to be a :class:`medplugin.inferers.GradCAMInferer`. The map is of the
-    predicted class. File names come from the entry's ``name`` (sanitised), never from file contents.
-
-    Args:
-        inferer: the evaluator's ``GradCAMInferer``.
-        output_dir: overlays go to ``output_dir/<subdir>``.
-        class_names: class names in output order.
-        only_misclassified: keep only images whose prediction differs from their ``label``.
-        subdir: sub-folder name.
-        alpha: heat-map weight.
-        pred_key: output key of the class probabilities.
-        enabled: ``False`` turns the handler off (e.g. ``save_cams: false``).
-    """
-
-    def __init__(self, inferer, output_dir: str, class_names: Sequence[str], only_misclassified: bool = False,
-                 subdir: str = "cams", alpha: float = 0.4, pred_key: str = "pred", enabled: bool = True) -> None:
-        self.inferer = inferer
-        self.enabled = enabled
-        self.dir = Path(output_dir) / subdir
-        self.class_names = list(class_names)
-        self.only_misclassified = only_misclassified
-        self.alpha = alpha
-        self.pred_key = pred_key
-        self.saved = 0
-
-    def attach(self, engine: Engine) -> None:
-        if self.enabled:
-            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        samples = list(iter_samples(engine))
-        preds = [int(_probs(o, self.pred_key).argmax()) for _, o in samples]
-        wanted = []
-        for i, (b, _) in enumerate(samples):
-            if b.get("error"):
-                continue
-            if self.only_misclassified:
-                if "label" not in b or int(torch.as_tensor(b["label"]).reshape(-1)[0]) == preds[i]:
-                    continue
-            wanted.append(i)
-        if not wanted:
-            self.inferer.cams() if self.inferer._last is not None else None  # free the graph
-            return
-        maps = self.inferer.cams(preds).cpu()
-        for i in wanted:  # under several processes each rank writes the overlays of its own images
-            b = samples[i][0]
-            path = b.get("path") or ""
-            name = safe_name(b.get("name") or Path(path).stem or f"item{self.saved}")
-            try:
-                original, _ = read_image_2d(path, channels=None) if path else (None, None)
-            except Exception as e:  # the overlay is a by-product: log and go on
-                logger.warning("no CAM overlay for %s: %s", path, e)
-                continue
-            suffix = f"_pred-{self.class_names[preds[i]]}"
-            if self.only_misclassified:
-                suffix = f"_true-{self.class_names[int(torch.as_tensor(b['label']).reshape(-1)[0])]}{suffix}"
-            save_png(self.dir / f"{name}{suffix}_gradcam.png", overlay_cam(original, maps[i, 0].numpy(), self.alpha))
-            self.saved += 1

@@ -1,7 +1,7 @@
 """A 2D U-Net for lung fields on chest radiographs, and rebuilding it from a saved ``model.json``.
 
 Both chest X-ray bundles build the network here: ``lung_xray_segmentation`` trains it, and
-``chest_xray_classification`` (``lung_crop: true``) runs it through :class:`medplugin.transforms.SegmentLungs`.
+``chest_xray_classification`` (``lung_crop: true``) runs it through :class:`medplugin.transforms.SegmentWithModel`.
 """
 
 from __future__ import annotations

@@ -1,61 +1,31 @@
-"""MONAI-style transforms (array and dictionary pairs) and the per-task preprocessing presets."""
+"""MONAI-style transforms (array and dictionary pairs) grouped by operation, and the per-task presets.
 
-from medplugin.transforms.chest import LungCrop, LungCropd, SegmentLungs, SegmentLungsd
-from medplugin.transforms.fast import BatchRandAugment, BatchRandAugmentd, CacheBoundary, ToUint8, ToUint8d
-from medplugin.transforms.io import (
-    LoadImage2d,
-    LoadImage2dd,
-    LoadImage2dD,
-    LoadImage2dDict,
-    LoadKneeVolume,
-    LoadKneeVolumed,
-)
-from medplugin.transforms.knee import (
-    CropToMask,
-    CropToMaskd,
-    SegmentROI,
-    SegmentROId,
-)
-from medplugin.transforms.labels import (
-    ClassIndexFromFile,
-    ClassIndexFromFiled,
-    MultiHotFromFile,
-    MultiHotFromFiled,
-    ResizeToSourceImage,
-    ResizeToSourceImaged,
-    ToSourceVoxelOrder,
-    ToSourceVoxelOrderd,
-)
-from medplugin.transforms.presets import image_classification_augmentation, image_classification_preprocessing
+``medplugin/transforms/<operation>/{array,dictionary}.py`` as in MONAI: ``crop`` (to a mask's box, to a fundus
+field of view), ``segment`` (with a segmentation bundle's trained network), ``intensity``, ``lesion`` (fundus
+lesion candidates), ``labels`` (labels and masks from files), ``spatial`` (voxel grids), ``fast`` (the uint8
+cache path and batched augmentation), ``io`` (loading); ``presets`` holds each task's preprocessing.
+Everything each of them exports is exported here, flat: bundles name ``medplugin.transforms.Foo``.
+"""
+
+from medplugin.transforms import crop, fast, intensity, io, labels, lesion, presets, segment, spatial
+from medplugin.transforms.crop import *  # noqa: F403
+from medplugin.transforms.fast import *  # noqa: F403
+from medplugin.transforms.intensity import *  # noqa: F403
+from medplugin.transforms.io import *  # noqa: F403
+from medplugin.transforms.labels import *  # noqa: F403
+from medplugin.transforms.lesion import *  # noqa: F403
+from medplugin.transforms.presets import *  # noqa: F403
+from medplugin.transforms.segment import *  # noqa: F403
+from medplugin.transforms.spatial import *  # noqa: F403
 
 __all__ = [
-    "BatchRandAugment",
-    "BatchRandAugmentd",
-    "CacheBoundary",
-    "ToUint8",
-    "ToUint8d",
-    "LungCrop",
-    "LungCropd",
-    "SegmentLungs",
-    "SegmentLungsd",
-    "CropToMask",
-    "CropToMaskd",
-    "LoadKneeVolume",
-    "LoadKneeVolumed",
-    "SegmentROI",
-    "SegmentROId",
-    "LoadImage2d",
-    "LoadImage2dd",
-    "LoadImage2dD",
-    "LoadImage2dDict",
-    "ClassIndexFromFile",
-    "ClassIndexFromFiled",
-    "MultiHotFromFile",
-    "MultiHotFromFiled",
-    "ResizeToSourceImage",
-    "ResizeToSourceImaged",
-    "ToSourceVoxelOrder",
-    "ToSourceVoxelOrderd",
-    "image_classification_augmentation",
-    "image_classification_preprocessing",
+    *crop.__all__,
+    *fast.__all__,
+    *intensity.__all__,
+    *io.__all__,
+    *labels.__all__,
+    *lesion.__all__,
+    *presets.__all__,
+    *segment.__all__,
+    *spatial.__all__,
 ]

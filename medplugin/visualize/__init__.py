@@ -1,15 +1,18 @@
-"""Class activation maps and overlays."""
+"""Class activation maps (Grad-CAM), overlays and montages."""
 
-from medplugin.visualize.cam import ActivationCapture, GradCAM, grad_cam_from_activations, normalize_maps
+from medplugin.visualize.cam import ActivationCapture, CapturedGradCAM, grad_cam_maps, normalize_maps
+from medplugin.visualize.montage import cam_montage, top_slices
 from medplugin.visualize.overlay import overlay_cam, resize_map, save_png, to_display
 
 __all__ = [
     "ActivationCapture",
-    "GradCAM",
-    "grad_cam_from_activations",
+    "CapturedGradCAM",
+    "cam_montage",
+    "grad_cam_maps",
     "normalize_maps",
     "overlay_cam",
     "resize_map",
     "save_png",
     "to_display",
+    "top_slices",
 ]

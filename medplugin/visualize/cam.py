@@ -1,7 +1,7 @@
-"""Grad-CAM for 2D and 3D networks, with hooks whose lifetime is owned and bounded.
+"""Grad-CAM for 2D, 3D and 2.5D classifiers, single- and multi-label, with hooks whose lifetime is owned.
 
 Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization".
-The hook handling follows pytorch-grad-cam's ``ActivationsAndGradients``: hooks are stored, used for one
+The hook handling follows pytorch-grad-cam's ``ActivationsAndGradients``: a hook is stored, used for one
 forward pass, and removed; the network is never left changed.
 """
 
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ActivationCapture", "GradCAM", "grad_cam_from_activations", "normalize_maps"]
+__all__ = ["ActivationCapture", "CapturedGradCAM", "grad_cam_maps", "normalize_maps"]
 
 
 class ActivationCapture:
@@ -30,7 +30,7 @@ class ActivationCapture:
 
     def __init__(self, network: nn.Module, layer: str | nn.Module):
         self.network = network
-        self.module = _find_module(network, layer)
+        self.module = find_module(network, layer)
         self.activation: torch.Tensor | None = None
         self._handle = None
 
@@ -56,7 +56,8 @@ class ActivationCapture:
             self._handle = None
 
 
-def _find_module(network: nn.Module, layer: str | nn.Module) -> nn.Module:
+def find_module(network: nn.Module, layer: str | nn.Module) -> nn.Module:
+    """The module ``layer`` (itself, or its dotted name in ``network``); a wrong name lists similar ones."""
     if isinstance(layer, nn.Module):
         return layer
     modules = dict(network.named_modules())
@@ -75,64 +76,87 @@ def normalize_maps(cams: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return out.view_as(cams)
 
 
-def grad_cam_from_activations(
+def grad_cam_maps(
     logits: torch.Tensor,
     activation: torch.Tensor,
-    class_idx: torch.Tensor | Sequence[int] | int | None = None,
+    samples: Sequence[int],
+    classes: Sequence[int],
     output_size: Sequence[int] | None = None,
     retain_graph: bool = False,
 ) -> torch.Tensor:
-    """Grad-CAM maps from logits and the activation captured during the same forward pass.
+    """Grad-CAM maps of ``(samples[k], classes[k])`` pairs from logits and the activation of the same forward pass.
+
+    Pairs are grouped so that each partial backward takes at most one class per sample (a sample may be asked
+    for several classes, as in multi-label explanations).
 
     Args:
         logits: ``(B, num_classes)`` network output, still attached to its graph.
         activation: ``(B, K, *spatial)`` feature maps, attached to the same graph; or ``(B * S, K, h, w)`` per-slice
             maps of a 2.5D network (slices of volume ``b`` in rows ``b * S : (b + 1) * S``), which give
-            ``(B, 1, S, h, w)`` per-slice maps weighted and scaled per volume.
-        class_idx: class per sample (tensor or sequence of length B), one class for all, or ``None`` for the
-            predicted class.
+            ``(1, S, h, w)`` per-slice maps per volume, weighted and scaled per volume.
+        samples: batch index of each pair.
+        classes: class of each pair.
         output_size: spatial size to upsample the maps to (the input size); ``None`` keeps the feature size.
-        retain_graph: keep the graph for further calls (e.g. maps for several classes).
+        retain_graph: keep the graph after the last backward (for later calls).
 
     Returns:
-        ``(B, 1, *output_size)`` maps in [0, 1], detached.
+        ``(K, 1, *output_size)`` maps in [0, 1], detached.
     """
     if logits.dim() != 2:
         raise ValueError(f"logits must be (batch, classes), got shape {tuple(logits.shape)}.")
-    b = logits.shape[0]
-    if class_idx is None:
-        idx = logits.argmax(dim=1)
-    elif isinstance(class_idx, int):
-        idx = torch.full((b,), class_idx, dtype=torch.long, device=logits.device)
-    else:
-        idx = torch.as_tensor(class_idx, dtype=torch.long, device=logits.device).reshape(-1)
-        if idx.numel() != b:
-            raise ValueError(f"class_idx has {idx.numel()} entries for a batch of {b}.")
-    score = logits.gather(1, idx[:, None]).sum()
-    (grads,) = torch.autograd.grad(score, activation, retain_graph=retain_graph)
-    if activation.shape[0] != b:
-        # 2.5D networks (e.g. MRNet) run a 2D backbone on B * S slices: (B * S, K, h, w) -> (B, K, S, h, w), so
-        # the channel weights come from the whole volume and the maps of one volume share one scale
-        if activation.shape[0] % b:
-            raise ValueError(f"activation batch {activation.shape[0]} is not a multiple of the logits' batch {b}.")
-        s = activation.shape[0] // b
-        activation = activation.reshape(b, s, *activation.shape[1:]).transpose(1, 2)
-        grads = grads.reshape(b, s, *grads.shape[1:]).transpose(1, 2)
-    spatial = tuple(range(2, activation.dim()))
-    weights = grads.float().mean(dim=spatial, keepdim=True)
-    cams = F.relu((weights * activation.detach().float()).sum(dim=1, keepdim=True))
-    if output_size is not None and tuple(cams.shape[2:]) != tuple(output_size):
-        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(output_size)]
-        cams = F.interpolate(cams, size=tuple(output_size), mode=mode, align_corners=False)
-    return normalize_maps(cams)
+    b, n_classes = logits.shape
+    pairs = [(int(i), int(c)) for i, c in zip(samples, classes)]
+    if len(pairs) != len(samples) or len(samples) != len(classes):
+        raise ValueError(f"samples and labels differ in length: {len(samples)} vs {len(classes)}.")
+    for i, c in pairs:
+        if not (0 <= i < b and 0 <= c < n_classes):
+            raise ValueError(f"pair (sample {i}, label {c}) outside the batch of {b} x {n_classes} labels.")
+    if activation.shape[0] != b and activation.shape[0] % b:
+        raise ValueError(f"activation batch {activation.shape[0]} is not a multiple of the logits' batch {b}.")
+    out: list[torch.Tensor | None] = [None] * len(pairs)
+    todo = list(range(len(pairs)))
+    with torch.enable_grad():  # handlers may run inside the evaluator's no_grad context
+        while todo:
+            taken, rest, used = [], [], set()
+            for k in todo:
+                (taken if pairs[k][0] not in used else rest).append(k)
+                used.add(pairs[k][0])
+            idx = torch.tensor([pairs[k][0] for k in taken], device=logits.device)
+            cls = torch.tensor([pairs[k][1] for k in taken], device=logits.device)
+            (grads,) = torch.autograd.grad(logits[idx, cls].sum(), activation, retain_graph=retain_graph or bool(rest))
+            act = activation.detach()
+            if act.shape[0] != b:  # 2.5D: (B * S, K, h, w) -> (B, K, S, h, w): channel weights from the whole volume
+                s = act.shape[0] // b
+                act = act.reshape(b, s, *act.shape[1:]).transpose(1, 2)
+                grads = grads.reshape(b, s, *grads.shape[1:]).transpose(1, 2)
+            spatial = tuple(range(2, act.dim()))
+            weights = grads[idx].float().mean(dim=spatial, keepdim=True)
+            maps = F.relu((weights * act[idx].float()).sum(dim=1, keepdim=True))
+            if output_size is not None and tuple(maps.shape[2:]) != tuple(output_size):
+                mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(output_size)]
+                maps = F.interpolate(maps, size=tuple(output_size), mode=mode, align_corners=False)
+            maps = normalize_maps(maps)
+            for j, k in enumerate(taken):
+                out[k] = maps[j]
+            todo = rest
+    if not pairs:
+        size = tuple(output_size) if output_size is not None else tuple(activation.shape[2:])
+        return torch.zeros((0, 1, *size))
+    return torch.stack(out)  # type: ignore[arg-type]
 
 
-class GradCAM:
-    """Grad-CAM for a classification network (2D or 3D).
+class CapturedGradCAM:
+    """Grad-CAM of a classifier (2D, 3D or 2.5D; single- or multi-label) from one captured forward pass.
 
-    Each call runs one forward pass with a temporary hook on ``layer``, then one partial backward to it.
-    The network's training mode is set to eval for the call and restored afterwards; its parameters'
-    gradients are not touched.
+    :meth:`forward` runs the network once with a temporary hook on ``layer`` (removed on return) and keeps the
+    logits and the layer's activation with their graph; :meth:`maps` then costs one partial backward from the
+    chosen logits to that layer per group of (sample, class) pairs. Calling the object does both for one batch,
+    with the network in eval mode for the call (its mode is restored); its parameters' gradients are untouched.
+
+    Why not MONAI's ``monai.visualize.GradCAM``: it runs its own forward pass and a full backward through the
+    network, so explaining an evaluation batch would run the network twice; here the evaluator's own forward
+    (:class:`medplugin.inferers.GradCAMInferer`) is reused and the backward stops at the CAM layer. MONAI's also
+    registers hooks at construction and never removes them; here each hook lives for one forward pass.
 
     Args:
         network: a classifier returning ``(B, num_classes)`` logits.
@@ -140,27 +164,80 @@ class GradCAM:
 
     Example::
 
-        cam = GradCAM(net, "layer4")
-        maps, logits = cam(images)            # maps: (B, 1, H, W) in [0, 1]
+        cam = CapturedGradCAM(net, "layer4")
+        maps, logits = cam(images)            # maps: (B, 1, H, W) in [0, 1], of the predicted classes
     """
 
     def __init__(self, network: nn.Module, layer: str | nn.Module):
         self.network = network
         self.layer = layer
-        _find_module(network, layer)  # fail early on a wrong name
+        find_module(network, layer)  # fail early on a wrong name
+        self._last: tuple[torch.Tensor, torch.Tensor, tuple[int, ...]] | None = None
 
-    def __call__(
-        self, x: torch.Tensor, class_idx: torch.Tensor | Sequence[int] | int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(maps, logits)`` for input ``x`` of shape ``(B, C, *spatial)``."""
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """Run the network on ``x`` with gradients up to ``layer`` kept; return the detached logits.
+
+        A forward pass that does not run ``layer`` leaves nothing to explain (:attr:`ready` is ``False``).
+        """
+        self._last = None
+        with torch.enable_grad(), ActivationCapture(self.network, self.layer) as cap:
+            logits = self.network(x, *args, **kwargs)
+        if cap.activation is not None:
+            self._last = (logits, cap.activation, tuple(x.shape[2:]))
+        return logits.detach()
+
+    @property
+    def ready(self) -> bool:
+        """Whether a forward pass is kept for :meth:`maps`."""
+        return self._last is not None
+
+    def maps(self, samples: Sequence[int] | None = None, classes: Sequence[int] | int | None = None,
+             keep: bool = True) -> torch.Tensor:
+        """Maps ``(K, 1, *input_spatial)`` in [0, 1] of the last forward pass.
+
+        Args:
+            samples: batch indices (default: every sample once).
+            classes: one class per sample (``None`` entries: that sample's predicted class), one class for all,
+                or ``None`` (each sample's predicted class).
+            keep: keep the graph for further calls; ``False`` frees it.
+        """
+        if self._last is None:
+            raise RuntimeError("no batch to explain: call the inferer first (with enabled=True).")
+        logits, activation, size = self._last
+        samples = list(range(logits.shape[0])) if samples is None else [int(i) for i in samples]
+        bad = [i for i in samples if not 0 <= i < logits.shape[0]]
+        if bad:
+            raise ValueError(f"samples {bad} outside the batch of {logits.shape[0]} x {logits.shape[1]} labels.")
+        predicted = logits.detach()[samples].argmax(1).tolist() if samples else []
+        if classes is None:
+            classes = predicted
+        elif isinstance(classes, int):
+            classes = [classes] * len(samples)
+        else:
+            classes = classes.reshape(-1).tolist() if torch.is_tensor(classes) else list(classes)
+            if len(classes) != len(samples):
+                raise ValueError(f"samples and classes differ in length: {len(samples)} samples, {len(classes)} "
+                                 "classes (class_idx needs one class per sample).")
+            classes = [p if c is None else int(c) for c, p in zip(classes, predicted)]
+        try:
+            return grad_cam_maps(logits, activation, samples, classes, size, retain_graph=keep)
+        finally:
+            if not keep:
+                self.release()
+
+    def release(self) -> None:
+        """Free the graph of the last forward pass."""
+        self._last = None
+
+    def __call__(self, x: torch.Tensor, class_idx: Sequence[int] | int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(maps, logits)`` for input ``x`` of shape ``(B, C, *spatial)`` (``class_idx`` as :meth:`maps`)."""
         was_training = self.network.training
         self.network.eval()
         try:
-            with torch.enable_grad(), ActivationCapture(self.network, self.layer) as cap:
-                logits = self.network(x)
-                if cap.activation is None:
-                    raise RuntimeError(f"layer {self.layer!r} was not run by the forward pass.")
-                maps = grad_cam_from_activations(logits, cap.activation, class_idx, output_size=x.shape[2:])
+            logits = self.forward(x)
+            if not self.ready:
+                raise RuntimeError(f"layer {self.layer!r} was not run by the forward pass.")
+            maps = self.maps(classes=class_idx, keep=False)
         finally:
             self.network.train(was_training)
-        return maps, logits.detach()
+        return maps, logits

@@ -1,4 +1,4 @@
-"""Heat-map overlays of class activation maps on images, written as PNG."""
+"""Heat-map overlays of class activation maps on images, written as PNG; maps and masks written as NIfTI."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from medplugin.utils import atomic_write
 
-__all__ = ["to_display", "overlay_cam", "save_png", "resize_map"]
+__all__ = ["to_display", "overlay_cam", "save_png", "save_nifti", "resize_map"]
 
 
 def to_display(image: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -66,3 +66,24 @@ def save_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
     from PIL import Image
 
     atomic_write(path, lambda tmp: Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(tmp, format="PNG"))
+
+
+def save_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> None:
+    """Write ``data`` as NIfTI with ``affine`` as its qform and sform (units mm), atomically; gzip for ``.gz``."""
+    import gzip
+
+    import nibabel as nib
+
+    affine = np.asarray(affine, dtype=np.float64)
+    img = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+    raw = img.to_bytes()
+    payload = gzip.compress(raw, compresslevel=6) if str(path).endswith(".gz") else raw
+
+    def _write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(payload)
+
+    atomic_write(path, _write)

@@ -22,6 +22,19 @@ def _figure():
     return plt
 
 
+def _save_curves(plt, fig, ax, labels: tuple[str, str], title: str, legend: str, path: str | os.PathLike) -> None:
+    """Label the axes of a curve plot on [0, 1], add its title and legend, save it as PNG and close it."""
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_title(title)
+    ax.legend(loc=legend, fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
 def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, title: str = "") -> None:
     """Save a confusion matrix (rows true, columns predicted) with counts and row percentages as PNG."""
     plt = _figure()
@@ -56,15 +69,8 @@ def plot_roc(scores: np.ndarray, positives: np.ndarray, class_names: Sequence[st
         fpr, tpr, _ = roc_curve(scores[:, c], positives[:, c])
         ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUC {roc_auc(scores[:, c], positives[:, c]):.3f})")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set_xlabel("1 - specificity (false positive rate)")
-    ax.set_ylabel("sensitivity (true positive rate)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
+    _save_curves(plt, fig, ax, ("1 - specificity (false positive rate)", "sensitivity (true positive rate)"), title,
+                 "lower right", path)
 
 
 def plot_pr(scores: np.ndarray, positives: np.ndarray, class_names: Sequence[str], path: str | os.PathLike,
@@ -87,12 +93,5 @@ def plot_pr(scores: np.ndarray, positives: np.ndarray, class_names: Sequence[str
         recall, precision = np.r_[0.0, tps / p.sum()], np.r_[1.0, tps / (distinct + 1)]
         ax.step(recall, precision, where="post", lw=1.5, label=f"{name} (AP {pr_auc(s, p):.3f})")
         ax.axhline(p.mean(), color="k", ls="--", lw=0.8)
-    ax.set_xlabel("recall (sensitivity)")
-    ax.set_ylabel("precision (positive predictive value)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_title(title)
-    ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
+    _save_curves(plt, fig, ax, ("recall (sensitivity)", "precision (positive predictive value)"), title, "lower left",
+                 path)

@@ -198,7 +198,7 @@ def test_patient_data_stays_out_of_inference_outputs(trained, tmp_path):
 
 def test_lung_crop_uses_the_lung_bundle_model(cxr_demo, tmp_path):
     """lung_crop: true segments with a lung U-Net saved as lung_xray_segmentation saves it, then crops."""
-    from tests.transforms.chest._tiny_model import train_tiny_lung_model
+    from tests.transforms.segment._tiny_model import train_tiny_lung_model
 
     lung = train_tiny_lung_model(tmp_path / "lung", size=32, steps=80)
     ckpt, out = tmp_path / "models", tmp_path / "train"

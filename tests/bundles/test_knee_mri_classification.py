@@ -237,8 +237,11 @@ def test_demo_job_learns_acl_tears_and_its_cam_finds_the_ligament(tmp_path):
     import nibabel as nib
 
     from medplugin.networks.knee import knee_cam_layer, knee_classifier
-    from medplugin.transforms.knee.classification import cam_to_input_grid, knee_classification_preprocessing
-    from medplugin.visualize.cam import GradCAM
+    from monai.data import MetaTensor
+    from monai.transforms import Invertd
+
+    from medplugin.transforms import knee_classification_preprocessing
+    from medplugin.visualize.cam import CapturedGradCAM as GradCAM
 
     ckpt, nifti = tmp_path / "models", tmp_path / "knee_nifti"
     meta = json.loads((ckpt / "model.json").read_text())
@@ -253,7 +256,8 @@ def test_demo_job_learns_acl_tears_and_its_cam_finds_the_ligament(tmp_path):
         with torch.no_grad():
             pred = int(net(d["image"][None]).argmax())
         maps, _ = cam(d["image"][None], class_idx=pred)
-        c = cam_to_input_grid(maps[0, 0], d["geometry"])  # (slice, row, col) of the loaded volume
+        c = Invertd("cam", prep, orig_keys="image", nearest_interp=False)(  # (slice, row, col) of the loaded volume
+            {"image": d["image"], "cam": MetaTensor(maps[0])})["cam"][0].numpy()
         band = nib.load(nifti / "masks" / p.name).get_fdata().transpose(2, 1, 0) > 0  # file (col, row, slice)
         assert band.shape == c.shape
         if pred == 1:  # the evidence for a tear: how much stronger inside the band than outside

@@ -190,7 +190,7 @@ def test_torchrun_two_processes_gloo(knee_seg_demo, tmp_path):
 @pytest.mark.slow
 def test_demo_job_learns_the_synthetic_task(tmp_path):
     """The demo job: demo data -> train -> evaluate -> inference, mean Dice >= 0.85 on held-out patients,
-    and the trained model crops every test volume around its whole ACL region (SegmentROId + CropToMaskd)."""
+    and the trained model crops every test volume around its whole ACL region (SegmentWithModeld + CropToMaskd)."""
     import subprocess
     import sys
 
@@ -202,9 +202,9 @@ def test_demo_job_learns_the_synthetic_task(tmp_path):
     rows = list(csv.DictReader((tmp_path / "runs" / "inference" / "predictions.csv").open()))
     assert len(rows) == 24 and all(r["error"] == "" and int(r["voxels"]) > 0 for r in rows)
 
-    from medplugin.transforms import CropToMaskd, LoadKneeVolumed, SegmentROId
+    from medplugin.transforms import CropToMaskd, LoadKneeVolumed, SegmentWithModeld
 
-    chain = [LoadKneeVolumed(["image", "label"]), SegmentROId("image", model_path=tmp_path / "models" / "model.pt"),
+    chain = [LoadKneeVolumed(["image", "label"]), SegmentWithModeld("image", model_path=tmp_path / "models" / "model.pt", fill_holes=False),
              CropToMaskd(["image", "label"], mask_key="roi_mask", margin=2.0, margin_unit="mm")]
     for exam in m["per_exam"]:
         d = {"image": exam["file"], "label": exam["file"].replace("/exams/", "/masks/")}

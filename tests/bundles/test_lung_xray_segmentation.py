@@ -75,16 +75,16 @@ def test_train_writes_checkpoint_metadata_and_tensorboard(trained, lung_demo):
 
 
 def test_segment_lungs_transform_loads_the_bundle_model(trained, lung_demo):
-    """The classification bundle's lung crop runs this bundle's model.pt through SegmentLungs."""
-    from medplugin.transforms import LungCropd, SegmentLungsd
+    """The classification bundle's lung crop runs this bundle's model.pt through SegmentWithModel."""
+    from medplugin.transforms import CropToMaskd, SegmentWithModeld
     from medplugin.transforms.io import LoadImage2dd
 
     ckpt, _ = trained
     image = sorted((lung_demo / "CXR_png").glob("*.png"))[0]
     d = LoadImage2dd("image")({"image": str(image)})
-    d = SegmentLungsd("image", model_path=ckpt / "model.pt")(d)
+    d = SegmentWithModeld("image", model_path=ckpt / "model.pt", mask_key="lung_mask", keep_components=2)(d)
     assert tuple(d["lung_mask"].shape) == (1, 64, 64) and d["lung_mask"].dtype == torch.uint8
-    d = LungCropd("image", margin=0.05)(d)
+    d = CropToMaskd("image", mask_key="lung_mask", margin=0.05, margin_unit="fraction", box_key="lung_box")(d)
     box = d["lung_box"]
     assert tuple(d["image"].shape[1:]) == (box["end"][0] - box["start"][0], box["end"][1] - box["start"][1])
 
@@ -230,11 +230,10 @@ def test_demo_job_learns_the_lungs_and_segments_real_radiographs(tmp_path):
     assert len(rows) == 48 and all(r["error"] == "" for r in rows)
 
     # the shared transform with the demo's model: Dice against the reference masks at the images' own size
-    from medplugin.transforms import SegmentLungs
-    from medplugin.transforms.chest import LoadLungMask
+    from medplugin.transforms import LoadLungMask, SegmentWithModel
     from medplugin.transforms.io import LoadImage2d
 
-    seg = SegmentLungs(tmp_path / "models" / "model.pt")
+    seg = SegmentWithModel(tmp_path / "models" / "model.pt", keep_components=2)
     dice = []
     for e in json.loads((tmp_path / "runs" / "train" / "datalist.json").read_text())["test"]:
         pred = seg(LoadImage2d()(e["image"]))[0].numpy() > 0

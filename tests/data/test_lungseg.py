@@ -16,7 +16,7 @@ from PIL import Image
 from medplugin.data.lungseg import detect_lungseg_layout, index_lungseg, lungseg_datalist
 from medplugin.data.splits import assert_disjoint_patients
 from medplugin.errors import BadInputError
-from medplugin.transforms.chest import LoadLungMask, LoadLungMaskd
+from medplugin.transforms import LoadLungMask, LoadLungMaskd
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from medplugin.handlers import LocalizationEvaluator, MultiLabelPredictionWriter, MultiLabelReportWriter
-from medplugin.inferers import MultiLabelGradCAMInferer
+from medplugin.inferers import GradCAMInferer
 from tests.handlers._evaluator import evaluator, sample
 
 FINDINGS = ["Atelectasis", "Cardiomegaly", "Effusion"]
@@ -108,7 +108,7 @@ def test_localization_pointing_game_and_iou_against_boxes(tmp_path):
                     "00000000_000.png,Cardiomegaly,40,16,16,16\n"  # the square, in file pixels: a hit, IoU 1
                     "00000001_000.png,Effusion,0,40,20,20\n"  # elsewhere: a miss, IoU 0
                     "00000009_000.png,Cardiomegaly,0,0,8,8\n")  # not evaluated
-    inferer = MultiLabelGradCAMInferer("features")
+    inferer = GradCAMInferer("features")
     net = _CamIsTheImage(len(FINDINGS))
 
     def step(engine, batch):
@@ -140,7 +140,7 @@ def test_localization_pointing_game_and_iou_against_boxes(tmp_path):
 
 
 def test_localization_is_off_without_a_box_file(tmp_path):
-    loc = LocalizationEvaluator(MultiLabelGradCAMInferer("features"), str(tmp_path / "missing.csv"), str(tmp_path),
+    loc = LocalizationEvaluator(GradCAMInferer("features"), str(tmp_path / "missing.csv"), str(tmp_path),
                                 FINDINGS)
     engine = Engine(lambda e, b: None)
     loc.attach(engine)

@@ -9,7 +9,7 @@ from ignite.engine import Engine
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from medplugin.handlers import TensorBoardMaskHandler, TensorBoardSliceHandler
+from medplugin.handlers import TensorBoardMaskHandler
 from medplugin.handlers.panels import TensorBoardPanelHandler, mask_panel
 
 
@@ -63,7 +63,7 @@ def test_3d_handler_shows_the_slice_with_most_reference(tmp_path):
     label[0, 1, 5, 5] = 1
     pred = torch.cat([1 - label, label])
     batch = {"image": [torch.rand(1, 5, 12, 12)], "label": [label], "pred": [pred]}
-    acc = _run(TensorBoardSliceHandler(SummaryWriter(str(tmp_path)), max_images=4), [batch], tmp_path)
+    acc = _run(TensorBoardMaskHandler(SummaryWriter(str(tmp_path)), max_images=4, tag="val_slices"), [batch], tmp_path)
     assert acc.Tags()["images"] == ["val_slices/0"]
     img = _decode(acc, "val_slices/0").astype(int)
     red = img[:, 24:]
@@ -74,4 +74,4 @@ def test_the_base_is_abstract_and_checks_its_arguments(tmp_path):
     with pytest.raises(TypeError, match="abstract"):
         TensorBoardPanelHandler(None)
     with pytest.raises(ValueError, match="max_images must be >= 0, got -1"):
-        TensorBoardSliceHandler(None, max_images=-1)
+        TensorBoardMaskHandler(None, max_images=-1)

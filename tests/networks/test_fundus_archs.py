@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from medplugin.networks import cam_layer, classifier, input_normalization
-from medplugin.visualize.cam import GradCAM
+from medplugin.visualize.cam import CapturedGradCAM as GradCAM
 
 
 @pytest.mark.parametrize("arch", ["seresnet50", "efficientnet_b0"])

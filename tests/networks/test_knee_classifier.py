@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medplugin.networks.knee import SVMHead, fit_svm_head, knee_cam_layer, knee_classifier
-from medplugin.visualize.cam import GradCAM
+from medplugin.visualize.cam import CapturedGradCAM as GradCAM
 
 
 @pytest.mark.parametrize("arch", ["mrnet", "resnet3d18"])

@@ -336,7 +336,7 @@ def test_chest_preprocessing_and_network_reproduce_torchxrayvision(xrv_home, tmp
     """Our preprocessing of a 224 px radiograph gives torchxrayvision's input, our network its logits."""
     from PIL import Image
 
-    from medplugin.transforms.chest_classification import chest_xray_preprocessing
+    from medplugin.transforms import chest_xray_preprocessing
 
     xrv_pkg = _xrv()
     home, _ = xrv_home

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from medplugin.inferers import GradCAMInferer
-from medplugin.visualize import GradCAM, overlay_cam
+from medplugin.visualize import CapturedGradCAM, overlay_cam
 
 
 def _planted(n, size=32, seed=0):
@@ -52,7 +52,7 @@ def test_network_learned_the_task(trained):
 @pytest.mark.integration  # `trained` trains a CNN to the planted-lesion task
 def test_gradcam_peaks_inside_the_planted_lesion(trained):
     x, y, centres = _planted(64, seed=2)
-    maps, logits = GradCAM(trained, "6")(x, class_idx=1)  # the last conv's ReLU
+    maps, logits = CapturedGradCAM(trained, "6")(x, class_idx=1)  # the last conv's ReLU
     assert maps.shape == (64, 1, 32, 32) and float(maps.min()) >= 0 and float(maps.max()) <= 1
     hits = 0
     positives = (y == 1).nonzero().flatten().tolist()
@@ -67,18 +67,18 @@ def test_gradcam_peaks_inside_the_planted_lesion(trained):
 def test_hooks_are_removed_and_mode_restored(trained):
     trained.train()
     n_hooks = sum(len(m._forward_hooks) for m in trained.modules())
-    GradCAM(trained, "6")(torch.rand(2, 1, 32, 32))
+    CapturedGradCAM(trained, "6")(torch.rand(2, 1, 32, 32))
     assert sum(len(m._forward_hooks) for m in trained.modules()) == n_hooks
     assert trained.training
     with pytest.raises(ValueError, match="layer 'nope' not found"):
-        GradCAM(trained, "nope")
+        CapturedGradCAM(trained, "nope")
 
 
 @pytest.mark.integration  # `trained` trains a CNN to the planted-lesion task
 def test_inferer_gives_the_same_maps_under_no_grad(trained):
     trained.eval()
     x, _, _ = _planted(8, seed=3)
-    expected, logits = GradCAM(trained, "6")(x)
+    expected, logits = CapturedGradCAM(trained, "6")(x)
     inf = GradCAMInferer("6")
     with torch.no_grad():  # as inside a MONAI evaluator
         out = inf(x, trained)
@@ -93,7 +93,7 @@ def test_gradcam_works_on_a_frozen_backbone():
     from medplugin.networks import classifier
 
     net = classifier("resnet18", in_channels=1, num_classes=2, freeze_backbone=True).eval()
-    maps, _ = GradCAM(net, "layer4")(torch.rand(1, 1, 64, 64))
+    maps, _ = CapturedGradCAM(net, "layer4")(torch.rand(1, 1, 64, 64))
     assert maps.shape == (1, 1, 64, 64) and torch.isfinite(maps).all()
 
 

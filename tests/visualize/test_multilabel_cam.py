@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medplugin.inferers import MultiLabelGradCAMInferer
-from medplugin.visualize.cam import GradCAM
+from medplugin.inferers import GradCAMInferer
+from medplugin.visualize.cam import CapturedGradCAM
 
 
 class _Net(torch.nn.Module):
@@ -24,14 +24,14 @@ class _Net(torch.nn.Module):
 def test_pairs_equal_single_label_grad_cam_and_can_be_asked_twice():
     net = _Net().eval()
     x = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(1))
-    inferer = MultiLabelGradCAMInferer("features")
+    inferer = GradCAMInferer("features")
     with torch.no_grad():  # as inside the evaluator
         logits = inferer(x, net)
     assert not logits.requires_grad and logits.shape == (3, 5)
     samples, labels = [0, 0, 2, 1, 0], [1, 4, 3, 0, 1]
     maps = inferer.cams_for(samples, labels)
     assert maps.shape == (5, 1, 16, 16)
-    ref = GradCAM(net, "features")
+    ref = CapturedGradCAM(net, "features")
     for k, (i, c) in enumerate(zip(samples, labels)):
         expected, _ = ref(x[i:i + 1], class_idx=c)
         torch.testing.assert_close(maps[k], expected[0], atol=1e-5, rtol=1e-4)
@@ -45,7 +45,7 @@ def test_pairs_equal_single_label_grad_cam_and_can_be_asked_twice():
 
 def test_pairs_are_checked():
     net = _Net().eval()
-    inferer = MultiLabelGradCAMInferer("features")
+    inferer = GradCAMInferer("features")
     inferer(torch.randn(2, 1, 16, 16), net)
     with pytest.raises(ValueError, match="outside the batch"):
         inferer.cams_for([2], [0])

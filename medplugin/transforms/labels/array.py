@@ -1,5 +1,5 @@
-"""Labels as MONAI Label exchanges them: class (or multi-label finding) labels read from label files, label
-maps at the image's size.
+"""Labels from files: class (or multi-label finding) labels as MONAI Label exchanges them in label files, and
+2D masks (one file, or the union of several).
 
 MONAI Label keeps one label file per image (``<studies>/labels/final/<image id>.<ext>``) and hands its bundle
 trainer ``{"image": <image path>, "label": <label file path>}`` records. Our classification bundles take that
@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.transforms import Transform
 from monai.utils import TransformBackends
 
 from medplugin.errors import BadInputError
 
-__all__ = ["ClassIndexFromFile", "MultiHotFromFile", "ResizeToSourceImage", "ToSourceVoxelOrder", "read_label_file"]
+__all__ = ["ClassIndexFromFile", "MultiHotFromFile", "LoadLungMask", "read_label_file"]
 
 TEXT_SUFFIXES = (".txt", ".json")
 
@@ -196,88 +197,38 @@ class MultiHotFromFile(Transform):
         return self._from_value(label, "<label>")
 
 
-class ResizeToSourceImage(Transform):
-    """Resize a 2D label map ``(C, H, W)`` (or ``(H, W)``) back to the size of the image file it was predicted on.
+class LoadLungMask(Transform):
+    """Load a lung mask from one file, or the union of several (e.g. Montgomery's left and right lung masks).
 
-    Networks see a resized image; a viewer (and MONAI Label, which writes the answer beside the image) wants
-    the mask on the image's own pixel grid. The size is read from the source file's header (PNG, JPEG, TIFF,
-    BMP or DICOM; nothing is decoded). Nearest-neighbour interpolation keeps label values.
+    Each file is read with :func:`medplugin.io.image2d.read_image_2d` (PNG, JPEG, BMP, TIFF, DICOM; colour is
+    converted to gray) and binarised: a pixel is lung when its value is > 0 in a lossless file, or > 127 in a
+    JPEG (whose compression leaves faint non-zero values around the edges). The result is a ``MetaTensor``
+    ``(1, H, W)`` float32 of 0/1 whose meta names the first file.
 
-    Args:
-        mode: interpolation mode of ``torch.nn.functional.interpolate`` (``"nearest"`` for label maps).
+    Raises:
+        BadInputError: a file that cannot be read, or masks of different sizes, naming the file.
     """
 
-    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+    backend = [TransformBackends.TORCH]
 
-    def __init__(self, mode: str = "nearest") -> None:
-        self.mode = mode
+    def __call__(self, filenames: str | os.PathLike | Sequence[str | os.PathLike]) -> MetaTensor:
+        """Read ``filenames`` (one path or a list of paths) and return their union."""
+        from medplugin.io.image2d import read_image_2d
 
-    def __call__(self, label, source: str | os.PathLike):
-        """Return ``label`` resized to the size of the image at ``source``, same type, dtype and channels."""
-        from medplugin.data.lungseg import image_size_2d
-
-        rows, cols = image_size_2d(source)
-        t = torch.as_tensor(label)
-        if t.ndim not in (2, 3):
-            raise ValueError(f"expected a 2D label map (C, H, W) or (H, W), got shape {tuple(t.shape)}.")
-        squeeze = t.ndim == 2
-        x = t[None, None] if squeeze else t[None]
-        if tuple(x.shape[-2:]) != (rows, cols):
-            kwargs = {} if self.mode in ("nearest", "nearest-exact", "area") else {"align_corners": False}
-            x = torch.nn.functional.interpolate(x.float(), size=(rows, cols), mode=self.mode, **kwargs).to(t.dtype)
-        out = x[0, 0] if squeeze else x[0]
-        return out.numpy() if isinstance(label, np.ndarray) else out
-
-
-class ToSourceVoxelOrder(Transform):
-    """Put a 3D label map predicted on a slices-first volume back into the voxel order of its NIfTI file.
-
-    medplugin's knee loader (:func:`medplugin.io.mrnet.read_knee_volume`) reorders a NIfTI volume to
-    ``(slice, row, column)`` with sagittal slices (``order="sagittal"``) or reverses the file's axes
-    (``order="file"``). A mask written with the file's affine must have the file's voxel order, or a viewer
-    lays it across the image: this transform applies the inverse permutation (read from the file's header).
-
-    Args:
-        order: the loader's ``order`` (``"sagittal"`` or ``"file"``).
-    """
-
-    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
-
-    def __init__(self, order: str = "sagittal") -> None:
-        if order not in ("sagittal", "file"):
-            raise ValueError(f"order must be 'sagittal' or 'file', got {order!r}.")
-        self.order = order
-
-    def permutation(self, source: str | os.PathLike) -> tuple[int, int, int]:
-        """The loader's axis permutation for the NIfTI file ``source`` (file axes -> slices-first axes)."""
-        from medplugin.io.mrnet import _sagittal_permutation
-
-        affine, _ = self.header(source)
-        return _sagittal_permutation(affine) if self.order == "sagittal" else (2, 1, 0)
-
-    @staticmethod
-    def header(source: str | os.PathLike) -> tuple[np.ndarray, tuple[int, ...]]:
-        """``(affine, spatial shape)`` of the NIfTI file ``source``, from its header."""
-        from monai.utils import optional_import
-
-        nib, has_nib = optional_import("nibabel")
-        path = os.fspath(source)
-        if not os.path.isfile(path) or not path.lower().endswith((".nii", ".nii.gz")):
-            raise BadInputError(path, "not a NIfTI file: the voxel order of a mask is that of a NIfTI source")
-        if not has_nib:
-            raise BadInputError(path, "reading NIfTI needs nibabel (pip install nibabel)")
-        try:
-            img = nib.load(path)
-            return np.asarray(img.affine, dtype=np.float64), tuple(int(n) for n in img.shape[:3])
-        except Exception as e:  # damaged header
-            raise BadInputError(path, f"not a readable NIfTI file ({type(e).__name__}: {e})") from e
-
-    def __call__(self, label, source: str | os.PathLike):
-        """Return ``label`` (``(C, S, R, Cc)`` or ``(S, R, Cc)``) in the file's voxel order, same type."""
-        if label.ndim not in (3, 4):
-            raise ValueError(f"expected a 3D label map (C, S, R, C) or (S, R, C), got shape {tuple(label.shape)}.")
-        inverse = [int(i) for i in np.argsort(self.permutation(source))]
-        axes = inverse if label.ndim == 3 else [0, *(i + 1 for i in inverse)]
-        if isinstance(label, np.ndarray):
-            return np.ascontiguousarray(label.transpose(axes))
-        return label.permute(*axes).contiguous()
+        paths = [os.fspath(filenames)] if isinstance(filenames, (str, os.PathLike)) else [os.fspath(f) for f in filenames]
+        if not paths:
+            raise ValueError("no mask file given.")
+        union = None
+        for path in paths:
+            arr, _ = read_image_2d(path, channels=1)
+            cut = 127.0 if Path(path).suffix.lower() in (".jpg", ".jpeg") else 0.0
+            m = arr > cut
+            if union is None:
+                union = m
+            elif m.shape != union.shape:
+                raise BadInputError(path, f"mask size {m.shape[2]}x{m.shape[1]} differs from {paths[0]}'s "
+                                          f"{union.shape[2]}x{union.shape[1]}")
+            else:
+                union |= m
+        meta = {"filename_or_obj": paths[0], "original_shape": tuple(union.shape[1:]), "mask_files": paths}
+        return MetaTensor(torch.as_tensor(union, dtype=torch.float32), meta=meta)

@@ -5,22 +5,14 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from medplugin.errors import BadInputError
-from medplugin.transforms.labels.array import (
-    ClassIndexFromFile,
-    MultiHotFromFile,
-    ResizeToSourceImage,
-    ToSourceVoxelOrder,
-)
+from medplugin.transforms.labels.array import ClassIndexFromFile, LoadLungMask, MultiHotFromFile
 
 __all__ = ["ClassIndexFromFiled", "ClassIndexFromFileD", "ClassIndexFromFileDict", "MultiHotFromFiled",
-           "MultiHotFromFileD", "MultiHotFromFileDict", "ResizeToSourceImaged",
-           "ResizeToSourceImageD", "ResizeToSourceImageDict", "ToSourceVoxelOrderd", "ToSourceVoxelOrderD",
-           "ToSourceVoxelOrderDict"]
+           "MultiHotFromFileD", "MultiHotFromFileDict", "LoadLungMaskd", "LoadLungMaskD", "LoadLungMaskDict"]
 
 
 class ClassIndexFromFiled(MapTransform):
@@ -84,80 +76,37 @@ class MultiHotFromFiled(ClassIndexFromFiled):
 MultiHotFromFileD = MultiHotFromFileDict = MultiHotFromFiled
 
 
-class ResizeToSourceImaged(MapTransform):
-    """Dictionary twin of :class:`~medplugin.transforms.labels.array.ResizeToSourceImage`.
+class LoadLungMaskd(MapTransform):
+    """Dictionary wrapper of :class:`LoadLungMask`: replaces each mask path (or list of paths) by the mask.
 
-    Used in a segmentation bundle's MONAI Label inference overlay so that the mask MONAI Label returns lies on
-    the image's own pixel grid.
+    With ``reference_key`` (the image, already loaded), the mask must have the image's spatial size.
 
     Args:
-        keys: label-map keys (usually ``"pred"``).
-        path_key: key holding the source image's path (``LoadImage2dd`` keeps it under ``"path"``).
-        mode: interpolation mode (``"nearest"`` for label maps).
-        allow_missing_keys: skip missing keys instead of raising.
+        keys: keys holding a mask path or a list of paths to merge.
+        reference_key: key of the loaded image whose ``(H, W)`` the mask must match, or ``None``.
+        allow_missing_keys: do not raise if a key is absent (inference data has no mask).
+
+    Raises:
+        BadInputError: unreadable masks, or a mask whose size differs from the image's, naming the mask file.
     """
 
-    backend = ResizeToSourceImage.backend
+    backend = LoadLungMask.backend
 
-    def __init__(self, keys: KeysCollection, path_key: str = "path", mode: str = "nearest",
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, reference_key: str | None = "image", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.resizer = ResizeToSourceImage(mode)
-        self.path_key = path_key
+        self.reference_key = reference_key
+        self.loader = LoadLungMask()
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
-        if self.path_key not in d:
-            raise KeyError(f"{self.path_key!r} (the source image path) is not in the data; keys: {sorted(map(str, d))}")
         for key in self.key_iterator(d):
-            d[key] = self.resizer(d[key], d[self.path_key])
+            mask = self.loader(d[key])
+            ref = d.get(self.reference_key) if self.reference_key is not None else None
+            if ref is not None and hasattr(ref, "shape") and tuple(ref.shape[-2:]) != tuple(mask.shape[-2:]):
+                (h, w), (rh, rw) = mask.shape[-2:], ref.shape[-2:]
+                raise BadInputError(mask.meta["filename_or_obj"], f"mask size {w}x{h} differs from its image's {rw}x{rh}")
+            d[key] = mask
         return d
 
 
-ResizeToSourceImageD = ResizeToSourceImageDict = ResizeToSourceImaged
-
-
-class ToSourceVoxelOrderd(MapTransform):
-    """Dictionary twin of :class:`~medplugin.transforms.labels.array.ToSourceVoxelOrder`.
-
-    Used in a 3D segmentation bundle's MONAI Label inference overlay so that the NIfTI mask MONAI Label returns
-    has the exam's voxel grid.
-
-    Args:
-        keys: label-map keys (usually ``"pred"``).
-        path_key: key holding the source NIfTI path (MONAI Label sets ``"image_path"``).
-        order: the loader's ``order``.
-        ref_key: the input image's key. When given, that image's metadata (a ``MetaTensor``'s ``meta``) is set
-            to the file's grid (``spatial_shape`` and ``affine``), for consumers that take the output grid from
-            it: MONAI Label resizes a prediction to the reference image's ``spatial_shape`` and writes it with
-            its affine. The image's data are not changed.
-        allow_missing_keys: skip missing keys instead of raising.
-    """
-
-    backend = ToSourceVoxelOrder.backend
-
-    def __init__(self, keys: KeysCollection, path_key: str = "image_path", order: str = "sagittal",
-                 ref_key: str | None = None, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.reorder = ToSourceVoxelOrder(order)
-        self.path_key = path_key
-        self.ref_key = ref_key
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        if self.path_key not in d:
-            raise KeyError(f"{self.path_key!r} (the source volume path) is not in the data; keys: {sorted(map(str, d))}")
-        for key in self.key_iterator(d):
-            d[key] = self.reorder(d[key], d[self.path_key])
-        if self.ref_key is not None and hasattr(d.get(self.ref_key), "meta"):
-            import torch
-
-            affine, shape = self.reorder.header(d[self.path_key])
-            ref = d[self.ref_key].clone()
-            ref.meta["spatial_shape"] = np.asarray(shape)
-            ref.meta["affine"] = ref.meta["original_affine"] = torch.as_tensor(affine, dtype=torch.float64)
-            d[self.ref_key] = ref
-        return d
-
-
-ToSourceVoxelOrderD = ToSourceVoxelOrderDict = ToSourceVoxelOrderd
+LoadLungMaskD = LoadLungMaskDict = LoadLungMaskd
