@@ -2,7 +2,7 @@
 
 The pooled features are the input of the classification layer: global-average-pooled convolutional features
 (ResNet ``fc``, DenseNet ``class_layers.out``, SE-ResNet ``last_linear``, EfficientNet ``_fc``, Inception's
-``head.3``, MRNet's ``head`` after its max over slices, the 3D ResNet's ``fc``, an :class:`SVMHead`). The hook
+``head.2`` (before its 64-unit layer), MRNet's ``head`` after its max over slices, the 3D ResNet's ``fc``, an :class:`SVMHead`). The hook
 is a forward *pre*-hook on that layer, stored and removed (pytorch-grad-cam's ``ActivationsAndGradients``
 discipline, as :class:`medplugin.visualize.ActivationCapture`): the network is never left changed.
 """
@@ -25,9 +25,9 @@ def _unwrap(network: nn.Module) -> nn.Module:
 
 
 def pooled_layer(network: nn.Module) -> str:
-    """The name of the classification layer whose input is the pooled features: the last ``nn.Linear`` (or
-    :class:`medplugin.networks.SVMHead`) of the network, which for every classifier of medplugin's registries is
-    its head.
+    """The name of the layer whose input is the pooled features: the network's ``feature_layer`` attribute where it
+    declares one (a head with hidden layers, as Inception-v3's 64-unit layer), else the last ``nn.Linear`` (or
+    :class:`medplugin.networks.SVMHead`) of the network, which for the other classifiers is the head.
 
     Raises:
         ValueError: the network has no linear layer (name the layer explicitly then).
@@ -35,6 +35,9 @@ def pooled_layer(network: nn.Module) -> str:
     from medplugin.networks.knee import SVMHead
 
     net = _unwrap(network)
+    declared = getattr(net, "feature_layer", None)  # a head with hidden layers names the layer after pooling
+    if isinstance(declared, str):
+        return declared
     names = [name for name, m in net.named_modules() if name and isinstance(m, (nn.Linear, SVMHead))]
     if not names:
         raise ValueError(f"{type(net).__name__} has no linear classification layer: give the feature layer's name.")

@@ -161,6 +161,8 @@ class InceptionV3Transfer(_FreezableMixin, nn.Module):
         self.freeze_backbone = freeze_backbone
         self._apply_freeze()
 
+    feature_layer = "head.2"  # the layer whose input is the 2048 pooled features (the head's 64-unit layer)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = self.base
         for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",

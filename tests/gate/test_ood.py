@@ -138,7 +138,8 @@ def test_pooled_features_of_every_classifier(arch, dim, size):
     assert feats.shape == (2, dim)
     assert torch.allclose(logits, reference, atol=1e-5)  # the hook changed nothing
     with torch.no_grad():
-        assert torch.allclose(capture.module(feats), logits, atol=1e-5)  # the head maps them to the logits
+        head = net.head[2:] if arch == "inception_v3" else capture.module  # Inception: the 64-unit layer, then fc
+        assert torch.allclose(head(feats), logits, atol=1e-5)  # the head maps them to the logits
     assert not capture.module._forward_pre_hooks  # removed after the call
 
 

@@ -129,7 +129,8 @@ def test_model_loader_names_the_override_on_a_mismatch(tmp_path):
     assert str(e.value) == (f"{path}: the model was trained with other settings (image_size: model 64 vs run 224); "
                             "run with --image_size 64")
     two = ModelLoader(torch.nn.Linear(3, 2), path, expected={"image_size": 224, "class_names": ["a", "b"]})
-    with pytest.raises(BadInputError, match=r"run with --image_size 64 --class_names \[\"normal\", \"pneumonia\"\]$"):
+    # a list value is shell-quoted, so the line runs as printed
+    with pytest.raises(BadInputError, match=r"run with --image_size 64 --class_names '\[\"normal\", \"pneumonia\"\]'$"):
         two()
 
 
