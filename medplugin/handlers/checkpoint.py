@@ -34,8 +34,9 @@ class BestModelSaver:
 
     Written atomically (temporary file, then rename), by rank 0 only, with ``model.json`` beside it that
     records what the weights need (architecture, input size, channels, class names, normalisation), where the
-    training started from (the network's ``pretrained_source``, when it has one) and the metric that chose them. A ``model.pt`` that existed before this run is kept as
-    ``model.<its modification time>.pt``, never overwritten.
+    training started from (the network's ``pretrained_source``, when it has one) and the metric that chose them.
+    A ``model.pt`` that existed before this run is kept as ``model.<its modification time>.pt``, never
+    overwritten.
 
     Args:
         network: the trained network (DDP-wrapped is fine).
@@ -189,7 +190,8 @@ class ModelLoader:
                      if k != "split" and k in meta and _norm(meta[k]) != _norm(v)}
             if diffs:
                 fixes, detail = _overrides(diffs)
-                raise BadInputError(self.path, f"the model was trained with other settings ({detail}); run with {fixes}")
+                raise BadInputError(self.path,
+                                    f"the model was trained with other settings ({detail}); run with {fixes}")
             _check_split(self.path, meta.get("split"), self.expected.get("split"))
         state = read_state_dict(self.path)
         try:

@@ -439,7 +439,8 @@ def input_normalization(arch: str, in_channels: int = 1, pretrained: str | os.Pa
         return list(spec.mean), list(spec.std)
     if in_channels > 3:  # RGB then extra maps already in [0, 1] (e.g. fundus lesion-candidate channels)
         return list(spec.mean) + [0.0] * (in_channels - 3), list(spec.std) + [1.0] * (in_channels - 3)
-    raise ValueError(f"in_channels must be 1 or 3 (or more: RGB plus extra maps) for ImageNet normalisation, got {in_channels!r}.")
+    raise ValueError(f"in_channels must be 1 or 3 (or more: RGB plus extra maps) for ImageNet normalisation, "
+                     f"got {in_channels!r}.")
 
 
 def cam_layer(arch: str) -> str:
