@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
-__all__ = ["DevicePrepareBatch", "build_optimizer", "prepare_network"]
+__all__ = ["DevicePrepareBatch", "build_optimizer", "lr_step_input", "prepare_network"]
 
 
 def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
@@ -28,6 +29,40 @@ def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, 
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
     raise ValueError(f"optimizer must be 'adam', 'adamw' or 'sgd', got {name!r}.")
+
+
+def lr_step_input(lr_scheduler: Any, validator: Any, metric: str) -> Callable[[Any], tuple]:
+    """The ``step_transform`` of MONAI's ``LrScheduleHandler`` that fits whatever scheduler a config holds.
+
+    Epoch schedules (cosine annealing, step decay, ...) step without an argument. ``ReduceLROnPlateau`` steps on
+    this epoch's validation ``metric`` (as CheXNet decayed its learning rate tenfold whenever the validation loss
+    stopped falling, Rajpurkar et al. 2017), so the trainer must run the validator before the scheduler handler,
+    every epoch.
+
+    Args:
+        lr_scheduler: the config's scheduler.
+        validator: the validation engine (``validate#evaluator``).
+        metric: the name in ``validator.state.metrics`` a plateau schedule watches (e.g. ``"val_loss"``).
+
+    Returns:
+        ``trainer -> ()`` or ``trainer -> (value,)``; the latter raises ``RuntimeError`` when the validator has not
+        run in this epoch (``val_interval`` other than 1, or handlers in the wrong order) or has no ``metric``.
+    """
+    if not isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        return lambda trainer: ()
+
+    def plateau_input(trainer) -> tuple:
+        validated = getattr(validator.state, "epoch", None)
+        if validated != trainer.state.epoch:
+            raise RuntimeError(f"a ReduceLROnPlateau schedule steps on each epoch's {metric}, but the last validation "
+                               f"was at epoch {validated} and this is epoch {trainer.state.epoch}: run with "
+                               "--val_interval 1 (and the ValidationHandler before the LrScheduleHandler).")
+        if metric not in validator.state.metrics:
+            raise RuntimeError(f"a ReduceLROnPlateau schedule watches {metric!r}, which the validator does not compute "
+                               f"(it has {sorted(validator.state.metrics)}).")
+        return (float(validator.state.metrics[metric]),)
+
+    return plateau_input
 
 
 def prepare_network(network: torch.nn.Module, device: torch.device | str, channels_last: bool = False,

@@ -29,23 +29,29 @@ def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
 
 
 class BestModelSaver:
-    """Save the network's state dict to ``ckpt_dir/model.pt`` whenever the key metric improves (or equals the best).
+    """Save the network's state dict to ``ckpt_dir/model.pt`` whenever the key metric improves (or equals the best):
+    rises (``mode="max"``) or falls (``mode="min"``).
 
     Written atomically (temporary file, then rename), by rank 0 only, with ``model.json`` beside it that
     records what the weights need (architecture, input size, channels, class names, normalisation), where the
-    training started from (the network's ``pretrained_source``, when it has one) and the metric that chose them. A ``model.pt`` that existed before this run is kept as
-    ``model.<its modification time>.pt``, never overwritten.
+    training started from (the network's ``pretrained_source``, when it has one) and the metric that chose them.
+    A ``model.pt`` that existed before this run is kept as ``model.<its modification time>.pt``, never
+    overwritten.
 
     Args:
         network: the trained network (DDP-wrapped is fine).
         ckpt_dir: destination folder.
-        key_metric: name in ``engine.state.metrics`` (higher is better).
+        key_metric: name in ``engine.state.metrics``.
         model_meta: what to record in ``model.json``.
         filename: the weights file name.
         greater_or_equal: a later evaluation whose key metric equals the best so far replaces the saved model
-            (as MONAI's ``key_metric_greater_or_equal``). On a small validation set a threshold-free metric such
-            as AUC often saturates (1.0) epochs before the model is done (an early model ranks every case right
-            but calls them all one class): the later, longer-trained model is kept. ``False`` keeps the first.
+            (as MONAI's ``key_metric_greater_or_equal``; in ``min`` mode, a loss equal to the lowest so far). On a
+            small validation set a threshold-free metric such as AUC often saturates (1.0) epochs before the
+            model is done (an early model ranks every case right but calls them all one class): the later,
+            longer-trained model is kept. ``False`` keeps the first.
+        mode: ``"max"`` (higher is better: accuracy, AUC) or ``"min"`` (lower is better: a validation loss, as
+            CheXNet chose its model by the lowest validation loss; ignite's ``Checkpoint`` does the same with a
+            negative ``score_sign``).
 
     An undefined key metric (NaN, e.g. AUC on a validation split with one class) never replaces a defined
     one; while no evaluation of the run has given a defined value, the latest model is saved (with
@@ -53,13 +59,18 @@ class BestModelSaver:
     """
 
     def __init__(self, network: torch.nn.Module, ckpt_dir: str, key_metric: str, model_meta: dict | None = None,
-                 filename: str = "model.pt", greater_or_equal: bool = True) -> None:
+                 filename: str = "model.pt", greater_or_equal: bool = True, mode: str = "max") -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' (higher {key_metric} is better) or 'min' (lower is better), "
+                             f"got {mode!r}.")
         self.network = network
         self.path = Path(ckpt_dir) / filename
         self.key_metric = key_metric
         self.model_meta = dict(model_meta or {})
         self.greater_or_equal = bool(greater_or_equal)
-        self.best = -float("inf")
+        self.mode = mode
+        self._unset = -math.inf if mode == "max" else math.inf  # the best before any defined value
+        self.best = self._unset
         self._checked_previous = False
 
     def attach(self, engine: Engine) -> None:
@@ -93,12 +104,15 @@ class BestModelSaver:
         if undefined:  # e.g. AUC on a validation split holding one class only
             logger.warning("%s is undefined (NaN) at epoch %s (a validation split with one class?)%s",
                            self.key_metric, engine.state.epoch,
-                           "; keeping the latest model until it is defined" if self.best == -math.inf else "")
-            improved = self.best == -math.inf  # no defined value yet: a run always leaves a model
-        else:
+                           "; keeping the latest model until it is defined" if self.best == self._unset else "")
+            improved = self.best == self._unset  # no defined value yet: a run always leaves a model
+        elif self.mode == "max":
             improved = value >= self.best if self.greater_or_equal else value > self.best
+        else:
+            improved = value <= self.best if self.greater_or_equal else value < self.best
         if not improved or not is_main_process():
-            self.best = self.best if undefined else max(self.best, value)
+            if not undefined:
+                self.best = max(self.best, value) if self.mode == "max" else min(self.best, value)
             return
         if not undefined:
             self.best = value
@@ -111,7 +125,8 @@ class BestModelSaver:
         write_json(self.path.with_suffix(".json"), {**self.model_meta, **({"pretrained": start} if start else {}),
                                                    self.key_metric: None if undefined else value,
                                                    "saved": datetime.datetime.now().isoformat(timespec="seconds")})
-        logger.info("saved %s (%s = %.4f)", self.path, self.key_metric, value)
+        logger.info("saved %s (%s = %.4f, the %s so far)", self.path, self.key_metric, value,
+                    "highest" if self.mode == "max" else "lowest")
 
 
 def patient_digest(datalist: dict, sections: tuple[str, ...] = ("training", "validation"),
@@ -175,7 +190,8 @@ class ModelLoader:
                      if k != "split" and k in meta and _norm(meta[k]) != _norm(v)}
             if diffs:
                 fixes, detail = _overrides(diffs)
-                raise BadInputError(self.path, f"the model was trained with other settings ({detail}); run with {fixes}")
+                raise BadInputError(self.path,
+                                    f"the model was trained with other settings ({detail}); run with {fixes}")
             _check_split(self.path, meta.get("split"), self.expected.get("split"))
         state = read_state_dict(self.path)
         try:

@@ -53,22 +53,69 @@ INCEPTION_MEAN = (0.5, 0.5, 0.5)  # torchvision's Inception-v3 weights (Google's
 INCEPTION_STD = (0.5, 0.5, 0.5)
 
 
+def _has_weights(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+
+
 class _FreezableMixin:
-    """Keeps a frozen backbone frozen: no gradients and batch-norm statistics held in eval mode."""
+    """Keeps frozen layers frozen: no gradients and batch-norm statistics held in eval mode.
+
+    Two ways to freeze: ``freeze_backbone`` (everything but the head, ``head_prefixes``) and
+    :meth:`freeze_until` (every stage before a named one, :meth:`stages`).
+    """
 
     head_prefixes: tuple[str, ...] = ()
+    trunk: str | None = None  # a child whose own children are the stages (DenseNet's ``features``)
     freeze_backbone: bool = False
+    frozen_prefixes: tuple[str, ...] = ()
+
+    def _is_frozen(self, name: str) -> bool:
+        if self.freeze_backbone:
+            return not name.startswith(self.head_prefixes)
+        return any(name == p or name.startswith(p + ".") for p in self.frozen_prefixes)
 
     def _apply_freeze(self) -> None:
         for name, p in self.named_parameters():  # type: ignore[attr-defined]
-            if not name.startswith(self.head_prefixes):
-                p.requires_grad_(not self.freeze_backbone)
+            p.requires_grad_(not self._is_frozen(name))
+
+    def stages(self) -> list[str]:
+        """The network's layers in forward order, as :meth:`freeze_until` names them: the top-level modules that
+        hold weights, with the ``trunk`` container (e.g. DenseNet's ``features``) opened into its own."""
+        out = []
+        for name, child in self.named_children():  # type: ignore[attr-defined]
+            if name == self.trunk:
+                out += [f"{name}.{n}" for n, c in child.named_children() if _has_weights(c)]
+            elif _has_weights(child):
+                out.append(name)
+        return out
+
+    def freeze_until(self, layer: str) -> None:
+        """Freeze every parameter and batch-norm statistic of the layers before ``layer`` (e.g. ``"layer3"`` of a
+        ResNet-50 freezes ``conv1``, ``bn1``, ``layer1`` and ``layer2``); ``layer`` and the layers after it train.
+
+        Args:
+            layer: one of :meth:`stages` after the first, by its full name or, inside the trunk, its last part
+                (``"denseblock3"`` for ``"features.denseblock3"``).
+
+        Raises:
+            ValueError: ``layer`` names no stage (the message lists the valid names), or ``freeze_backbone`` is on.
+        """
+        if self.freeze_backbone:
+            raise ValueError(f"freeze_until={layer!r} with freeze_backbone true: give one of them (freeze_backbone "
+                             "already freezes every layer but the head).")
+        stages = self.stages()
+        matches = [i for i, s in enumerate(stages) if i > 0 and (s == layer or s.split(".")[-1] == layer)]
+        if len(matches) != 1:
+            raise ValueError(f"freeze_until={layer!r} is not a layer of {type(self).__name__} after its first: "
+                             f"choose one of {stages[1:]}.")
+        self.frozen_prefixes = tuple(stages[:matches[0]])
+        self._apply_freeze()
 
     def train(self, mode: bool = True):  # keep the signature of nn.Module.train
         super().train(mode)  # type: ignore[misc]
-        if self.freeze_backbone and mode:
+        if mode and (self.freeze_backbone or self.frozen_prefixes):
             for name, m in self.named_modules():  # type: ignore[attr-defined]
-                if name and not name.startswith(self.head_prefixes) and isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if name and self._is_frozen(name) and isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         return self
 
@@ -114,6 +161,7 @@ class DenseNetClassifier(_FreezableMixin, DenseNet121):
     """
 
     head_prefixes = ("class_layers.",)
+    trunk = "features"
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, freeze_backbone: bool = False):
         super().__init__(spatial_dims=2, in_channels=in_channels, out_channels=num_classes)
@@ -139,6 +187,7 @@ class InceptionV3Transfer(_FreezableMixin, nn.Module):
     """
 
     head_prefixes = ("head.",)
+    trunk = "base"
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, freeze_backbone: bool = True, dropout: float = 0.5,
                  hidden: int = 64):
@@ -205,6 +254,7 @@ class EfficientNetClassifier(_FreezableMixin, EfficientNetBN):
     """
 
     head_prefixes = ("_fc.",)
+    trunk = "_blocks"
 
     def __init__(self, in_channels: int = 3, num_classes: int = 2, freeze_backbone: bool = False,
                  model_name: str = "efficientnet-b0"):
@@ -281,6 +331,7 @@ def classifier(
     freeze_backbone: bool | None = None,
     class_names: Sequence[str] | None = None,
     pretrained_path: str | os.PathLike | None = None,
+    freeze_until: str | None = None,
 ) -> nn.Module:
     """Build a 2D classifier from the registry, optionally starting from published weights.
 
@@ -299,13 +350,17 @@ def classifier(
             ``inception_v3`` as in the Cell paper, fine-tuned otherwise).
         class_names: the outputs' names, needed to map a labelled starting point's outputs onto them.
         pretrained_path: deprecated name of ``pretrained`` for a local file.
+        freeze_until: freeze the layers before this one, parameters and batch-norm statistics (e.g. ``"layer3"``:
+            a ResNet's ``conv1``, ``bn1``, ``layer1`` and ``layer2``); the named layer and those after it train.
+            Valid names are the network's ``stages()`` after the first; not with ``freeze_backbone`` true.
 
     Returns:
         the network, in training mode; ``network.pretrained_source`` records where its weights came from
         (``medplugin.handlers.BestModelSaver`` writes it to ``model.json``).
 
     Raises:
-        ValueError: unknown ``arch``, ``pretrained: none`` with a frozen backbone, or weights that do not fit.
+        ValueError: unknown ``arch``, ``pretrained: none`` with frozen layers, an unknown ``freeze_until`` layer, or
+            weights that do not fit.
         WeightsUnavailableError: a published file neither cached nor downloadable here.
     """
     spec = _spec(arch)
@@ -321,10 +376,18 @@ def classifier(
     kwargs = {"in_channels": int(in_channels), "num_classes": int(num_classes)}
     if freeze_backbone is not None:
         kwargs["freeze_backbone"] = bool(freeze_backbone)
+    elif freeze_until is not None:  # freezing up to a layer replaces an architecture's frozen default
+        kwargs["freeze_backbone"] = False
     net = spec.build(**kwargs)
-    mode = ("arch inception_v3 (its Inception base is frozen by default, as in the Cell paper; --freeze_backbone "
-            "false trains it whole)" if arch == "inception_v3" and freeze_backbone is None else "freeze_backbone true")
-    refuse_frozen_from_scratch(pretrained, net.freeze_backbone, mode)
+    if freeze_until is not None:
+        net.freeze_until(str(freeze_until))
+        mode = f"freeze_until {freeze_until}"
+    elif arch == "inception_v3" and freeze_backbone is None:
+        mode = ("arch inception_v3 (its Inception base is frozen by default, as in the Cell paper; "
+                "--freeze_backbone false trains it whole)")
+    else:
+        mode = "freeze_backbone true"
+    refuse_frozen_from_scratch(pretrained, net.freeze_backbone or bool(net.frozen_prefixes), mode)
     start = resolve_pretrained(pretrained, arch)
     if start is not None:
         source = start.record["file"]
@@ -378,7 +441,8 @@ def input_normalization(arch: str, in_channels: int = 1, pretrained: str | os.Pa
         return list(spec.mean), list(spec.std)
     if in_channels > 3:  # RGB then extra maps already in [0, 1] (e.g. fundus lesion-candidate channels)
         return list(spec.mean) + [0.0] * (in_channels - 3), list(spec.std) + [1.0] * (in_channels - 3)
-    raise ValueError(f"in_channels must be 1 or 3 (or more: RGB plus extra maps) for ImageNet normalisation, got {in_channels!r}.")
+    raise ValueError(f"in_channels must be 1 or 3 (or more: RGB plus extra maps) for ImageNet normalisation, "
+                     f"got {in_channels!r}.")
 
 
 def cam_layer(arch: str) -> str:

@@ -1,6 +1,11 @@
 """Starting weights of the classification bundles, run the way users run them (``python -m monai.bundle run``,
 smoke overlay) with weights files built in the published names and layouts (random tensors) in a temporary
-``TORCH_HOME`` / ``HOME``, and no way out to the network (every proxy points at a closed local port)."""
+``TORCH_HOME`` / ``HOME``, and no way out to the network (every proxy points at a closed local port).
+
+Every run of this file goes through one batch (:mod:`tests.bundles._batch_runner`: one Python process runs each
+case as ``python -m monai.bundle run`` / ``medplugin`` would, with its own environment and log), so the
+interpreter and imports are paid once instead of once per run; the tests then read each case's exit status and
+log."""
 
 from __future__ import annotations
 
@@ -9,8 +14,6 @@ import json
 import math
 import os
 import socket
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -20,8 +23,8 @@ import torch
 
 from medplugin.data.chestxray14 import FINDINGS
 from medplugin.networks.weights import XRV_WEIGHTS
-from tests.bundles._contract import check_exports, verify_net_in_out
-from tests.bundles._runner import REPO, SMOKE, bundle_dir
+from tests.bundles._batch_runner import bundle_case, cli_case, monai_case, run_cases
+from tests.bundles._runner import EVALUATE, SMOKE, bundle_dir, config_files
 from tests.networks._fake_weights import torchvision_file_name, write_torchvision_file, write_xrv_file
 
 NIH = "torchxrayvision:densenet121-res224-nih"
@@ -31,6 +34,12 @@ BUNDLES = {
     "chest_xray_classification": ("cxr_demo", "densenet121", {"val_fraction": 0.3}),
     "retina_fundus_classification": ("fundus_demo", "resnet50", {}),
     "knee_mri_classification": ("knee_nifti", "resnet18", {"num_slices": 8}),
+}
+FROZEN = {  # case -> (bundle, overrides, the setting the refusal names)
+    "oct-freeze_backbone": ("retina_oct_classification", {"freeze_backbone": True}, "freeze_backbone true"),
+    "oct-inception_v3": ("retina_oct_classification", {"arch": "inception_v3", "image_size": 80}, "arch inception_v3"),
+    "knee-feature_extraction": ("knee_mri_classification", {"transfer": "feature_extraction", "num_slices": 8},
+                                "transfer feature_extraction"),
 }
 
 
@@ -42,83 +51,14 @@ def _closed_port() -> int:
     return port
 
 
-def _offline_env(torch_home: Path, home: Path | None = None, **extra: str) -> dict:
+def _offline_env() -> dict:
     import matplotlib
 
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "medplugin_offline")}
     proxy = f"http://127.0.0.1:{_closed_port()}"
     env.update({k: proxy for k in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")})
-    env.update({"TORCH_HOME": str(torch_home), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
-                "MPLCONFIGDIR": matplotlib.get_configdir()})
-    if home is not None:
-        env["HOME"] = str(home)
-    env.update(extra)
+    env.update({"PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "MPLCONFIGDIR": matplotlib.get_configdir()})
     return env
-
-
-def _run(bundle: str, configs: list[str], env: dict, **overrides) -> subprocess.CompletedProcess:
-    b = bundle_dir(bundle)
-    files = [str(b / "configs" / c) if not Path(c).is_absolute() else c for c in configs]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(b), "--config_file", json.dumps(files)]
-    for k, v in overrides.items():
-        cmd += [f"--{k}", str(v)]
-    return subprocess.run(cmd, cwd=REPO, env=env, text=True, capture_output=True, timeout=900)
-
-
-def _ok(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 0, f"run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return proc.stdout + proc.stderr
-
-
-@pytest.mark.parametrize("bundle", list(BUNDLES))
-def test_offline_without_cached_weights_training_stops_before_the_first_epoch(bundle, request, tmp_path):
-    fixture, arch, extra = BUNDLES[bundle]
-    data = request.getfixturevalue(fixture)
-    ckpt, out = tmp_path / "models", tmp_path / "train"
-    proc = _run(bundle, ["train.yaml", str(SMOKE)], _offline_env(tmp_path / "torch"), dataset_dir=data,
-                ckpt_dir=ckpt, output_dir=out, pretrained="imagenet", **extra)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    folder = tmp_path / "torch" / "hub" / "checkpoints"
-    message = [line for line in log.splitlines() if "WeightsUnavailableError:" in line]
-    assert len(message) == 1, log[-3000:]  # one message names architecture, file, cache folder and the command
-    m = message[0]
-    assert f"ImageNet weights for {arch}" in m and torchvision_file_name(arch) in m and f"folder {folder} " in m
-    assert f"`medplugin weights fetch {arch}`" in m and "--pretrained none" in m
-    assert not list(folder.glob("*.pth"))  # nothing was written as if downloaded, nothing random was used
-    assert not ckpt.exists() and not list(out.glob("checkpoints/*")) and "train_loss" not in log
-
-
-@pytest.mark.parametrize("bundle, overrides, setting", [
-    ("retina_oct_classification", {"freeze_backbone": "true"}, "freeze_backbone true"),
-    ("retina_oct_classification", {"arch": "inception_v3", "image_size": 80}, "arch inception_v3"),
-    ("knee_mri_classification", {"transfer": "feature_extraction", "num_slices": 8}, "transfer feature_extraction"),
-])
-def test_frozen_modes_refuse_random_weights(bundle, overrides, setting, request, tmp_path):
-    data = request.getfixturevalue(BUNDLES[bundle][0])
-    proc = _run(bundle, ["train.yaml", str(SMOKE)], _offline_env(tmp_path / "torch"), dataset_dir=data,
-                ckpt_dir=tmp_path / "models", output_dir=tmp_path / "train", pretrained="none", **overrides)
-    assert proc.returncode != 0
-    assert f"pretrained='none' with {setting}" in proc.stderr and "frozen layers keep their random weights" in proc.stderr
-    assert not (tmp_path / "models").exists()
-
-
-def test_none_trains_from_scratch_and_model_json_says_so(oct_smoke_run):
-    ckpt, _ = oct_smoke_run  # the smoke overlay sets pretrained: none
-    meta = json.loads((ckpt / "model.json").read_text())
-    assert meta["pretrained"] == {"pretrained": "none"}
-
-
-def test_cached_imagenet_file_is_used_offline_logged_and_recorded(oct_demo, tmp_path):
-    path, _ = write_torchvision_file(tmp_path / "torch", "resnet50")
-    ckpt = tmp_path / "models"
-    log = _ok(_run("retina_oct_classification", ["train.yaml", str(SMOKE)],
-                   _offline_env(tmp_path / "torch", MEDPLUGIN_OFFLINE="1"), dataset_dir=oct_demo, ckpt_dir=ckpt,
-                   output_dir=tmp_path / "train", pretrained="imagenet"))
-    assert f"resnet50 starts from ImageNet weights: {path}" in log
-    meta = json.loads((ckpt / "model.json").read_text())
-    assert meta["pretrained"] == {"pretrained": "imagenet", "weights": "torchvision ResNet50_Weights.IMAGENET1K_V1",
-                                  "file": str(path)}
 
 
 def _xrv():
@@ -129,13 +69,138 @@ def _xrv():
     return torchxrayvision
 
 
-def test_chest_training_from_torchxrayvision_takes_its_input_convention(cxr_demo, tmp_path):
+def _has_xrv() -> bool:
+    try:
+        _xrv()
+    except pytest.skip.Exception:
+        return False
+    return True
+
+
+def _train(bundle: str, tmp: Path, name: str, env: dict, **overrides) -> dict:
+    """A smoke training of ``bundle`` into ``tmp/name/{models,train}``."""
+    b = bundle_dir(bundle)
+    case = bundle_case(b, config_files(bundle, "train.yaml", SMOKE), env, ckpt_dir=tmp / name / "models",
+                       output_dir=tmp / name / "train", **overrides)
+    case["dirs"] = (str(tmp / name / "models"), str(tmp / name / "train"))
+    return case
+
+
+@pytest.fixture(scope="module")
+def runs(request, tmp_path_factory) -> dict:
+    """Every run of this file, in one batch: name -> ``{"rc", "log", "dirs", ...}``.
+
+    - ``offline-<bundle>``: training with ``pretrained: imagenet`` and an empty cache;
+    - ``frozen-<case>``: the frozen modes with ``pretrained: none``;
+    - ``cached``: OCT training from a cached torchvision-layout ResNet-50 file (``MEDPLUGIN_OFFLINE=1``);
+    - with torchxrayvision installed: ``xrv-train`` (chest training from a cached torchxrayvision-layout file),
+      then ``export`` (``medplugin weights export``) and, on its output, ``verify``, ``torchscript``
+      (``ckpt_export``), ``infer`` and ``evaluate``.
+    """
+    tmp = tmp_path_factory.mktemp("pretrained")
+    empty, cache, home = tmp / "torch_empty", tmp / "torch", tmp / "home"
+    empty.mkdir()
+    data = {b: request.getfixturevalue(f) for b, (f, _, _) in BUNDLES.items()}
+    cases: dict[str, dict] = {}
+    for bundle, (_, _, extra) in BUNDLES.items():
+        cases[f"offline-{bundle}"] = _train(bundle, tmp, f"offline-{bundle}", {"TORCH_HOME": empty},
+                                            dataset_dir=data[bundle], pretrained="imagenet", **extra)
+    for name, (bundle, overrides, _) in FROZEN.items():
+        cases[f"frozen-{name}"] = _train(bundle, tmp, f"frozen-{name}", {"TORCH_HOME": empty},
+                                         dataset_dir=data[bundle], pretrained="none", **overrides)
+    resnet50, _ = write_torchvision_file(cache, "resnet50")
+    cases["cached"] = _train("retina_oct_classification", tmp, "cached", {"TORCH_HOME": cache, "MEDPLUGIN_OFFLINE": 1},
+                             dataset_dir=data["retina_oct_classification"], pretrained="imagenet")
+    cases["cached"]["file"] = str(resnet50)
+    if _has_xrv():
+        chest = bundle_dir("chest_xray_classification")
+        xrv_path, xrv_state = write_xrv_file(home, legacy=True)
+        xrv_env = {"TORCH_HOME": empty, "HOME": home}
+        cases["xrv-train"] = _train("chest_xray_classification", tmp, "xrv-train", xrv_env,
+                                    dataset_dir=data["chest_xray_classification"], val_fraction=0.3, pretrained=NIH)
+        cases["xrv-train"]["file"] = str(xrv_path)
+        out = tmp / "xrv_model"
+        cases["export"] = cli_case("weights", "export", NIH, "--bundle", "chest_xray_classification", "--out", out,
+                                   env={**xrv_env, "MEDPLUGIN_OFFLINE": 1})
+        cases["export"]["dirs"] = (str(out),)
+        common = {"meta_file": chest / "configs" / "metadata.json", "config_file": chest / "configs" / "inference.yaml",
+                  "bundle_root": chest}
+        cases["verify"] = monai_case("verify_net_in_out", xrv_env, net_id="network_def", **common)
+        cases["torchscript"] = monai_case("ckpt_export", xrv_env, net_id="network_def", filepath=tmp / "model.ts",
+                                          ckpt_file=out / "model.pt", image_size=224, **common)
+        cases["torchscript"]["dirs"] = (str(tmp / "model.ts"),)
+        images = _radiographs(tmp / "images")
+        # no other setting: model.json gives the normalisation; image size, channels and classes are the bundle's
+        cases["infer"] = bundle_case(chest, config_files("chest_xray_classification", "inference.yaml"), xrv_env,
+                                     dataset_dir=tmp / "images", ckpt_dir=out, output_dir=tmp / "inference",
+                                     num_workers=0)
+        cases["infer"]["dirs"] = (str(tmp / "inference"), [str(i) for i in images], str(home))
+        # evaluation is an overlay on train.yaml: model.json's normalisation is taken, nothing else to pass
+        cases["evaluate"] = bundle_case(chest, config_files("chest_xray_classification", EVALUATE), xrv_env,
+                                        dataset_dir=data["chest_xray_classification"], ckpt_dir=out,
+                                        output_dir=tmp / "evaluate", num_workers=0, max_cam_images=2)
+        cases["evaluate"]["dirs"] = (str(tmp / "evaluate"),)
+        cases["export"]["state"] = xrv_state
+    states = {k: c.pop("state") for k, c in cases.items() if "state" in c}
+    results = run_cases(list(cases.values()), _offline_env(), tmp / "logs")
+    for (name, case), (rc, log) in zip(cases.items(), results):
+        case.update(rc=rc, log=log, empty=str(empty), **({"state": states[name]} if name in states else {}))
+    return cases
+
+
+def _ok(case: dict) -> str:
+    assert case["rc"] == 0, f"run failed ({case['rc']}):\n{case['log'][-6000:]}"
+    return case["log"]
+
+
+@pytest.mark.parametrize("bundle", list(BUNDLES))
+def test_offline_without_cached_weights_training_stops_before_the_first_epoch(bundle, runs):
+    _, arch, _ = BUNDLES[bundle]
+    case = runs[f"offline-{bundle}"]
+    ckpt, out = (Path(d) for d in case["dirs"])
+    log = case["log"]
+    assert case["rc"] != 0
+    folder = Path(case["empty"]) / "hub" / "checkpoints"
+    message = [line for line in log.splitlines() if "WeightsUnavailableError:" in line]
+    assert len(message) == 1, log[-3000:]  # one message names architecture, file, cache folder and the command
+    m = message[0]
+    assert f"ImageNet weights for {arch}" in m and torchvision_file_name(arch) in m and f"folder {folder} " in m
+    assert f"`medplugin weights fetch {arch}`" in m and "--pretrained none" in m
+    assert not list(folder.glob("*.pth"))  # nothing was written as if downloaded, nothing random was used
+    assert not ckpt.exists() and not list(out.glob("checkpoints/*")) and "train_loss" not in log
+
+
+@pytest.mark.parametrize("name", list(FROZEN))
+def test_frozen_modes_refuse_random_weights(name, runs):
+    setting = FROZEN[name][2]
+    case = runs[f"frozen-{name}"]
+    assert case["rc"] != 0
+    log = case["log"]
+    assert f"pretrained='none' with {setting}" in log and "frozen layers keep their random weights" in log
+    assert not Path(case["dirs"][0]).exists()
+
+
+def test_none_trains_from_scratch_and_model_json_says_so(oct_smoke_run):
+    ckpt, _ = oct_smoke_run  # the smoke overlay sets pretrained: none
+    meta = json.loads((ckpt / "model.json").read_text())
+    assert meta["pretrained"] == {"pretrained": "none"}
+
+
+def test_cached_imagenet_file_is_used_offline_logged_and_recorded(runs):
+    case = runs["cached"]
+    path, ckpt = case["file"], Path(case["dirs"][0])
+    log = _ok(case)
+    assert f"resnet50 starts from ImageNet weights: {path}" in log
+    meta = json.loads((ckpt / "model.json").read_text())
+    assert meta["pretrained"] == {"pretrained": "imagenet", "weights": "torchvision ResNet50_Weights.IMAGENET1K_V1",
+                                  "file": str(path)}
+
+
+def test_chest_training_from_torchxrayvision_takes_its_input_convention(runs):
     _xrv()
-    path, _ = write_xrv_file(tmp_path / "home", legacy=True)
-    ckpt = tmp_path / "models"
-    log = _ok(_run("chest_xray_classification", ["train.yaml", str(SMOKE)],
-                   _offline_env(tmp_path / "torch", tmp_path / "home"), dataset_dir=cxr_demo, ckpt_dir=ckpt,
-                   output_dir=tmp_path / "train", val_fraction=0.3, pretrained=NIH))
+    case = runs["xrv-train"]
+    path, ckpt = case["file"], Path(case["dirs"][0])
+    log = _ok(case)
     assert f"densenet121 starts from torchxrayvision's densenet121-res224-nih: {path}" in log
     assert "outputs taken from torchxrayvision:densenet121-res224-nih for 14 of 14 classes" in log
     meta = json.loads((ckpt / "model.json").read_text())
@@ -144,31 +209,30 @@ def test_chest_training_from_torchxrayvision_takes_its_input_convention(cxr_demo
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(runs):
     """`medplugin weights export torchxrayvision:densenet121-res224-nih --bundle chest_xray_classification`,
-    offline, from a cached torchxrayvision-layout file: (model folder, HOME, the file's state dict)."""
+    offline, from a cached torchxrayvision-layout file: (model folder, the file's state dict)."""
     _xrv()
-    tmp = tmp_path_factory.mktemp("xrv_export")
-    _, state = write_xrv_file(tmp / "home", legacy=True)
-    out = tmp / "xrv_model"
-    proc = subprocess.run([sys.executable, "-m", "medplugin.cli", "weights", "export", NIH, "--bundle",
-                           "chest_xray_classification", "--out", str(out)], cwd=REPO, text=True, capture_output=True,
-                          env=_offline_env(tmp / "torch", tmp / "home", MEDPLUGIN_OFFLINE="1"), timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"wrote {out / 'model.pt'} and model.json (14 classes, densenet121, 224 px)" in proc.stdout
-    return out, tmp / "home", state
+    case = runs["export"]
+    out = Path(case["dirs"][0])
+    assert f"wrote {out / 'model.pt'} and model.json (14 classes, densenet121, 224 px)" in _ok(case)
+    return out, case["state"]
 
 
-def test_exported_model_passes_verify_net_in_out_and_exports_to_torchscript_and_onnx(exported, tmp_path):
-    out, _, _ = exported
-    b = bundle_dir("chest_xray_classification")
-    verify_net_in_out(b)  # the inference config's network (the one model.pt fills) has metadata.json's shapes
+def test_exported_model_passes_verify_net_in_out_and_exports_to_torchscript(exported, runs):
+    out, _ = exported
+    # the inference config's network (the one model.pt fills) has metadata.json's shapes
+    assert "data shape of network is verified with no error" in _ok(runs["verify"])
     from medplugin.networks import classifier
 
-    net = classifier("densenet121", 1, 14)
+    net = classifier("densenet121", 1, 14).eval()
     net.load_state_dict(torch.load(out / "model.pt", weights_only=True))
     x = (torch.rand(2, 1, 224, 224) - 0.5) * 2048
-    check_exports(b, out / "model.pt", net, x, tmp_path, "--image_size", "224")
+    _ok(runs["torchscript"])  # `ckpt_export` reads model.pt into the inference config's network_def
+    with torch.no_grad():
+        expected = net(x)
+    # ONNX export of this network_def (DenseNet-121, 14 outputs) is tested in test_chest_xray_classification
+    torch.testing.assert_close(torch.jit.load(runs["torchscript"]["dirs"][0])(x), expected, atol=1e-4, rtol=0)
 
 
 def _radiographs(folder: Path, n: int = 2) -> list[Path]:
@@ -185,15 +249,11 @@ def _radiographs(folder: Path, n: int = 2) -> list[Path]:
     return paths
 
 
-def test_exported_model_infers_with_grad_cam_and_calls_what_torchxrayvision_calls(exported, tmp_path):
-    out, home, _ = exported
+def test_exported_model_infers_with_grad_cam_and_calls_what_torchxrayvision_calls(exported, runs):
     xrv = _xrv()
-    images = _radiographs(tmp_path / "images")
-    inf = tmp_path / "inference"
-    # no other setting: model.json gives the normalisation; image size, channels and classes are the bundle's
-    log = _ok(_run("chest_xray_classification", ["inference.yaml"], _offline_env(tmp_path / "torch", home),
-                   dataset_dir=tmp_path / "images", ckpt_dir=out, output_dir=inf, num_workers=0))
-    assert "loaded" in log
+    case = runs["infer"]
+    inf, images, home = Path(case["dirs"][0]), [Path(i) for i in case["dirs"][1]], case["dirs"][2]
+    assert "loaded" in _ok(case)
     rows = {Path(r["file"]).name: r for r in csv.DictReader((inf / "predictions.csv").open())}
     assert set(rows) == {p.name for p in images} and all(r["error"] == "" for r in rows.values())
     entry = XRV_WEIGHTS["densenet121-res224-nih"]
@@ -226,15 +286,9 @@ def test_exported_model_infers_with_grad_cam_and_calls_what_torchxrayvision_call
     assert compared >= 20  # (of 28) calls compared away from the operating point itself
 
 
-def test_exported_model_evaluates(exported, cxr_demo, tmp_path):
-    out, home, _ = exported
-    ev = tmp_path / "evaluate"
-    # evaluate.yaml as on main (before it becomes an overlay on train.yaml) computes ImageNet's normalisation
-    # itself: pass the recorded one, which model.json's check would otherwise name as the fix
-    norm = json.loads((out / "model.json").read_text())["normalization"]
-    _ok(_run("chest_xray_classification", ["evaluate.yaml"], _offline_env(tmp_path / "torch", home),
-             dataset_dir=cxr_demo, ckpt_dir=out, output_dir=ev, num_workers=0, max_cam_images=2,
-             normalization=json.dumps(norm).replace(" ", "")))
-    metrics = json.loads((ev / "metrics.json").read_text())
+def test_exported_model_evaluates(exported, runs):
+    case = runs["evaluate"]
+    _ok(case)  # train.yaml + evaluate.yaml, as users evaluate: the normalisation comes from model.json
+    metrics = json.loads((Path(case["dirs"][0]) / "metrics.json").read_text())
     auroc = metrics["mean_auroc"]
     assert metrics["n"] > 0 and (auroc is None or math.isnan(auroc) or 0 <= auroc <= 1)

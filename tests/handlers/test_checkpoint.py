@@ -140,3 +140,66 @@ def test_model_loader_missing_file_and_wrong_network(tmp_path):
     _, path = _saved_model(tmp_path, meta={})
     with pytest.raises(BadInputError, match=r"model\.pt: weights do not fit this network \(Error\(s\) in loading"):
         ModelLoader(torch.nn.Linear(4, 2), path)()
+
+
+def test_min_mode_keeps_the_lowest_loss_and_resumes_it(tmp_path, caplog):
+    net = torch.nn.Linear(3, 2)
+    validator = _validator(net, [0.5, 0.3, 0.4, 0.3, 0.35])
+    saver = BestModelSaver(net, str(tmp_path), key_metric="val_auc", model_meta=META, mode="min")
+    saver.attach(validator)
+    with caplog.at_level(logging.INFO, logger="medplugin.handlers.checkpoint"):
+        for _ in range(5):
+            validator.run([0], max_epochs=1)
+    assert _saved_epoch(tmp_path / "model.pt") == 4  # 0.3 again at epoch 4: the longer-trained model
+    assert json.loads((tmp_path / "model.json").read_text())["val_auc"] == 0.3
+    assert "(val_auc = 0.3000, the lowest so far)" in caplog.text
+    assert saver.state_dict() == {"best": 0.3, "checked_previous": True}
+    first = BestModelSaver(net, str(tmp_path / "first"), key_metric="val_auc", mode="min", greater_or_equal=False)
+    resumed = BestModelSaver(net, str(tmp_path / "first"), key_metric="val_auc", mode="min")
+    later = _validator(net, [0.5, 0.3, 0.4, 0.3])
+    first.attach(later)
+    for _ in range(4):
+        later.run([0], max_epochs=1)
+    assert _saved_epoch(tmp_path / "first" / "model.pt") == 2  # ties keep the first without greater_or_equal
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.best == 0.3
+
+
+def test_min_mode_takes_the_first_defined_loss_after_nan_and_refuses_unknown_modes(tmp_path):
+    net = torch.nn.Linear(3, 2)
+    validator = _validator(net, [float("nan"), 0.9, float("nan"), 1.2])
+    BestModelSaver(net, str(tmp_path), key_metric="val_auc", mode="min").attach(validator)
+    for _ in range(4):
+        validator.run([0], max_epochs=1)
+    assert _saved_epoch(tmp_path / "model.pt") == 2
+    with pytest.raises(ValueError, match=r"mode must be 'max' \(higher val_loss is better\) or 'min' \(lower is "
+                                         r"better\), got 'lowest'"):
+        BestModelSaver(net, str(tmp_path), key_metric="val_loss", mode="lowest")
+
+
+def test_the_lowest_ignite_validation_loss_chooses_the_model(tmp_path):
+    """A real ``ignite.metrics.Loss`` (BCE with logits, as the chest bundle's val_loss) on a tiny validation engine:
+    the saver keeps the weights of the epoch whose loss, computed here independently, is lowest."""
+    from ignite.metrics import Loss
+
+    torch.manual_seed(0)
+    x, y = torch.randn(10, 3), (torch.rand(10, 2) > 0.5).float()
+    batches = [(x[:6], y[:6]), (x[6:], y[6:])]  # uneven batches: the loss is averaged per sample, not per batch
+    net = torch.nn.Linear(3, 2)
+    weights = [torch.randn(2, 3) for _ in range(4)]
+    validator = Engine(lambda e, b: (net(b[0]), b[1]))
+
+    @validator.on(Events.EPOCH_STARTED)
+    def _set(e):
+        with torch.no_grad():
+            net.weight.copy_(weights[e.state.epoch - 1])
+
+    Loss(torch.nn.BCEWithLogitsLoss()).attach(validator, "val_loss")
+    saver = BestModelSaver(net, str(tmp_path), key_metric="val_loss", mode="min")
+    saver.attach(validator)
+    validator.run(batches, max_epochs=len(weights))
+    with torch.no_grad():
+        losses = [float(torch.nn.functional.binary_cross_entropy_with_logits(x @ w.T + net.bias, y)) for w in weights]
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], weights[best])
+    assert json.loads((tmp_path / "model.json").read_text())["val_loss"] == pytest.approx(losses[best], rel=1e-6)

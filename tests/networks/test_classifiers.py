@@ -101,3 +101,62 @@ def test_registry_keeps_input_conventions_together():
     assert cam_layer("resnet50") == "layer4" and cam_layer("inception_v3") == "base.Mixed_7c"
     with pytest.raises(ValueError, match="in_channels must be 1 or 3"):
         input_normalization("resnet50", 2)
+
+
+# (arch, freeze_until, the state-dict prefixes that must freeze: written here, independently of stages())
+FREEZE_CASES = [
+    ("resnet18", "layer3", ("conv1.", "bn1.", "layer1.", "layer2.")),
+    ("densenet121", "denseblock2", ("features.conv0.", "features.norm0.", "features.denseblock1.",
+                                    "features.transition1.")),
+]
+
+
+@pytest.mark.parametrize("arch, layer, frozen_prefixes", FREEZE_CASES, ids=[c[0] for c in FREEZE_CASES])
+def test_freeze_until_freezes_exactly_the_layers_before_it_and_training_leaves_them_unchanged(
+        arch, layer, frozen_prefixes):
+    from medplugin.training import build_optimizer
+
+    torch.manual_seed(0)
+    net = classifier(arch, in_channels=1, num_classes=3, freeze_until=layer)
+    frozen = {n for n, _ in net.named_parameters() if n.startswith(frozen_prefixes)}
+    assert frozen and {n for n, p in net.named_parameters() if not p.requires_grad} == frozen
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    # the bundle's optimizer (frozen parameters left out) and a plain one given every parameter, weight decay on
+    optimizers = [build_optimizer("adam", net.parameters(), 1e-2, weight_decay=1e-2),
+                  torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=0.1)]
+    net.train()
+    x, y = torch.rand(4, 1, 64, 64), torch.tensor([0, 1, 2, 0])
+    for _ in range(2):
+        for opt in optimizers:
+            opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        for opt in optimizers:
+            opt.step()
+    after = net.state_dict()
+    for k, v in before.items():  # weights and batch-norm statistics (running mean/var, batches tracked)
+        if k.startswith(frozen_prefixes):
+            assert torch.equal(after[k], v), f"{k} changed although frozen"
+    trained = [k for k in before if not k.startswith(frozen_prefixes) and k.endswith("weight")]
+    assert all(not torch.equal(after[k], before[k]) for k in trained)  # the named layer and those after it train
+    stats = [k for k in before if not k.startswith(frozen_prefixes) and k.endswith("running_mean")]
+    assert stats and all(not torch.equal(after[k], before[k]) for k in stats)
+    norms = [m for n, m in net.named_modules() if f"{n}.".startswith(frozen_prefixes)
+             and isinstance(m, torch.nn.BatchNorm2d)]
+    assert net.training and norms and not any(m.training for m in norms)  # frozen batch norms stay in eval mode
+
+
+def test_freeze_until_names_the_valid_layers_and_refuses_random_weights():
+    with pytest.raises(ValueError, match=r"freeze_until='layer9' is not a layer of ResNetClassifier after its first: "
+                                         r"choose one of \['bn1', 'layer1', 'layer2', 'layer3', 'layer4', 'fc'\]"):
+        classifier("resnet18", freeze_until="layer9")
+    with pytest.raises(ValueError, match=r"choose one of \['features.norm0', 'features.denseblock1'"):
+        classifier("densenet121", freeze_until="conv0")  # the first layer: nothing before it to freeze
+    with pytest.raises(ValueError, match="freeze_until='layer3' with freeze_backbone true: give one of them"):
+        classifier("resnet18", freeze_until="layer3", freeze_backbone=True)
+    with pytest.raises(ValueError, match="pretrained='none' with freeze_until layer3: frozen layers keep their random"):
+        classifier("resnet18", freeze_until="layer3", pretrained="none")
+    # inception_v3's frozen-base default gives way to freeze_until; trunk layers by short or full name
+    net = classifier("inception_v3", freeze_until="Mixed_6a")
+    assert net.frozen_prefixes[-1] == "base.Mixed_5d" and not net.freeze_backbone
+    assert classifier("inception_v3", freeze_until="base.Mixed_6a").frozen_prefixes == net.frozen_prefixes
+    assert all(p.requires_grad for n, p in net.named_parameters() if n.startswith(("base.Mixed_6a.", "head.")))
