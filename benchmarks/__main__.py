@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import platform
 import pkgutil
+import platform
 from pathlib import Path
 
 import torch
@@ -38,7 +38,11 @@ def main() -> None:
             skipped.append(f"skipped {name}: {reason}")
             continue
         rows.extend(module.run(quick=args.quick))
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    device = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
     print(f"\nmachine: {device}; torch {torch.__version__}\n")
     print("| benchmark | A | B | A/B |")
     print("|---|---|---|---|")

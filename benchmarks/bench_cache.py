@@ -37,7 +37,9 @@ def _epoch(ds) -> float:
 
 def run(quick: bool = False) -> list[tuple]:
     n, size, out = (8, 512, 112) if quick else (48, 1024, 224)
-    transform = Compose([image_classification_preprocessing(out, 1, [0.5], [0.25]), image_classification_augmentation()])
+    transform = Compose(
+        [image_classification_preprocessing(out, 1, [0.5], [0.25]), image_classification_augmentation()]
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = _write_pngs(Path(tmp), n, size)

@@ -29,11 +29,11 @@ def run(quick: bool = False) -> list[tuple]:
         x = torch.randn(batch, 1, size, size, generator=torch.Generator().manual_seed(0))
         plain_inf, cam_inf = GradCAMInferer(cam_layer(arch), enabled=False), GradCAMInferer(cam_layer(arch))
 
-        def plain(t):
+        def plain(t, net=net, plain_inf=plain_inf):
             with torch.no_grad():
                 return plain_inf(t, net)
 
-        def with_cam(t):
+        def with_cam(t, net=net, cam_inf=cam_inf):
             with torch.no_grad():
                 logits = cam_inf(t, net)
             return logits, cam_inf.cams()

@@ -84,7 +84,7 @@ def run(quick: bool = False) -> list[tuple]:
         torch.manual_seed(0)
         initial = classifier(arch, in_channels=1, num_classes=4).state_dict()
 
-        def fresh():
+        def fresh(arch=arch, initial=initial):
             net = classifier(arch, in_channels=1, num_classes=4)
             net.load_state_dict(initial)
             return net

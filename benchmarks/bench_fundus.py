@@ -47,7 +47,9 @@ def run(quick: bool = False) -> list[tuple]:
         annotated = _per_image_ms(files, "annotated", size, 1 if quick else 2)
         original = _per_image_ms(files, "original", size, 1 if quick else 2)
         data = [{"image": f} for f in files]
-        train_tf = Compose([fundus_classification_preprocessing(size, "annotated"), fundus_augmentation(size)]).flatten()
+        train_tf = Compose(
+            [fundus_classification_preprocessing(size, "annotated"), fundus_augmentation(size)]
+        ).flatten()
         cached = CacheDataset(data, train_tf, cache_rate=1.0, num_workers=0, progress=False)  # epoch 1 fills it
         cached_ips = _epoch_ips(cached)  # epoch 2
         plain_ips = _epoch_ips(Dataset(data, train_tf))

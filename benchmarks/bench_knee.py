@@ -49,7 +49,7 @@ def run(quick: bool = False) -> list[tuple]:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = torch.get_num_threads()
             sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            onnx_s = _seconds_per_volume(lambda t: sess.run(None, {"image": t.numpy()}), x, reps)
+            onnx_s = _seconds_per_volume(lambda t, sess=sess: sess.run(None, {"image": t.numpy()}), x, reps)
         eager_s = _seconds_per_volume(eager, x, reps)
         label = f"knee {arch} 1x{slices}x{size}x{size}, ms/volume"
         rows.append((label, "TorchScript", 1000 * _seconds_per_volume(script, x, reps), "eager", 1000 * eager_s))

@@ -93,8 +93,8 @@ class MRNetIndexer(DatasetIndexer):
     part (its real test set is not released); ``validation`` is carved from ``train/`` with a patient-level,
     label-stratified split. MRNet publishes no patient ids (its 1,130 training exams come from 1,088 patients),
     so the zero-padded exam id stands in for the ``patient_id``: the few patients with two exams may have one in
-    training and one in validation (the split's log line says so); an exam in both ``train/`` and ``valid/`` is an error naming the ``valid-`` CSV. Read the
-    volumes with :func:`medplugin.io.mrnet.read_mrnet_volume`.
+    training and one in validation (the split's log line says so); an exam in both ``train/`` and ``valid/`` is an
+    error naming the ``valid-`` CSV. Read the volumes with :func:`medplugin.io.mrnet.read_mrnet_volume`.
 
     Args:
         root: the folder holding ``train/``, ``valid/`` and the CSVs.

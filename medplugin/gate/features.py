@@ -2,9 +2,10 @@
 
 The pooled features are the input of the classification layer: global-average-pooled convolutional features
 (ResNet ``fc``, DenseNet ``class_layers.out``, SE-ResNet ``last_linear``, EfficientNet ``_fc``, Inception's
-``head.2`` (before its 64-unit layer), MRNet's ``head`` after its max over slices, the 3D ResNet's ``fc``, an :class:`SVMHead`). The hook
-is a forward *pre*-hook on that layer, stored and removed (pytorch-grad-cam's ``ActivationsAndGradients``
-discipline, as :class:`medplugin.visualize.ActivationCapture`): the network is never left changed.
+``head.2`` (before its 64-unit layer), MRNet's ``head`` after its max over slices, the 3D ResNet's ``fc``, an
+:class:`SVMHead`). The hook is a forward *pre*-hook on that layer, stored and removed (pytorch-grad-cam's
+``ActivationsAndGradients`` discipline, as :class:`medplugin.visualize.ActivationCapture`):
+the network is never left changed.
 """
 
 from __future__ import annotations

@@ -4,9 +4,8 @@ collect per iteration and write once."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 
 from ignite.engine import Events
 

@@ -63,7 +63,9 @@ class GradingReportWriter(ClassificationReportWriter):
         if is_main_process():
             out = self.output_dir
             write_json(out / "metrics.json", report)
-            plot_confusion_matrix(np.asarray(report["confusion_matrix"]), self.class_names, out / "confusion_matrix.png")
+            plot_confusion_matrix(
+                np.asarray(report["confusion_matrix"]), self.class_names, out / "confusion_matrix.png"
+            )
             scores = referable_scores(probs, self.task)[:, None]
             positives = (labels >= (1 if self.task == "referable" else REFERABLE_GRADE))[:, None]
             plot_roc(scores, positives, ["referable DR"], out / "roc.png", title="ROC, referable DR")

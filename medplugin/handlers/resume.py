@@ -120,7 +120,9 @@ class TrainingCheckpoint:
         self._checkpoint: Checkpoint | None = None
 
     def _objects(self, engine: Engine) -> dict[str, Any]:
-        net = self.network.module if isinstance(getattr(self.network, "module", None), torch.nn.Module) else self.network
+        net = (
+            self.network.module if isinstance(getattr(self.network, "module", None), torch.nn.Module) else self.network
+        )
         objs: dict[str, Any] = {"trainer": engine, "network": net, "optimizer": self.optimizer}
         if self.lr_scheduler is not None:
             objs["lr_scheduler"] = self.lr_scheduler

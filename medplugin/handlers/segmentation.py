@@ -168,9 +168,17 @@ class SegmentationWriter(Collector):
         image_key: batch key of the preprocessed image (its record of the preprocessing).
     """
 
-    def __init__(self, output_dir: str, class_names: Sequence[str] = ("background", "foreground"),
-                 pred_key: str = "pred", keep_components: int | None = None, fill_holes: bool = False,
-                 csv_name: str = "predictions.csv", transform: Callable | None = None, image_key: str = "image") -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        class_names: Sequence[str] = ("background", "foreground"),
+        pred_key: str = "pred",
+        keep_components: int | None = None,
+        fill_holes: bool = False,
+        csv_name: str = "predictions.csv",
+        transform: Callable | None = None,
+        image_key: str = "image",
+    ) -> None:
         if keep_components is not None and int(keep_components) < 1:
             raise ValueError(f"keep_components must be None or an int >= 1, got {keep_components!r}.")
         self.output_dir = Path(output_dir)
@@ -258,8 +266,19 @@ class SegmentationWriter(Collector):
         write_json(self.output_dir / "rois.json",
                    {"class_names": self.class_names, "images" if two_d else "exams": self.records})
         size_key = "area_mm2" if two_d else "volume_mm3"
-        fields = ["file", "mask", "voxels", "area_fraction", size_key, *(["x", "y", "width", "height"] if two_d else []),
-                  "bbox_voxel_start", "bbox_voxel_end", "bbox_mm_min", "bbox_mm_max", "error"]
+        fields = [
+            "file",
+            "mask",
+            "voxels",
+            "area_fraction",
+            size_key,
+            *(["x", "y", "width", "height"] if two_d else []),
+            "bbox_voxel_start",
+            "bbox_voxel_end",
+            "bbox_mm_min",
+            "bbox_mm_max",
+            "error",
+        ]
 
         def _j(v) -> str:
             return " ".join(map(str, v)) if v else ""

@@ -69,7 +69,10 @@ class TensorBoardConfusionMatrix(Collector):
         for b, o in iter_samples(engine):
             if b.get("error") or self.label_key not in b:
                 continue
-            self.cm[int(torch.as_tensor(b[self.label_key]).reshape(-1)[0]), int(torch.as_tensor(o[self.pred_key]).reshape(-1).argmax())] += 1
+            self.cm[
+                int(torch.as_tensor(b[self.label_key]).reshape(-1)[0]),
+                int(torch.as_tensor(o[self.pred_key]).reshape(-1).argmax()),
+            ] += 1
 
     def write(self, engine: Engine) -> None:
         from monai.utils import evenly_divisible_all_gather

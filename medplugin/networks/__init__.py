@@ -11,10 +11,10 @@ from medplugin.networks.classifiers import (
     classifier,
     input_normalization,
 )
-from medplugin.networks.onnx_runtime import OnnxRuntimeNetwork, inference_network
-from medplugin.networks.pretrained import adapt_input_channels, load_matching, read_state_dict
 from medplugin.networks.knee import SVMHead, fit_svm_head, knee_cam_layer, knee_classifier
 from medplugin.networks.mrnet import MRNet, resnet3d18
+from medplugin.networks.onnx_runtime import OnnxRuntimeNetwork, inference_network
+from medplugin.networks.pretrained import adapt_input_channels, load_matching, read_state_dict
 from medplugin.networks.segmentation import lung_unet, lung_unet_from_meta
 from medplugin.networks.unet3d import knee_unet3d, unet3d_from_meta
 from medplugin.networks.weights import (

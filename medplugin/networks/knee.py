@@ -196,7 +196,7 @@ def knee_classifier(
     return net
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def knee_cam_layer(arch: str = "mrnet", backbone: str = "resnet18") -> str:
     """Name of the module whose output Grad-CAM weights: MRNet's last feature ReLU, or the 3D ResNet's ``layer4``."""
     if arch == "resnet3d18":
@@ -263,7 +263,9 @@ def fit_svm_head(
 
     head = knee_head(network)
     if not isinstance(head, SVMHead):
-        raise TypeError(f"fit_svm_head needs a network built with transfer='feature_extraction', got a {type(head).__name__} head.")
+        raise TypeError(
+            f"fit_svm_head needs a network built with transfer='feature_extraction', got a {type(head).__name__} head."
+        )
     if kernel not in ("rbf", "linear"):
         raise ValueError(f"kernel must be 'rbf' or 'linear', got {kernel!r}.")
     was_training = network.training

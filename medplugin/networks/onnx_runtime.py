@@ -61,7 +61,9 @@ class OnnxRuntimeNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         arr = x.detach().float().cpu().numpy()
         if self.fixed_batch == 1 and arr.shape[0] != 1:
-            out = np.concatenate([self.session.run(None, {self.input_name: arr[i:i + 1]})[0] for i in range(arr.shape[0])])
+            out = np.concatenate(
+                [self.session.run(None, {self.input_name: arr[i : i + 1]})[0] for i in range(arr.shape[0])]
+            )
         else:
             out = self.session.run(None, {self.input_name: arr})[0]
         return torch.as_tensor(out, dtype=torch.float32, device=x.device)

@@ -209,7 +209,9 @@ def load_trained_model(
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise BadInputError(model_path, f"weights do not fit the network model.json describes ({str(e).splitlines()[0]})") from e
+        raise BadInputError(
+            model_path, f"weights do not fit the network model.json describes ({str(e).splitlines()[0]})"
+        ) from e
     return network.eval(), meta
 
 

@@ -12,7 +12,14 @@ from collections.abc import Mapping, Sequence
 from monai.networks.nets import UNet
 from torch import nn
 
-__all__ = ["LUNG_UNET_ARCH", "LUNG_UNET_DEFAULTS", "LUNG_CLASS_NAMES", "lung_unet", "lung_unet_divisor", "lung_unet_from_meta"]
+__all__ = [
+    "LUNG_UNET_ARCH",
+    "LUNG_UNET_DEFAULTS",
+    "LUNG_CLASS_NAMES",
+    "lung_unet",
+    "lung_unet_divisor",
+    "lung_unet_from_meta",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -97,5 +97,7 @@ def unet3d_from_meta(meta: Mapping) -> nn.Module:
     kwargs = dict(meta.get("network") or {})
     unknown = set(kwargs) - set(KNEE_UNET3D_DEFAULTS)
     if unknown:
-        raise ValueError(f"model.json network has unknown keys {sorted(unknown)}; known: {sorted(KNEE_UNET3D_DEFAULTS)}.")
+        raise ValueError(
+            f"model.json network has unknown keys {sorted(unknown)}; known: {sorted(KNEE_UNET3D_DEFAULTS)}."
+        )
     return knee_unet3d(in_channels=int(meta["in_channels"]), out_channels=len(meta["class_names"]), **kwargs)

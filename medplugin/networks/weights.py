@@ -170,7 +170,10 @@ def torch_cache_dir() -> Path:
 
 
 def xrv_cache_dir() -> Path:
-    """torchxrayvision's download cache, ``~/.torchxrayvision/models_data`` (``torchxrayvision.utils.get_cache_dir``)."""
+    """torchxrayvision's download cache, ``~/.torchxrayvision/models_data``.
+
+    The same folder as ``torchxrayvision.utils.get_cache_dir``.
+    """
     return Path(os.path.expanduser(os.path.join("~", ".torchxrayvision", "models_data")))
 
 
@@ -290,7 +293,9 @@ def _looks_like_a_name(value: str) -> bool:
     return os.sep not in value and "/" not in value and not os.path.splitext(value)[1]
 
 
-def resolve_pretrained(pretrained: str | os.PathLike | None, arch: str, timeout: float = 10.0) -> StartingWeights | None:
+def resolve_pretrained(
+    pretrained: str | os.PathLike | None, arch: str, timeout: float = 10.0
+) -> StartingWeights | None:
     """Read the starting weights ``pretrained`` names for ``arch`` (see the module docstring).
 
     Args:

@@ -49,7 +49,9 @@ def as_rgb(img: NdarrayOrTensor, name: str = "image") -> np.ndarray:
     """
     arr, *_ = convert_data_type(img, np.ndarray)
     if arr.ndim != 3:
-        raise BadInputError(None, f"{name} must be channel-first (C, H, W) with C in (1, 3, 4), got shape {tuple(arr.shape)}")
+        raise BadInputError(
+            None, f"{name} must be channel-first (C, H, W) with C in (1, 3, 4), got shape {tuple(arr.shape)}"
+        )
     c = arr.shape[0]
     if c == 1:
         arr = np.repeat(arr, 3, axis=0)
@@ -71,7 +73,9 @@ def as_mask(mask: NdarrayOrTensor | None, shape: tuple[int, int]) -> np.ndarray 
     if m.ndim == 3 and m.shape[0] == 1:
         m = m[0]
     if m.shape != tuple(shape):
-        raise ValueError(f"mask must have shape (1, H, W) or (H, W) = {tuple(shape)}, got shape {tuple(np.shape(mask))}")
+        raise ValueError(
+            f"mask must have shape (1, H, W) or (H, W) = {tuple(shape)}, got shape {tuple(np.shape(mask))}"
+        )
     return m > 0.5 if m.dtype != bool else m
 
 
@@ -175,7 +179,9 @@ def voxel_spacing(img: NdarrayOrTensor, spacing: Sequence[float] | float | None 
         sp = np.linalg.norm(affine[:spatial_dims, :spatial_dims], axis=0)
     else:
         axes = "(slice, row, col)" if spatial_dims == 3 else "(row, col)"
-        raise ValueError(f"a margin in mm needs the voxel spacing: pass spacing={axes} mm or a MetaTensor with an affine")
+        raise ValueError(
+            f"a margin in mm needs the voxel spacing: pass spacing={axes} mm or a MetaTensor with an affine"
+        )
     if sp.shape != (spatial_dims,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
         raise ValueError(f"spacing must be {spatial_dims} positive numbers (mm), got {sp.tolist()!r}.")
     return sp

@@ -229,7 +229,9 @@ class CapturedGradCAM:
         """Free the graph of the last forward pass."""
         self._last = None
 
-    def __call__(self, x: torch.Tensor, class_idx: Sequence[int] | int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, x: torch.Tensor, class_idx: Sequence[int] | int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(maps, logits)`` for input ``x`` of shape ``(B, C, *spatial)`` (``class_idx`` as :meth:`maps`)."""
         was_training = self.network.training
         self.network.eval()

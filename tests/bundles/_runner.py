@@ -22,7 +22,9 @@ def monai_bundle(*args: str, timeout: int = 600, env: dict | None = None) -> sub
     proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO, env=env, text=True,
                           capture_output=True, timeout=timeout)
     if proc.returncode != 0:
-        raise AssertionError(f"monai.bundle {args[0]} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"monai.bundle {args[0]} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 

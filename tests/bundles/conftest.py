@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-KNEE_SEG_SHAPE = (16, 32, 32)  # (slices, H, W) of the smoke volumes; smoke.yaml's image_size 32 is the in-plane patch size
+KNEE_SEG_SHAPE = (
+    16,
+    32,
+    32,
+)  # (slices, H, W) of the smoke volumes; smoke.yaml's image_size 32 is the in-plane patch size
 
 
 @pytest.fixture(scope="module")

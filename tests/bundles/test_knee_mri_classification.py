@@ -235,11 +235,10 @@ def test_demo_job_learns_acl_tears_and_its_cam_finds_the_ligament(tmp_path):
     # whose ligament masks are known, computed with the bundle's own preprocessing and put back on the file grid.
     # (The map of a class the model rejects is empty: Grad-CAM keeps positive evidence only.)
     import nibabel as nib
-
-    from medplugin.networks.knee import knee_cam_layer, knee_classifier
     from monai.data import MetaTensor
     from monai.transforms import Invertd
 
+    from medplugin.networks.knee import knee_cam_layer, knee_classifier
     from medplugin.transforms import knee_classification_preprocessing
     from medplugin.visualize.cam import CapturedGradCAM as GradCAM
 

@@ -204,8 +204,11 @@ def test_demo_job_learns_the_synthetic_task(tmp_path):
 
     from medplugin.transforms import CropToMaskd, LoadKneeVolumed, SegmentWithModeld
 
-    chain = [LoadKneeVolumed(["image", "label"]), SegmentWithModeld("image", model_path=tmp_path / "models" / "model.pt", fill_holes=False),
-             CropToMaskd(["image", "label"], mask_key="roi_mask", margin=2.0, margin_unit="mm")]
+    chain = [
+        LoadKneeVolumed(["image", "label"]),
+        SegmentWithModeld("image", model_path=tmp_path / "models" / "model.pt", fill_holes=False),
+        CropToMaskd(["image", "label"], mask_key="roi_mask", margin=2.0, margin_unit="mm"),
+    ]
     for exam in m["per_exam"]:
         d = {"image": exam["file"], "label": exam["file"].replace("/exams/", "/masks/")}
         full = int(nib.load(d["label"]).get_fdata().sum())

@@ -13,8 +13,16 @@ import torch
 import yaml
 
 from tests.bundles._contract import check_exports, check_torchrun, files_under, phi_leaks, same_report, with_phi
-from tests.bundles._runner import (EVALUATE, MULTI_GPU_EVALUATE, REPO, SMOKE, bundle_dir, monai_bundle, run_bundle,
-                                   torchrun_bundle)
+from tests.bundles._runner import (
+    EVALUATE,
+    MULTI_GPU_EVALUATE,
+    REPO,
+    SMOKE,
+    bundle_dir,
+    monai_bundle,
+    run_bundle,
+    torchrun_bundle,
+)
 
 NAME = "lung_xray_segmentation"
 B = bundle_dir(NAME)

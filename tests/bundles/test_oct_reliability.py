@@ -16,8 +16,16 @@ import pytest
 import torch
 
 from tests.bundles._contract import phi_leaks, with_phi
-from tests.bundles._runner import (EVALUATE, REPO, SMOKE, bundle_dir, kill_after_first_checkpoint, quiet_env,
-                                   run_bundle, tb_scalars)
+from tests.bundles._runner import (
+    EVALUATE,
+    REPO,
+    SMOKE,
+    bundle_dir,
+    kill_after_first_checkpoint,
+    quiet_env,
+    run_bundle,
+    tb_scalars,
+)
 
 NAME = "retina_oct_classification"
 B = bundle_dir(NAME)
@@ -91,8 +99,14 @@ def test_same_seed_same_data_gives_identical_metrics_on_cpu(oct_demo, tmp_path):
                    output_dir=tmp_path / k / "train", num_epochs=2)
         runs.append(tmp_path / k)
     # every logged loss, learning rate and validation metric at every step; not the timings (perf/...)
-    a, b = ({t: [(s, "nan" if v != v else v) for s, v in vals] for t, vals in tb_scalars(r / "train" / "tensorboard").items()
-             if not t.startswith("perf/")} for r in runs)
+    a, b = (
+        {
+            t: [(s, "nan" if v != v else v) for s, v in vals]
+            for t, vals in tb_scalars(r / "train" / "tensorboard").items()
+            if not t.startswith("perf/")
+        }
+        for r in runs
+    )
     assert {"train_loss", "val_accuracy", "val_macro_auc"} <= set(a)
     assert a == b
     meta = [json.loads((r / "models" / "model.json").read_text()) for r in runs]

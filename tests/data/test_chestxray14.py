@@ -284,7 +284,12 @@ def test_full_size_csv_indexes_in_seconds(tmp_path, caplog):
 def test_positive_weights_and_bundle_datalist(tmp_path):
     from medplugin.data.chestxray14 import chestxray14_datalist, positive_weights
 
-    entries = [{"label": [1.0] + [0.0] * 13}, {"label": [0.0] * 14}, {"label": [0.0] * 14}, {"label": [1.0] + [0.0] * 13}]
+    entries = [
+        {"label": [1.0] + [0.0] * 13},
+        {"label": [0.0] * 14},
+        {"label": [0.0] * 14},
+        {"label": [1.0] + [0.0] * 13},
+    ]
     w = positive_weights(entries)
     assert len(w) == 14 and w[0] == pytest.approx(1.0) and w[1] == 1.0  # 2 neg / 2 pos; no positives -> 1
     assert positive_weights(entries[1:])[0] == pytest.approx(2.0)

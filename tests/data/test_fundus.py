@@ -26,7 +26,9 @@ def _jpeg(path: Path, seed: int = 0) -> None:
 
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(path, format="PNG" if path.suffix == ".png" else "JPEG")
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+        path, format="PNG" if path.suffix == ".png" else "JPEG"
+    )
 
 
 def _eyepacs(root: Path, n_patients: int = 30, rows: list[str] | None = None) -> Path:

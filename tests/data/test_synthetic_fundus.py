@@ -28,14 +28,18 @@ def test_synthetic_fundus_content():
         assert np.hypot(r0 - f["fovea"][0], c0 - f["fovea"][1]) <= 2 * dd
         assert np.hypot(r0 - f["disc"][0], c0 - f["disc"][1]) > dd / 2 + rad
     for r0, c0, _ in f["dark"]:  # dark lesions are darker than the retina around them in green
-        assert img[int(round(r0)), int(round(c0)), 1] < img[int(r0) - 8 : int(r0) + 9, int(c0) - 8 : int(c0) + 9, 1].mean()
+        assert (
+            img[int(round(r0)), int(round(c0)), 1] < img[int(r0) - 8 : int(r0) + 9, int(c0) - 8 : int(c0) + 9, 1].mean()
+        )
     for r0, c0, _ in f["bright"]:
         assert img[int(round(r0)), int(round(c0)), 1] > 150
     pts = np.concatenate([f["dark"], f["bright"]])[:, :2]
     dist = np.hypot(*(pts[:, None] - pts[None]).transpose(2, 0, 1)) + np.eye(len(pts)) * 1e9
     assert dist.min() > 6  # away from each other
     # deterministic for a seed, different for another
-    assert np.array_equal(synthetic_fundus(128, n_dark=3, rng=1)["image"], synthetic_fundus(128, n_dark=3, rng=1)["image"])
+    assert np.array_equal(
+        synthetic_fundus(128, n_dark=3, rng=1)["image"], synthetic_fundus(128, n_dark=3, rng=1)["image"]
+    )
     assert not np.array_equal(synthetic_fundus(128, rng=1)["image"], synthetic_fundus(128, rng=2)["image"])
 
 

@@ -386,7 +386,10 @@ def test_datalist_json(data, datalist_file, work):
 
 
 def _index_mutated_csv(csv_path: Path, mutant: bytes, index, check) -> None:
-    """Index with ``csv_path`` replaced by ``mutant``: a ``BadInputError`` with a reason, or entries ``check`` accepts."""
+    """Index with ``csv_path`` replaced by ``mutant``.
+
+    The result is a ``BadInputError`` with a reason, or entries ``check`` accepts.
+    """
     original = csv_path.read_bytes()
     try:
         csv_path.write_bytes(mutant)

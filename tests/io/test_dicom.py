@@ -440,10 +440,13 @@ def test_jpeg_lossless_8bit_real_file():
 
 def test_pixel_data_plugins_are_declared_dependencies():
     """The decoders the compressed syntaxes need are installed and listed in pyproject.toml."""
-    import tomllib
     from importlib.metadata import version
 
-    deps = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["dependencies"]
+    import tomllib
+
+    deps = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"][
+        "dependencies"
+    ]
     names = {d.split(">")[0].split("=")[0].split("[")[0].strip().lower() for d in deps}
     for dist in ("pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg"):
         assert dist in names and version(dist)

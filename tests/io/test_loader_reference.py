@@ -275,7 +275,7 @@ def test_dictionary_loaders_match_reference(reference, files_2d, files_3d):
             if "error" in want:
                 continue
             loader = LoadImage2dd("img", channels=ch, path_key="path")
-            out = describe(lambda p: loader({"img": p})["img"], path)
+            out = describe(lambda p, loader=loader: loader({"img": p})["img"], path)
             _compare(f"{key}/{c} (dict)", out, want, NEW_2D_KEYS, reference["versions"])
             assert loader({"img": path})["path"] == str(path)
     for key, path in files_3d.items():
@@ -283,7 +283,8 @@ def test_dictionary_loaders_match_reference(reference, files_2d, files_3d):
         if "error" in want:
             continue
         loader = LoadKneeVolumed("image", path_key="path")
-        _compare(f"{key}/default (dict)", describe(lambda p: loader({"image": p})["image"], path), want, set(),
+        got = describe(lambda p, loader=loader: loader({"image": p})["image"], path)
+        _compare(f"{key}/default (dict)", got, want, set(),
                  reference["versions"])
 
 
@@ -306,7 +307,7 @@ def test_monai_load_image_with_the_readers_matches_reference(reference, files_2d
             got = describe(LoadImage(reader=Image2dReader(channels=ch)), path)
             _compare(f"{key}/{c} (LoadImage)", got, reference["2d"][f"{key}/{c}"], NEW_2D_KEYS, reference["versions"])
         loader = LoadImaged("image", reader=Image2dReader())
-        got = describe(lambda p: loader({"image": p})["image"], path)
+        got = describe(lambda p, loader=loader: loader({"image": p})["image"], path)
         _compare(f"{key}/ch1 (LoadImaged)", got, reference["2d"][f"{key}/ch1"], NEW_2D_KEYS, reference["versions"])
     for key, path in files_3d.items():
         for v, kw in KNEE_VARIANTS.items():

@@ -238,7 +238,7 @@ def test_tiny_mrnet_learns_a_known_task(seeded, record_property):
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     start = time.perf_counter()
     net.train()
-    for step in range(40):
+    for _ in range(40):
         idx = torch.from_numpy(rng.choice(64, 8, replace=False))
         loss = torch.nn.functional.cross_entropy(net(x_train[idx]), y_train[idx])
         opt.zero_grad()

@@ -227,7 +227,9 @@ def test_frozen_modes_refuse_random_weights_and_name_the_setting():
     with pytest.raises(ValueError, match="pretrained='none' with a frozen backbone"):
         MRNet("resnet18", freeze_backbone=True, pretrained="none")
     # trained from scratch: fine; no starting weights at all (evaluation/inference load trained ones): fine
-    assert classifier("inception_v3", freeze_backbone=False, pretrained="none").pretrained_source == {"pretrained": "none"}
+    assert classifier("inception_v3", freeze_backbone=False, pretrained="none").pretrained_source == {
+        "pretrained": "none"
+    }
     assert classifier("inception_v3").freeze_backbone and knee_classifier(transfer="feature_extraction")
     assert knee_classifier(transfer="scratch", pretrained="imagenet").pretrained_source == {"pretrained": "none"}
 
@@ -398,7 +400,9 @@ def test_weights_export_writes_a_ready_chest_model_offline(xrv_home, tmp_path, m
     for i, finding in enumerate(FINDINGS):  # bias shifted so that probability 0.5 is torchxrayvision's operating point
         j = entry.labels.index(finding)
         t = entry.op_threshs[j]
-        torch.testing.assert_close(weights["class_layers.out.bias"][i], state["classifier.bias"][j] - math.log(t / (1 - t)))
+        torch.testing.assert_close(
+            weights["class_layers.out.bias"][i], state["classifier.bias"][j] - math.log(t / (1 - t))
+        )
     assert cli(["weights", "export", NIH, "--bundle", "chest_xray_classification", "--bundles-root",
                 str(REPO / "bundles"), "--out", str(out)]) == 2
     assert "exists; pass --force" in capsys.readouterr().err

@@ -42,7 +42,11 @@ def synthetic_oct_bscan(
     x = np.arange(w, dtype=np.float32)
 
     # retina geometry: a gently curved, tilted band with a foveal pit
-    top = h * rng.uniform(0.28, 0.38) + h * rng.uniform(-0.05, 0.05) * (x / w - 0.5) + h * 0.03 * np.cos(2 * np.pi * (x / w - 0.5))
+    top = (
+        h * rng.uniform(0.28, 0.38)
+        + h * rng.uniform(-0.05, 0.05) * (x / w - 0.5)
+        + h * 0.03 * np.cos(2 * np.pi * (x / w - 0.5))
+    )
     fovea_x = w * rng.uniform(0.4, 0.6)
     top = top + h * 0.06 * np.exp(-(((x - fovea_x) / (0.08 * w)) ** 2))
     thick = h * rng.uniform(0.26, 0.32)

@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -33,7 +33,7 @@ __all__ = ["ModelInfo", "Source", "read_source", "read_series", "series_affine",
 
 logger = logging.getLogger(__name__)
 
-Source = Union[str, os.PathLike, Dataset]
+Source = str | os.PathLike | Dataset
 """A source image: a DICOM file's path, or a pydicom dataset (e.g. one retrieved over DICOMweb)."""
 
 PYDICOM_MAJOR = int(pydicom.__version__.split(".")[0])

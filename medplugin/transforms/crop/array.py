@@ -304,7 +304,9 @@ class FundusFOVCrop(Transform):
                 break
             keep = new_keep
         if not (r > 0.1 * min(h, w) and -r < cy < h + r and -r < cx < w + r):
-            raise BadInputError(None, f"no fundus region found: implausible FOV circle (row {cy:.0f}, col {cx:.0f}, radius {r:.0f})")
+            raise BadInputError(
+                None, f"no fundus region found: implausible FOV circle (row {cy:.0f}, col {cx:.0f}, radius {r:.0f})"
+            )
         # boundary pixels are the last pixels inside: the rim lies half a pixel further out
         return float(cy * step), float(cx * step), float((r + 0.5) * step)
 

@@ -1,4 +1,5 @@
-"""Dictionary transforms that crop: to a mask's box (invertible), to a fundus field of view; the crop box as a tensor."""
+"""Dictionary transforms that crop: to a mask's box (invertible), to a fundus field of view; the crop box as a
+tensor."""
 
 from __future__ import annotations
 
@@ -99,8 +100,14 @@ class FundusFOVCropd(MaskedMapTransform):
 
     backend = FundusFOVCrop.backend
 
-    def __init__(self, keys: KeysCollection, spatial_size: int = 512, mask_key: str | Sequence[str | None] | None = None,
-                 allow_missing_keys: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        spatial_size: int = 512,
+        mask_key: str | Sequence[str | None] | None = None,
+        allow_missing_keys: bool = False,
+        **kwargs,
+    ) -> None:
         """Check and store the arguments (see the class docstring)."""
         super().__init__(keys, FundusFOVCrop(spatial_size, return_mask=True, **kwargs), mask_key, allow_missing_keys)
 

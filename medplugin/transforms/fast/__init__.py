@@ -2,11 +2,11 @@
 
 from medplugin.transforms.fast.array import BatchRandAugment, CacheBoundary, ToUint8
 from medplugin.transforms.fast.dictionary import (
-    BatchRandAugmentd,
     BatchRandAugmentD,
+    BatchRandAugmentd,
     BatchRandAugmentDict,
-    ToUint8d,
     ToUint8D,
+    ToUint8d,
     ToUint8Dict,
 )
 

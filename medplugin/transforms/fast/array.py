@@ -91,12 +91,18 @@ class BatchRandAugment(Randomizable, Transform):
         """Draw the parameters of a batch of ``data`` images."""
         n, p, R = int(data), self.prob, self.R
         self._params = {
-            "angle": np.where(R.rand(n) < p, R.uniform(-self.rotate, self.rotate, n), 0.0) if self.rotate else np.zeros(n),
+            "angle": np.where(R.rand(n) < p, R.uniform(-self.rotate, self.rotate, n), 0.0)
+            if self.rotate
+            else np.zeros(n),
             "zoom": np.where(R.rand(n) < p, R.uniform(*self.zoom, n), 1.0) if self.zoom != (1.0, 1.0) else np.ones(n),
             "hflip": (R.rand(n) < p) if self.hflip else np.zeros(n, bool),
             "vflip": (R.rand(n) < p) if self.vflip else np.zeros(n, bool),
-            "scale": np.where(R.rand(n) < p, R.uniform(-self.intensity, self.intensity, n), 0.0) if self.intensity else np.zeros(n),
-            "shift": np.where(R.rand(n) < p, R.uniform(-self.intensity, self.intensity, n), 0.0) if self.intensity else np.zeros(n),
+            "scale": np.where(R.rand(n) < p, R.uniform(-self.intensity, self.intensity, n), 0.0)
+            if self.intensity
+            else np.zeros(n),
+            "shift": np.where(R.rand(n) < p, R.uniform(-self.intensity, self.intensity, n), 0.0)
+            if self.intensity
+            else np.zeros(n),
         }
 
     def __call__(self, img: torch.Tensor, randomize: bool = True) -> torch.Tensor:
@@ -128,11 +134,15 @@ class BatchRandAugment(Randomizable, Transform):
             theta[:, 0, 1] = -sin * fy * h / w
             theta[:, 1, 0] = sin * fx * w / h
             theta[:, 1, 1] = cos * fy
-            theta_t = torch.as_tensor(theta, dtype=out.dtype if out.dtype != torch.float16 else torch.float32, device=dev)
+            theta_t = torch.as_tensor(
+                theta, dtype=out.dtype if out.dtype != torch.float16 else torch.float32, device=dev
+            )
             sel = torch.as_tensor(idx, device=dev)
             src = out.index_select(0, sel)
             grid = F.affine_grid(theta_t.to(src.dtype), list(src.shape), align_corners=False)
-            out.index_copy_(0, sel, F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+            out.index_copy_(
+                0, sel, F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            )
         if self.intensity:
             shape = (-1,) + (1,) * (out.ndim - 1)
             scale = torch.as_tensor(1.0 + prm["scale"], dtype=out.dtype, device=dev).view(shape)

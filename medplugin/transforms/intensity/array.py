@@ -293,7 +293,9 @@ class TsallisThreshold(Transform):
 
     backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
 
-    def __init__(self, q: float = 0.8, bins: int = 256, positive_only: bool = True, return_threshold: bool = True) -> None:
+    def __init__(
+        self, q: float = 0.8, bins: int = 256, positive_only: bool = True, return_threshold: bool = True
+    ) -> None:
         """Check and store the arguments (see the class docstring)."""
         q = check_positive("q", q)
         if abs(q - 1.0) < 1e-6:

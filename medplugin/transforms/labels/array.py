@@ -184,7 +184,9 @@ class MultiHotFromFile(Transform):
         try:
             arr = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=np.float32)
         except (TypeError, ValueError) as e:
-            raise BadInputError(source, f"a multi-label label must be finding names or 0/1 values, got {value!r}") from e
+            raise BadInputError(
+                source, f"a multi-label label must be finding names or 0/1 values, got {value!r}"
+            ) from e
         if arr.shape != (len(self.class_names),) or not np.isin(arr, (0.0, 1.0)).all():
             raise BadInputError(source, f"a multi-label label must be {len(self.class_names)} values of 0/1 in the "
                                         f"order {self.class_names}, got {value!r}")
@@ -215,7 +217,9 @@ class LoadLungMask(Transform):
         """Read ``filenames`` (one path or a list of paths) and return their union."""
         from medplugin.io.image2d import read_image_2d
 
-        paths = [os.fspath(filenames)] if isinstance(filenames, (str, os.PathLike)) else [os.fspath(f) for f in filenames]
+        paths = (
+            [os.fspath(filenames)] if isinstance(filenames, (str, os.PathLike)) else [os.fspath(f) for f in filenames]
+        )
         if not paths:
             raise ValueError("no mask file given.")
         union = None

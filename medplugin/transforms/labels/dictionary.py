@@ -92,7 +92,9 @@ class LoadLungMaskd(MapTransform):
 
     backend = LoadLungMask.backend
 
-    def __init__(self, keys: KeysCollection, reference_key: str | None = "image", allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, reference_key: str | None = "image", allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.reference_key = reference_key
         self.loader = LoadLungMask()
@@ -104,7 +106,9 @@ class LoadLungMaskd(MapTransform):
             ref = d.get(self.reference_key) if self.reference_key is not None else None
             if ref is not None and hasattr(ref, "shape") and tuple(ref.shape[-2:]) != tuple(mask.shape[-2:]):
                 (h, w), (rh, rw) = mask.shape[-2:], ref.shape[-2:]
-                raise BadInputError(mask.meta["filename_or_obj"], f"mask size {w}x{h} differs from its image's {rw}x{rh}")
+                raise BadInputError(
+                    mask.meta["filename_or_obj"], f"mask size {w}x{h} differs from its image's {rw}x{rh}"
+                )
             d[key] = mask
         return d
 

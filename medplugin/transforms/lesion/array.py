@@ -135,7 +135,9 @@ class LesionCandidates(Transform):
         self.symmetry = RadialSymmetry(radii=radii, polarity="dark", alpha=alpha, beta=beta, channel=channel)
         self.tsallis = TsallisThreshold(q=q, return_threshold=True)
         self.min_distance = None if min_distance is None else check_positive("min_distance", min_distance, True)
-        self.max_fovea_distance = None if max_fovea_distance is None else check_positive("max_fovea_distance", max_fovea_distance)
+        self.max_fovea_distance = (
+            None if max_fovea_distance is None else check_positive("max_fovea_distance", max_fovea_distance)
+        )
         self.disc_diameter = None if disc_diameter is None else check_positive("disc_diameter", disc_diameter)
         self.estimate_fovea = estimate_fovea
         self.polarity = check_polarity(polarity)
@@ -143,7 +145,9 @@ class LesionCandidates(Transform):
             raise ValueError(f"max_candidates must be an int >= 1, got {max_candidates!r}")
         self.max_candidates = int(max_candidates)
 
-    def _one_polarity(self, gray: np.ndarray, mask: np.ndarray, inner: np.ndarray, radii: tuple[int, ...], pol: str) -> np.ndarray:
+    def _one_polarity(
+        self, gray: np.ndarray, mask: np.ndarray, inner: np.ndarray, radii: tuple[int, ...], pol: str
+    ) -> np.ndarray:
         sym = self.symmetry
         stack = fast_radial_symmetry(gray, radii, sym.alpha, sym.beta, pol, mask)
         smap = stack.mean(0)
@@ -191,7 +195,11 @@ class LesionCandidates(Transform):
         gray = rgb[self.symmetry.channel]
         pols = ("dark", "bright") if self.polarity == "both" else (self.polarity,)
         cands = [self._one_polarity(gray, m, inner, radii, p) for p in pols]
-        if (fovea is None or disc is None) and self.estimate_fovea and (fovea is None and self.max_fovea_distance is not None or disc is None):
+        if (
+            (fovea is None or disc is None)
+            and self.estimate_fovea
+            and (fovea is None and self.max_fovea_distance is not None or disc is None)
+        ):
             est_disc, est_fovea = estimate_disc_and_fovea(rgb, m, dd)
             disc = disc if disc is not None else est_disc
             fovea = fovea if fovea is not None else est_fovea
@@ -273,7 +281,9 @@ class AnnotateCandidates(Transform):
         if c.size == 0:
             c = c.reshape(0, 5)
         if c.ndim != 2 or c.shape[1] < 4:
-            raise ValueError(f"candidates must be an (N, 5) array [row, col, radius, polarity, score], got shape {c.shape}")
+            raise ValueError(
+                f"candidates must be an (N, 5) array [row, col, radius, polarity, score], got shape {c.shape}"
+            )
         h, w = rgb.shape[1:]
         if self.mode == "draw":
             thick = self.thickness if self.thickness is not None else max(1.0, min(h, w) / 256.0)

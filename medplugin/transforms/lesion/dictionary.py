@@ -149,7 +149,9 @@ class FundusPreprocessd(MapTransform):
         self.value_range = float(value_range)
         self.mask_key, self.candidates_key = mask_key, candidates_key
         self.crop = FundusFOVCrop(spatial_size, return_mask=True)
-        self.contrast = GrahamContrast(alpha=graham_alpha, sigma_fraction=graham_sigma_fraction, value_range=value_range)
+        self.contrast = GrahamContrast(
+            alpha=graham_alpha, sigma_fraction=graham_sigma_fraction, value_range=value_range
+        )
         self.finder = LesionCandidates(
             estimate_fovea=estimate_fovea, max_fovea_distance=max_fovea_distance, **dict(candidate_kwargs or {})
         )

@@ -21,8 +21,8 @@ from monai.transforms import (
     NormalizeIntensityd,
     RandAffined,
     RandShiftIntensityd,
-    ResizeWithPadOrCropd,
     Resized,
+    ResizeWithPadOrCropd,
     ScaleIntensityRangePercentilesd,
 )
 
@@ -104,7 +104,9 @@ def knee_classification_preprocessing(
     return Compose(steps)
 
 
-def knee_classification_augmentation(rotate_degrees: float = 10.0, intensity: float = 0.1, prob: float = 0.5) -> Compose:
+def knee_classification_augmentation(
+    rotate_degrees: float = 10.0, intensity: float = 0.1, prob: float = 0.5
+) -> Compose:
     """Training augmentation on the prepared ``(1, slices, H, W)`` volume: small in-plane rotation and scaling,
     intensity shift; plain tensors out (training needs no record of the steps). No flips: the ligament's
     orientation is part of the anatomy.

@@ -70,7 +70,9 @@ def clean_mask(mask: NdarrayOrTensor, keep_components: int | None = 1, fill_hole
     """
     out = mask
     if keep_components is not None:
-        out = KeepLargestConnectedComponent(is_onehot=False, independent=False, num_components=int(keep_components))(out)
+        out = KeepLargestConnectedComponent(is_onehot=False, independent=False, num_components=int(keep_components))(
+            out
+        )
     if fill_holes:
         out = FillHoles(connectivity=1)(out)
     out, *_ = convert_to_dst_type(out, mask)

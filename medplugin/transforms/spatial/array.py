@@ -43,11 +43,15 @@ class CheckGeometry(Transform):
         """Return ``mask`` unchanged if it matches ``img``."""
         name = mask.meta.get("filename_or_obj") if isinstance(mask, MetaTensor) else None
         if tuple(mask.shape[1:]) != tuple(img.shape[1:]):
-            raise BadInputError(name, f"mask shape {tuple(mask.shape[1:])} differs from its image's {tuple(img.shape[1:])}")
+            raise BadInputError(
+                name, f"mask shape {tuple(mask.shape[1:])} differs from its image's {tuple(img.shape[1:])}"
+            )
         if isinstance(mask, MetaTensor) and isinstance(img, MetaTensor):
             diff = float((mask.affine.double() - img.affine.double()).abs().max())
             if diff > self.affine_atol:
-                raise BadInputError(name, f"mask affine differs from its image's by up to {diff:.4g} mm: not the same grid")
+                raise BadInputError(
+                    name, f"mask affine differs from its image's by up to {diff:.4g} mm: not the same grid"
+                )
         return mask
 
 

@@ -156,7 +156,9 @@ def test_crop_argument_and_shape_errors(phantom):
         CropToMask(margin=-1, spatial_dims=3)
     with pytest.raises(ValueError, match="empty must be one of"):
         CropToMask(empty="pad")
-    with pytest.raises(ValueError, match=r"mask's spatial shape \(16, 32, 30\) differs from the volume's \(16, 32, 32\)"):
+    with pytest.raises(
+        ValueError, match=r"mask's spatial shape \(16, 32, 30\) differs from the volume's \(16, 32, 32\)"
+    ):
         CropToMask(spatial_dims=3)(phantom["volume"], phantom["mask"][:, :, :30])
 
 

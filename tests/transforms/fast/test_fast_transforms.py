@@ -71,7 +71,9 @@ def test_zoom_magnifies_about_the_centre_as_monai_affine_does():
     out = aug(x)
     for i, z in enumerate(aug._params["zoom"]):
         assert 1.2 <= z <= 1.5
-        ref = Affine(scale_params=(float(1 / z), float(1 / z)), padding_mode="zeros", mode="bilinear", image_only=True)(x[i])
+        ref = Affine(scale_params=(float(1 / z), float(1 / z)), padding_mode="zeros", mode="bilinear", image_only=True)(
+            x[i]
+        )
         np.testing.assert_allclose(out[i].numpy(), np.asarray(ref), atol=1e-4)
         assert (out[i] > 0.5).sum() > 1.3 * (x[i] > 0.5).sum()  # zoom above 1 magnifies (as RandZoom)
 
@@ -99,7 +101,9 @@ def test_same_seed_same_batch_and_dictionary_moves_image_and_mask_together():
 def test_same_augmentation_as_the_per_image_preset_on_average():
     """Same settings as image_classification_augmentation: same share of changed images (prob 0.5 per step)."""
     x = _pattern(b=150, h=12, w=12)
-    out = BatchRandAugment(rotate_degrees=10, hflip=True, zoom=(0.9, 1.1), intensity=0.1, prob=0.5).set_random_state(0)(x)
+    out = BatchRandAugment(rotate_degrees=10, hflip=True, zoom=(0.9, 1.1), intensity=0.1, prob=0.5).set_random_state(0)(
+        x
+    )
     per_item = image_classification_augmentation(rotate_degrees=10, hflip=True, zoom=(0.9, 1.1), intensity=0.1)
     per_item.set_random_state(0)
     ref = torch.stack([torch.as_tensor(np.asarray(per_item({"image": xi})["image"])) for xi in x])

@@ -8,7 +8,6 @@ import torch
 
 from medplugin.transforms import GrahamContrast, RadialSymmetry, TsallisThreshold, tsallis_threshold
 
-
 # ------------------------------------------------------------------------------------------ detection
 
 def _spot_image(value: float, size: int = 64, centre=(30, 37), radius: int = 4) -> np.ndarray:
@@ -82,7 +81,11 @@ def test_tsallis_bimodal_threshold_between_modes():
 
 @pytest.mark.parametrize(
     "kwargs, msg",
-    [({"q": 1.0}, r"q must differ from 1 .* got 1.0"), ({"q": 0}, r"q must be > 0, got 0"), ({"bins": 1}, r"bins must be an int >= 2, got 1")],
+    [
+        ({"q": 1.0}, r"q must differ from 1 .* got 1.0"),
+        ({"q": 0}, r"q must be > 0, got 0"),
+        ({"bins": 1}, r"bins must be an int >= 2, got 1"),
+    ],
 )
 def test_tsallis_bad_args(kwargs, msg):
     with pytest.raises(ValueError, match=msg):

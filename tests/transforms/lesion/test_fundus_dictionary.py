@@ -72,11 +72,14 @@ def test_missing_keys(fundus):
 
 
 @pytest.mark.parametrize(
-    "mode, annotate, channels", [("original", "draw", 3), ("enhanced", "draw", 3), ("annotated", "draw", 3), ("annotated", "channels", 5)]
+    "mode, annotate, channels",
+    [("original", "draw", 3), ("enhanced", "draw", 3), ("annotated", "draw", 3), ("annotated", "channels", 5)],
 )
 def test_preprocess_modes(fundus, mode, annotate, channels):
     assert FundusPreprocessd.out_channels(mode, annotate) == channels
-    t = FundusPreprocessd("image", mode=mode, spatial_size=96, annotate=annotate, mask_key="fov", candidates_key="cands")
+    t = FundusPreprocessd(
+        "image", mode=mode, spatial_size=96, annotate=annotate, mask_key="fov", candidates_key="cands"
+    )
     out = t({"image": fundus["chw"]})
     img = out["image"]
     assert img.shape == (channels, 96, 96) and img.dtype == np.float32

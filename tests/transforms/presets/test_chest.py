@@ -39,7 +39,9 @@ def test_lung_crop_cuts_to_the_lungs(tmp_path):
 
     model = train_tiny_lung_model(tmp_path / "lung", size=32, steps=80)
     p, s = _png(tmp_path, size=64, seed=3)
-    out = chest_xray_preprocessing(32, 1, lung_crop=True, lung_model_path=str(model), lung_margin=0.05)({"image": str(p)})
+    out = chest_xray_preprocessing(32, 1, lung_crop=True, lung_model_path=str(model), lung_margin=0.05)(
+        {"image": str(p)}
+    )
     r0, c0, r1, c1, h, w = out["crop_box"].tolist()
     assert (h, w) == (64, 64) and out["image"].shape == (1, 32, 32)
     rows, cols = np.nonzero(s["lung_mask"])
@@ -55,6 +57,10 @@ def test_crop_box_to_tensor_numpy_and_torch_and_collate():
     assert d["crop_box"].tolist() == [1, 2, 7, 8, 10, 12]
     d2 = CropBoxToTensord()({"image": torch.zeros(1, 8, 8)})
     assert "crop_box" not in d2
-    batch = collate_with_defaults()([{"image": torch.zeros(1, 4, 4), "error": "", "crop_box": torch.tensor([0, 0, 4, 4, 4, 4])},
-                                     {"image": torch.zeros(1, 4, 4), "error": "x"}, ])
+    batch = collate_with_defaults()(
+        [
+            {"image": torch.zeros(1, 4, 4), "error": "", "crop_box": torch.tensor([0, 0, 4, 4, 4, 4])},
+            {"image": torch.zeros(1, 4, 4), "error": "x"},
+        ]
+    )
     assert batch["crop_box"].tolist() == [[0, 0, 4, 4, 4, 4], list(NO_CROP_BOX)]

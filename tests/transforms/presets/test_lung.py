@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medplugin.data.synthetic.chest_xray import make_lung_seg_demo
 from medplugin.data.lungseg import index_lungseg
+from medplugin.data.synthetic.chest_xray import make_lung_seg_demo
 from medplugin.transforms import lung_segmentation_augmentation, lung_segmentation_preprocessing
 
 

@@ -25,7 +25,9 @@ def train_tiny_lung_model(out_dir: Path, size: int = 32, steps: int = 120, seed:
     """About 7 s on one core; returns the ``model.pt`` path (Dice about 0.97 on new synthetic images)."""
     gen = torch.Generator().manual_seed(seed)
     images, masks = synthetic_pairs(24, size, seed)
-    x = torch.stack([torch.as_tensor(normalize_radiograph(torch.as_tensor(i, dtype=torch.float32)[None])) for i in images])
+    x = torch.stack(
+        [torch.as_tensor(normalize_radiograph(torch.as_tensor(i, dtype=torch.float32)[None])) for i in images]
+    )
     y = torch.as_tensor(masks, dtype=torch.long)
     with torch.random.fork_rng():
         torch.manual_seed(seed)

@@ -125,7 +125,9 @@ def test_check_geometry_names_the_mask(kind):
     mask = img if kind == "numpy" else torch.as_tensor(img)
     assert CheckGeometry()(mask, img) is mask
     named = MetaTensor(torch.zeros(1, 4, 6, 7), meta={"filename_or_obj": "/d/m.nii.gz"})
-    with pytest.raises(BadInputError, match=r"/d/m.nii.gz: mask shape \(4, 6, 7\) differs from its image's \(4, 6, 8\)"):
+    with pytest.raises(
+        BadInputError, match=r"/d/m.nii.gz: mask shape \(4, 6, 7\) differs from its image's \(4, 6, 8\)"
+    ):
         CheckGeometryd("label")({"image": img, "label": named})
     shifted = MetaTensor(torch.zeros(1, 4, 6, 8), affine=torch.diag(torch.tensor([1.0, 1, 2, 1])))
     with pytest.raises(BadInputError, match="not the same grid"):
