@@ -48,10 +48,11 @@ def image_size_2d(path: str | os.PathLike) -> tuple[int, int]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise BadInputError(path, "file not found")
-    from medplugin.io.image2d import DICOM_SUFFIXES, IMAGE_SUFFIXES, _has_dicom_magic
+    from medplugin.io.dicom import has_dicom_magic
+    from medplugin.io.image2d import DICOM_SUFFIXES, IMAGE_SUFFIXES
 
     suffix = Path(path).suffix.lower()
-    if suffix in DICOM_SUFFIXES or (suffix not in IMAGE_SUFFIXES and _has_dicom_magic(path)):
+    if suffix in DICOM_SUFFIXES or (suffix not in IMAGE_SUFFIXES and has_dicom_magic(path)):
         import pydicom
 
         try:

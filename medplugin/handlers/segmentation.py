@@ -107,12 +107,13 @@ def _dataset_transform(engine: Engine) -> Callable | None:
 
 def _is_volume_format(path: str) -> bool:
     """DICOM or NIfTI input: its 2D mask is written as NIfTI."""
-    from medplugin.io.image2d import DICOM_SUFFIXES, IMAGE_SUFFIXES, NIFTI_SUFFIXES, _has_dicom_magic
+    from medplugin.io.dicom import has_dicom_magic
+    from medplugin.io.image2d import DICOM_SUFFIXES, IMAGE_SUFFIXES, NIFTI_SUFFIXES
 
     low = path.lower()
     if low.endswith(NIFTI_SUFFIXES) or Path(low).suffix in DICOM_SUFFIXES:
         return True
-    return Path(low).suffix not in IMAGE_SUFFIXES and _has_dicom_magic(path)
+    return Path(low).suffix not in IMAGE_SUFFIXES and has_dicom_magic(path)
 
 
 def _affine_2d(path: str) -> np.ndarray | None:

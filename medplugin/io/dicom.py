@@ -40,7 +40,7 @@ if _HAS_PYDICOM and not _HAS_PIXELS:  # pydicom 2 (MONAI Label's environment): t
     from medplugin.io import _pydicom2 as pixels
 InvalidDicomError, _ = optional_import("pydicom.errors", name="InvalidDicomError")
 
-__all__ = ["is_dicom", "read_dicom_image"]
+__all__ = ["has_dicom_magic", "is_dicom", "read_dicom_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ def _require_pydicom() -> None:
         raise ImportError("reading DICOM needs pydicom: pip install 'pydicom>=3' (2.4 works too)")
 
 
-def _has_magic(path: Path) -> bool:
+def has_dicom_magic(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file with the DICOM preamble: ``DICM`` at byte 128 (PS3.10 section 7.1)."""
     try:
         with open(path, "rb") as f:
             f.seek(128)
@@ -127,7 +128,7 @@ def is_dicom(path: str | os.PathLike) -> bool:
     p = Path(path)
     if not p.is_file():
         return False
-    if _has_magic(p):
+    if has_dicom_magic(p):
         return True
     if p.suffix.lower() not in _DICOM_SUFFIXES or not _HAS_PYDICOM:
         return False
@@ -204,7 +205,7 @@ def _read_dataset(path: Path) -> Any:
         raise BadInputError(path, "not a file (a folder or a special file)")
     if path.stat().st_size == 0:
         raise BadInputError(path, "empty file (0 bytes)")
-    magic = _has_magic(path)
+    magic = has_dicom_magic(path)
     if not magic and path.suffix.lower() not in _DICOM_SUFFIXES:
         raise BadInputError(
             path, "not a DICOM file: no 'DICM' marker at byte 128 and the name does not end in .dcm or .dicom"

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from medplugin.errors import BadInputError
+from medplugin.io.dicom import has_dicom_magic
 
 __all__ = ["IMAGE_SUFFIXES", "DICOM_SUFFIXES", "NIFTI_SUFFIXES", "read_image_2d", "looks_like_image"]
 
@@ -21,22 +22,13 @@ def _is_nifti(path: str) -> bool:
     return path.lower().endswith(NIFTI_SUFFIXES)
 
 
-def _has_dicom_magic(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 def looks_like_image(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a file this module can try to read: a known image suffix, or DICOM by suffix or magic."""
     path = os.fspath(path)
     suffix = Path(path).suffix.lower()
     if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES or _is_nifti(path):
         return True
-    return suffix == "" and _has_dicom_magic(path)
+    return suffix == "" and has_dicom_magic(path)
 
 
 def _to_channels(arr: np.ndarray, channels: int | None, path: str) -> np.ndarray:
@@ -86,7 +78,7 @@ def read_image_2d(path: str | os.PathLike, channels: int | None = 1) -> tuple[np
     if os.path.getsize(path) == 0:
         raise BadInputError(path, "empty file (0 bytes)")
     suffix = Path(path).suffix.lower()
-    if suffix in DICOM_SUFFIXES or (suffix not in IMAGE_SUFFIXES and _has_dicom_magic(path)):
+    if suffix in DICOM_SUFFIXES or (suffix not in IMAGE_SUFFIXES and has_dicom_magic(path)):
         from medplugin.io.dicom import read_dicom_image
 
         arr, dmeta = read_dicom_image(path)

@@ -10,12 +10,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["free_port", "tensorboard_command", "wait_for_http", "http_json", "stop_process"]
+__all__ = ["free_port", "tensorboard_command", "wait_for_http", "http_json", "stop_process", "running_server"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -86,6 +87,29 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
         except (ProcessLookupError, PermissionError):
             proc.kill()
         proc.wait(timeout=timeout)
+
+
+@contextmanager
+def running_server(cmd: Sequence[str], ready_url: str, log_path: str | Path, cwd: str | Path | None = None,
+                   env: dict | None = None, timeout: float = 300.0) -> Iterator[subprocess.Popen]:
+    """Start ``cmd`` in its own process group, wait until ``ready_url`` answers 200, stop it (and its children) on exit.
+
+    Its output goes to ``log_path``; a server that exits or does not answer in ``timeout`` seconds raises an
+    ``AssertionError`` ending with the last 6,000 characters of that log, so the reason is in the message.
+    """
+    log_path = Path(log_path)
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            try:
+                wait_for_http(ready_url, proc, timeout=timeout)
+            except (RuntimeError, TimeoutError) as e:
+                log.flush()
+                raise AssertionError(f"{e}\n{log_path.read_text()[-6000:]}") from e
+            yield proc
+        finally:
+            stop_process(proc)
 
 
 def serve(logdir: str | Path, host: str = "127.0.0.1", port: int | None = None, argv: Sequence[str] = ()) -> int:

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from medplugin.tools import monailabel
-from medplugin.tools.review import free_port, http_json, stop_process, wait_for_http
+from medplugin.tools.review import free_port, http_json, running_server
 from tests.bundles._runner import REPO, SMOKE, run_bundle
 
 pytestmark = pytest.mark.slow
@@ -268,19 +268,9 @@ def server(tmp_path_factory, request):
     env.update(OMP_NUM_THREADS="1", MONAI_LABEL_SESSION_PATH=str(tmp / "sessions"))
     cmd = monailabel.server_command(app, studies, list(cases), port=port,
                                     executable=str(py.parent / "monailabel"))
-    log = (tmp / "server.log").open("w")
-    srv = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_for_http(f"{url}/info/", srv, timeout=300)
-        except Exception as e:
-            log.flush()
-            raise AssertionError(f"{e}\n{(tmp / 'server.log').read_text()[-6000:]}") from e
+    with running_server(cmd, f"{url}/info/", tmp / "server.log", cwd=tmp, env=env, timeout=300) as srv:
         yield url, app, studies, cases, tmp / "server.log", state
-    finally:
-        stop_process(srv)
-        log.close()
     assert srv.poll() is not None
 
 

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from medplugin.tools import monailabel
-from medplugin.tools.review import free_port, http_json, stop_process, wait_for_http
+from medplugin.tools.review import free_port, http_json, running_server
 from tests.bundles._runner import REPO, SMOKE, run_bundle
 from tests.integration.test_monailabel import LUNG, ML_ENV, OCT, _post
 
@@ -196,19 +196,9 @@ def server(request, tmp_path_factory):
     cmd = monailabel.server_command(app, studies, [name], port=port, executable=str(py.parent / "monailabel"),
                                     conf={"uncertainty_models": name})
     log_path = tmp / "server.log"
-    log = log_path.open("w")
-    srv = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_for_http(f"{url}/info/", srv, timeout=300)
-        except Exception as e:
-            log.flush()
-            raise AssertionError(f"{e}\n{log_path.read_text()[-6000:]}") from e
+    with running_server(cmd, f"{url}/info/", log_path, cwd=tmp, env=env, timeout=300):
         yield url, app, plant, log_path
-    finally:
-        stop_process(srv)
-        log.close()
 
 
 def _scores(url: str, key: str) -> dict[str, dict]:
