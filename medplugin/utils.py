@@ -11,7 +11,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "write_json", "new_run_dir", "run_dir", "check_output_dir", "safe_name", "summary_writer"]
+__all__ = ["as_flag", "atomic_write", "write_json", "new_run_dir", "run_dir", "check_output_dir", "safe_name",
+           "summary_writer"]
+
+
+def as_flag(value: Any, name: str = "value") -> bool:
+    """A yes/no hyperparameter as a bool, whether it came from YAML (``false``) or the command line (``"false"``).
+
+    ``python -m monai.bundle run --save_cams false`` passes the string ``"false"``, which ``bool()`` takes as true.
+
+    Raises:
+        ValueError: a string that is neither yes (``true``, ``yes``, ``1``, ``on``) nor no (``false``, ``no``, ``0``,
+            ``off``, ``none``, ``null``, empty).
+    """
+    if value is None or isinstance(value, (bool, int, float)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off", "none", "null", ""):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}.")
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], Any]) -> Path:
