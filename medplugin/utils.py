@@ -93,7 +93,7 @@ def new_run_dir(base: str | os.PathLike, prefix: str) -> str:
     return str(candidate)
 
 
-def run_dir(base: str | os.PathLike, prefix: str, resume: Any = False) -> str:
+def run_dir(base: str | os.PathLike, prefix: str, resume: Any = False, marker: str | None = None) -> str:
     """The ``output_dir`` of a bundle run: a new run folder, or the one to resume.
 
     Args:
@@ -101,6 +101,8 @@ def run_dir(base: str | os.PathLike, prefix: str, resume: Any = False) -> str:
         prefix: the run kind (``train``).
         resume: false/``None`` gives :func:`new_run_dir`; ``True`` (or ``"true"``) the newest ``base/<prefix>_*``
             folder that holds a training checkpoint; any other string is taken as the run folder to resume.
+        marker: with ``resume`` true, the newest ``base/<prefix>_*`` folder holding this file instead (an
+            inference run's ``predictions.csv``).
 
     Raises:
         BadInputError: resuming was asked for but there is no such run folder.
@@ -110,6 +112,11 @@ def run_dir(base: str | os.PathLike, prefix: str, resume: Any = False) -> str:
 
     if not resume_requested(resume):
         return new_run_dir(base, prefix)
+    if marker and (isinstance(resume, bool) or str(resume).strip().lower() in ("true", "yes", "1")):
+        runs = [p for p in Path(base).glob(f"{prefix}_*") if (p / marker).is_file()]
+        if not runs:
+            raise BadInputError(base, f"--resume true: no earlier '{prefix}_*' run with a {marker} here")
+        return str(max(runs, key=lambda p: (p / marker).stat().st_mtime))
     if isinstance(resume, bool) or str(resume).strip().lower() in ("true", "yes", "1"):
         runs = [p for p in Path(base).glob(f"{prefix}_*") if p.is_dir() and latest_checkpoint(p) is not None]
         if not runs:
