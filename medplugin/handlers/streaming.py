@@ -79,7 +79,8 @@ class StreamingPredictions:
     Each batch's rows are appended in one write, flushed and synced to disk after every other handler of the
     iteration (CAM overlays included) has run, so after a kill at any moment every row in the file is whole and
     its outputs exist; nothing is kept in memory. Appends to an existing file (a resumed run) after checking its
-    columns are this run's. Single process only.
+    columns are this run's. Under several processes (``torchrun``) each rank streams to ``<name>.rank<N>.csv`` and
+    at the end rank 0 joins them into one file in input order (resuming then needs one process).
 
     Args:
         writer: a :class:`medplugin.handlers.PredictionWriter` (or subclass); its ``collect`` makes the rows and its
@@ -97,11 +98,6 @@ class StreamingPredictions:
         return ["file", w.prediction_column, *[f"prob_{c}" for c in w.class_names], "error"]
 
     def attach(self, engine: Engine) -> None:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            raise ValueError(f"{self.path}: streamed predictions are written by one process; got world size "
-                             f"{dist.get_world_size()}")
         engine.add_event_handler(Events.STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.writer.collect)
         engine.add_event_handler(Events.COMPLETED, self._done)
@@ -109,20 +105,29 @@ class StreamingPredictions:
     def _start(self, engine: Engine) -> None:
         self.writer.rows.clear()
         self.written = 0
+        self.rank, self.world = _rank_world()
         rows = _complete_lines(self.path)
         if rows and rows[0] != self.header():
             raise BadInputError(self.path, f"its columns {rows[0]} are not this run's {self.header()}: resume with "
                                            "the same model and class names, or choose a new --output_dir")
-        if not rows:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._append([self.header()])
+        if self.world > 1:
+            if len(rows) > 1:
+                raise BadInputError(self.path, "resuming under several processes is not supported: resume the run "
+                                               "in one process (python -m monai.bundle run ... --resume true)")
+            self.out = self.path.with_name(f"{self.path.stem}.rank{self.rank}{self.path.suffix}")
+            self.out.unlink(missing_ok=True)
+        else:
+            self.out = self.path
+            if not rows:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._append([self.header()])
         if not engine.has_event_handler(self.flush, Events.ITERATION_COMPLETED):
             engine.add_event_handler(Events.ITERATION_COMPLETED, self.flush)  # registered last: runs after the rest
 
     def _append(self, rows: list[list]) -> None:
         buf = io.StringIO()
         csv.writer(buf, lineterminator=LINE_END).writerows(rows)
-        with open(self.path, "a", newline="", encoding="utf-8") as f:
+        with open(self.out, "a", newline="", encoding="utf-8") as f:
             f.write(buf.getvalue())
             f.flush()
             os.fsync(f.fileno())
@@ -137,7 +142,38 @@ class StreamingPredictions:
 
     def _done(self, engine: Engine) -> None:
         self.flush()
-        logger.info("appended %d prediction(s) to %s", self.written, self.path)
+        logger.info("appended %d prediction(s) to %s", self.written, self.out)
+        if self.world > 1:
+            self._merge(engine)
+
+    def _merge(self, engine: Engine) -> None:
+        """Several processes: rank 0 joins every rank's part file into one CSV in input order, then removes them."""
+        import torch.distributed as dist
+
+        from medplugin.utils import atomic_write
+
+        dist.barrier()  # every rank's part is complete
+        if self.rank == 0:
+            parts = [self.path.with_name(f"{self.path.stem}.rank{r}{self.path.suffix}") for r in range(self.world)]
+            rows = [row for part in parts for row in _complete_lines(part)]
+            data = getattr(getattr(engine.state.dataloader, "dataset", None), "data", None) or []
+            order = {str(e.get("path", "")): i for i, e in enumerate(data) if isinstance(e, dict)}
+            rows.sort(key=lambda r: order.get(r[0], len(order)))
+            buf = io.StringIO()
+            csv.writer(buf, lineterminator=LINE_END).writerows([self.header(), *rows])
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text(buf.getvalue(), encoding="utf-8", newline=""))
+            for part in parts:
+                part.unlink(missing_ok=True)
+            logger.info("wrote %d prediction(s) of %d processes to %s", len(rows), self.world, self.path)
+        dist.barrier()
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 class InferenceProgress:
