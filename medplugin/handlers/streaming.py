@@ -55,7 +55,9 @@ def completed_inputs(path: str | os.PathLike) -> set[str]:
 def pending_inputs(entries: Sequence[dict], output_dir: str | os.PathLike, resume=False,
                    filename: str = "predictions.csv", path_key: str = "path") -> list[dict]:
     """The inference entries still to do: all of them, or with ``resume`` those without a complete row in
-    ``output_dir/filename``. Order is kept, so an appended run still lists the files in input order.
+    ``output_dir/filename``. Order is kept, so an appended run still lists the files in input order. The part files
+    of a killed multi-process run (``<name>.rank<N>.csv``) are first joined into the file, in input order (rows
+    appended after them may then follow rows of later inputs).
 
     Args:
         entries: datalist entries (``medplugin.data.index_images``), each with ``path_key``.
@@ -66,7 +68,10 @@ def pending_inputs(entries: Sequence[dict], output_dir: str | os.PathLike, resum
     """
     if not resume_requested(resume):
         return list(entries)
-    done = completed_inputs(Path(output_dir) / filename)
+    path = Path(output_dir) / filename
+    if any(path.parent.glob(f"{path.stem}.rank*{path.suffix}")):  # a killed multi-process run: join its parts
+        _join_parts(path, entries, path_key)
+    done = completed_inputs(path)
     todo = [e for e in entries if str(e[path_key]) not in done]
     logger.info("resuming %s: %d of %d input(s) already done, %d to go", output_dir, len(entries) - len(todo),
                 len(entries), len(todo))
@@ -114,8 +119,10 @@ class StreamingPredictions:
             if len(rows) > 1:
                 raise BadInputError(self.path, "resuming under several processes is not supported: resume the run "
                                                "in one process (python -m monai.bundle run ... --resume true)")
-            self.out = self.path.with_name(f"{self.path.stem}.rank{self.rank}{self.path.suffix}")
+            self.out = _part(self.path, self.rank)
             self.out.unlink(missing_ok=True)
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self._append([self.header()])
         else:
             self.out = self.path
             if not rows:
@@ -150,22 +157,41 @@ class StreamingPredictions:
         """Several processes: rank 0 joins every rank's part file into one CSV in input order, then removes them."""
         import torch.distributed as dist
 
-        from medplugin.utils import atomic_write
-
         dist.barrier()  # every rank's part is complete
         if self.rank == 0:
-            parts = [self.path.with_name(f"{self.path.stem}.rank{r}{self.path.suffix}") for r in range(self.world)]
-            rows = [row for part in parts for row in _complete_lines(part)]
             data = getattr(getattr(engine.state.dataloader, "dataset", None), "data", None) or []
-            order = {str(e.get("path", "")): i for i, e in enumerate(data) if isinstance(e, dict)}
-            rows.sort(key=lambda r: order.get(r[0], len(order)))
-            buf = io.StringIO()
-            csv.writer(buf, lineterminator=LINE_END).writerows([self.header(), *rows])
-            atomic_write(self.path, lambda tmp: Path(tmp).write_text(buf.getvalue(), encoding="utf-8", newline=""))
-            for part in parts:
-                part.unlink(missing_ok=True)
-            logger.info("wrote %d prediction(s) of %d processes to %s", len(rows), self.world, self.path)
+            n = _join_parts(self.path, [e for e in data if isinstance(e, dict)])
+            logger.info("wrote %d prediction(s) of %d processes to %s", n, self.world, self.path)
         dist.barrier()
+
+
+def _part(path: Path, rank: int) -> Path:
+    """The file rank ``rank`` streams to under several processes."""
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
+def _join_parts(path: Path, entries: Sequence[dict], path_key: str = "path") -> int:
+    """Join ``path`` (if any) and the ranks' part files (each with the header) into ``path``, ordered as
+    ``entries``; remove the parts. Returns the number of rows."""
+    from medplugin.utils import atomic_write
+
+    files = [path, *sorted(path.parent.glob(f"{path.stem}.rank*{path.suffix}"))]
+    header, rows = None, []
+    for f in files:
+        lines = _complete_lines(f)
+        if lines:
+            header = header or lines[0]
+            rows += lines[1:]
+    if header is None:
+        return 0
+    order = {str(e.get(path_key, "")): i for i, e in enumerate(entries)}
+    rows.sort(key=lambda r: order.get(r[0], len(order)))
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator=LINE_END).writerows([header, *rows])
+    atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue(), encoding="utf-8", newline=""))
+    for f in files[1:]:
+        f.unlink()
+    return len(rows)
 
 
 def _rank_world() -> tuple[int, int]:

@@ -125,3 +125,13 @@ def test_progress_reports_files_per_second_and_time_left(caplog):
     assert lines[-1].startswith("6/6 files, ")
     with pytest.raises(ValueError, match="interval must be positive, got 0"):
         InferenceProgress(interval=0)
+
+
+def test_the_parts_of_a_killed_multi_process_run_are_joined_before_resuming_in_one_process(tmp_path):
+    header = b"file,prediction,prob_a,prob_b,error\r\n"
+    (tmp_path / "predictions.rank0.csv").write_bytes(header + b"/in/0,b,0.25,0.75,\r\n/in/2,b,0.25,0.75,\r\n/in/4,b")
+    (tmp_path / "predictions.rank1.csv").write_bytes(header + b"/in/1,,,,bad file\r\n")
+    entries = [{"path": f"/in/{i}"} for i in range(6)]
+    assert [e["path"] for e in pending_inputs(entries, tmp_path, resume=True)] == ["/in/3", "/in/4", "/in/5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv"]
+    assert [r[0] for r in _rows(tmp_path / "predictions.csv")] == ["file", "/in/0", "/in/1", "/in/2"]
