@@ -8,6 +8,7 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
+from medplugin.utils import as_flag
 from medplugin.visualize.cam import CapturedGradCAM
 
 __all__ = ["GradCAMInferer"]
@@ -32,7 +33,7 @@ class GradCAMInferer(Inferer):
     def __init__(self, layer: str, enabled: bool = True) -> None:
         super().__init__()
         self.layer = layer
-        self.enabled = enabled
+        self.enabled = as_flag(enabled, "enabled")  # '--save_cams false' arrives as a string
         self._cam: CapturedGradCAM | None = None
 
     @property

@@ -11,7 +11,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "write_json", "new_run_dir", "run_dir", "check_output_dir", "safe_name", "summary_writer"]
+__all__ = ["as_flag", "atomic_write", "write_json", "new_run_dir", "run_dir", "check_output_dir", "safe_name",
+           "summary_writer"]
+
+
+def as_flag(value: Any, name: str = "value") -> bool:
+    """A yes/no hyperparameter as a bool, whether it came from YAML (``false``) or the command line (``"false"``).
+
+    ``python -m monai.bundle run --save_cams false`` passes the string ``"false"``, which ``bool()`` takes as true.
+
+    Raises:
+        ValueError: a string that is neither yes (``true``, ``yes``, ``1``, ``on``) nor no (``false``, ``no``, ``0``,
+            ``off``, ``none``, ``null``, empty).
+    """
+    if value is None or isinstance(value, (bool, int, float)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off", "none", "null", ""):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}.")
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], Any]) -> Path:
@@ -73,7 +93,7 @@ def new_run_dir(base: str | os.PathLike, prefix: str) -> str:
     return str(candidate)
 
 
-def run_dir(base: str | os.PathLike, prefix: str, resume: Any = False) -> str:
+def run_dir(base: str | os.PathLike, prefix: str, resume: Any = False, marker: str | None = None) -> str:
     """The ``output_dir`` of a bundle run: a new run folder, or the one to resume.
 
     Args:
@@ -81,6 +101,8 @@ def run_dir(base: str | os.PathLike, prefix: str, resume: Any = False) -> str:
         prefix: the run kind (``train``).
         resume: false/``None`` gives :func:`new_run_dir`; ``True`` (or ``"true"``) the newest ``base/<prefix>_*``
             folder that holds a training checkpoint; any other string is taken as the run folder to resume.
+        marker: with ``resume`` true, the newest ``base/<prefix>_*`` folder holding this file instead (an
+            inference run's ``predictions.csv``).
 
     Raises:
         BadInputError: resuming was asked for but there is no such run folder.
@@ -90,6 +112,11 @@ def run_dir(base: str | os.PathLike, prefix: str, resume: Any = False) -> str:
 
     if not resume_requested(resume):
         return new_run_dir(base, prefix)
+    if marker and (isinstance(resume, bool) or str(resume).strip().lower() in ("true", "yes", "1")):
+        runs = [p for p in Path(base).glob(f"{prefix}_*") if (p / marker).is_file()]
+        if not runs:
+            raise BadInputError(base, f"--resume true: no earlier '{prefix}_*' run with a {marker} here")
+        return str(max(runs, key=lambda p: (p / marker).stat().st_mtime))
     if isinstance(resume, bool) or str(resume).strip().lower() in ("true", "yes", "1"):
         runs = [p for p in Path(base).glob(f"{prefix}_*") if p.is_dir() and latest_checkpoint(p) is not None]
         if not runs:

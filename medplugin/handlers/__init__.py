@@ -11,6 +11,7 @@ from medplugin.handlers.progress import ProgressBar
 from medplugin.handlers.reports import ClassificationReportWriter, PredictionWriter
 from medplugin.handlers.resume import TrainingCheckpoint
 from medplugin.handlers.segmentation import SegmentationReportWriter, SegmentationWriter
+from medplugin.handlers.streaming import InferenceProgress, StreamingPredictions, pending_inputs
 from medplugin.handlers.tensorboard import LearningRateLogger, TensorBoardConfusionMatrix
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "GPUStatsLogger",
     "GradingReportWriter",
     "HParamsLogger",
+    "InferenceProgress",
     "LearningRateLogger",
     "LocalizationEvaluator",
     "ModelLoader",
@@ -29,10 +31,12 @@ __all__ = [
     "ProgressBar",
     "SegmentationReportWriter",
     "SegmentationWriter",
+    "StreamingPredictions",
     "TensorBoardCAMHandler",
     "TensorBoardConfusionMatrix",
     "TensorBoardMaskHandler",
     "TensorBoardPanelHandler",
     "TrainingCheckpoint",
     "patient_digest",
+    "pending_inputs",
 ]

@@ -14,7 +14,7 @@ from ignite.engine import Engine, Events
 from medplugin.handlers._engine import is_main_process, iter_samples
 from medplugin.handlers.segmentation import _dataset_transform
 from medplugin.transforms.spatial.array import has_trace, to_input_grid
-from medplugin.utils import safe_name
+from medplugin.utils import as_flag, safe_name
 from medplugin.visualize.cam import CapturedGradCAM
 from medplugin.visualize.montage import cam_montage
 from medplugin.visualize.overlay import overlay_cam, resize_map, save_nifti, save_png
@@ -97,7 +97,7 @@ class CAMSaver:
                  summary_writer=None, npy_spacing: Sequence[float] = (1.0, 1.0, 1.0),
                  transform: Callable | None = None, image_key: str = "image") -> None:
         self.inferer = inferer
-        self.enabled = bool(enabled)
+        self.enabled = as_flag(enabled, "enabled")  # '--save_cams false' arrives as a string
         self.dir = Path(output_dir) / subdir
         self.class_names = list(class_names)
         unknown = [f for f in (findings or []) if f not in self.class_names]
