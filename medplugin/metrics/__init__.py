@@ -40,6 +40,7 @@ from medplugin.metrics.operating_points import (
     parse_criterion,
 )
 from medplugin.metrics.statistics import evaluation_statistics, fit_model_statistics, write_reliability
+from medplugin.metrics.stored import read_model_meta, stored_operating_points, stored_temperature, stored_thresholds
 
 __all__ = ["ClassificationMetrics", "GradingMetrics", "MultiLabelAUROC", "classification_report", "confusion_matrix",
            "flatten_multilabel_report", "flatten_report", "grading_report", "multilabel_report", "pr_auc",
@@ -49,4 +50,5 @@ __all__ += ["PatientBootstrap", "bootstrap_intervals", "bootstrap_metric", "ci_e
             "apply_temperature", "calibration_report", "expected_calibration_error", "fit_temperature",
             "reliability_bins", "delong_test", "paired_bootstrap", "apply_operating_points", "choose_operating_points",
             "operating_point_metrics", "parse_criterion", "evaluation_statistics", "fit_model_statistics",
-            "write_reliability"]
+            "write_reliability", "read_model_meta", "stored_operating_points", "stored_temperature",
+            "stored_thresholds"]
