@@ -29,7 +29,10 @@ class DecisionInferTask(BundleInferTask):
         if self.type == InferType.CLASSIFICATION and isinstance(result, dict) and "prediction" in result:
             model_json = os.path.join(os.path.dirname(self.path[0] if isinstance(self.path, list) else self.path),
                                       "model.json")
-            result["prediction"] = add_calls(result["prediction"], model_json)
+            if os.path.isfile(model_json):
+                result["prediction"] = add_calls(result["prediction"], model_json)
+            else:  # an untrained bundle's weights: no operating points to call at
+                logger.warning("%s: not found, the answer carries no calls", model_json)
         return result_file, result
 
 
