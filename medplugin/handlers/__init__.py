@@ -1,7 +1,7 @@
 """Ignite/MONAI handlers: checkpoints with metadata, TensorBoard images, CAMs, segmentation and evaluation reports."""
 
 from medplugin.handlers.cam import CAMSaver, TensorBoardCAMHandler
-from medplugin.handlers.checkpoint import BestModelSaver, ModelLoader, patient_digest
+from medplugin.handlers.checkpoint import BestModelSaver, ModelLoader, ValidationStatistics, patient_digest
 from medplugin.handlers.gpu import GPUStatsLogger
 from medplugin.handlers.grading import GradingReportWriter
 from medplugin.handlers.hparams import HParamsLogger
@@ -37,6 +37,7 @@ __all__ = [
     "TensorBoardMaskHandler",
     "TensorBoardPanelHandler",
     "TrainingCheckpoint",
+    "ValidationStatistics",
     "patient_digest",
     "pending_inputs",
 ]

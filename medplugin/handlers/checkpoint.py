@@ -15,11 +15,11 @@ import torch
 from ignite.engine import Engine, Events
 
 from medplugin.errors import BadInputError
-from medplugin.handlers._engine import is_main_process
+from medplugin.handlers._engine import gather_samples, is_main_process, iter_samples
 from medplugin.networks.pretrained import read_state_dict
 from medplugin.utils import atomic_write, write_json
 
-__all__ = ["BestModelSaver", "ModelLoader", "patient_digest"]
+__all__ = ["BestModelSaver", "ModelLoader", "ValidationStatistics", "patient_digest"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ class BestModelSaver:
         mode: ``"max"`` (higher is better: accuracy, AUC) or ``"min"`` (lower is better: a validation loss, as
             CheXNet chose its model by the lowest validation loss; ignite's ``Checkpoint`` does the same with a
             negative ``score_sign``).
+        statistics: a :class:`ValidationStatistics`: the saved model's temperature and operating points, fitted on
+            the validation predictions that chose it, go into ``model.json`` with it.
 
     An undefined key metric (NaN, e.g. AUC on a validation split with one class) never replaces a defined
     one; while no evaluation of the run has given a defined value, the latest model is saved (with
@@ -59,7 +61,8 @@ class BestModelSaver:
     """
 
     def __init__(self, network: torch.nn.Module, ckpt_dir: str, key_metric: str, model_meta: dict | None = None,
-                 filename: str = "model.pt", greater_or_equal: bool = True, mode: str = "max") -> None:
+                 filename: str = "model.pt", greater_or_equal: bool = True, mode: str = "max",
+                 statistics: ValidationStatistics | None = None) -> None:
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' (higher {key_metric} is better) or 'min' (lower is better), "
                              f"got {mode!r}.")
@@ -72,8 +75,11 @@ class BestModelSaver:
         self._unset = -math.inf if mode == "max" else math.inf  # the best before any defined value
         self.best = self._unset
         self._checked_previous = False
+        self.statistics = statistics
 
     def attach(self, engine: Engine) -> None:
+        if self.statistics is not None:
+            self.statistics.attach(engine)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def state_dict(self) -> dict:
@@ -110,6 +116,8 @@ class BestModelSaver:
             improved = value >= self.best if self.greater_or_equal else value > self.best
         else:
             improved = value <= self.best if self.greater_or_equal else value < self.best
+        # every rank takes part in gathering the validation predictions; rank 0 writes
+        stats = self.statistics.fit(engine) if improved and self.statistics is not None else {}
         if not improved or not is_main_process():
             if not undefined:
                 self.best = max(self.best, value) if self.mode == "max" else min(self.best, value)
@@ -123,10 +131,101 @@ class BestModelSaver:
         # where the training started from (``pretrained_source`` of medplugin's network builders)
         start = getattr(_unwrap(self.network), "pretrained_source", None)
         write_json(self.path.with_suffix(".json"), {**self.model_meta, **({"pretrained": start} if start else {}),
-                                                   self.key_metric: None if undefined else value,
+                                                   **stats, self.key_metric: None if undefined else value,
                                                    "saved": datetime.datetime.now().isoformat(timespec="seconds")})
         logger.info("saved %s (%s = %.4f, the %s so far)", self.path, self.key_metric, value,
                     "highest" if self.mode == "max" else "lowest")
+
+
+class ValidationStatistics:
+    """The temperature and operating points of the model :class:`BestModelSaver` saves, fitted on the validation
+    predictions that chose it (issue 15: decisions chosen on validation, never on the test set).
+
+    Collects every validation image's logits (``logits_key``; without it, the probabilities under ``pred_key``
+    turned back into logits) and label during the validation run; when the model is saved, gathers them over ranks
+    and calls :func:`medplugin.metrics.statistics.fit_model_statistics`: temperature scaling (Guo et al. 2017; one
+    temperature for softmax, one per finding for sigmoid) and a threshold per class by ``operating_point`` on the
+    temperature-scaled probabilities (one-vs-rest for a multi-class model, whose call stays the argmax).
+
+    Args:
+        class_names: class names in output order.
+        mode: ``softmax`` (one label per image) or ``sigmoid`` (multi-label).
+        operating_point: ``youden``, ``sensitivity:<t>`` or ``specificity:<t>``.
+        groups: extra points on summed probabilities, ``{name: [class index, ...]}`` (e.g. referable diabetic
+            retinopathy, grades 2-4 of a grading model); stored beside the classes' with their ``classes``.
+        logits_key: output key of the logits (``None``: use the probabilities).
+        pred_key: output key of the probabilities.
+        label_key: key of the label (class index, or 0/1 per finding).
+    """
+
+    def __init__(self, class_names, mode: str = "softmax", operating_point: str = "youden",
+                 groups: dict | None = None, logits_key: str | None = "logits", pred_key: str = "pred",
+                 label_key: str = "label") -> None:
+        from medplugin.metrics.calibration import MODES
+        from medplugin.metrics.operating_points import parse_criterion
+
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+        self.class_names = [str(c) for c in class_names]
+        self.mode, self.criterion = mode, str(parse_criterion(operating_point))
+        self.groups = {str(k): [int(i) for i in v] for k, v in (groups or {}).items()}
+        for name, idx in self.groups.items():
+            if not idx or min(idx) < 0 or max(idx) >= len(self.class_names):
+                raise ValueError(f"group {name!r} must list class indices in 0..{len(self.class_names) - 1}, "
+                                 f"got {idx}.")
+        self.logits_key, self.pred_key, self.label_key = logits_key, pred_key, label_key
+        self.reset()
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self._scores: list = []
+        self._labels: list = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+
+    def collect(self, engine: Engine) -> None:
+        for b, o in iter_samples(engine):
+            from_logits = self.logits_key is not None and self.logits_key in o
+            v = torch.as_tensor(o[self.logits_key if from_logits else self.pred_key]).detach().double().cpu()
+            label = b.get(self.label_key) if isinstance(b, dict) and self.label_key in b else o.get(self.label_key)
+            self._scores.append((from_logits, v.reshape(-1).numpy()))
+            self._labels.append(torch.as_tensor(label).detach().float().cpu().reshape(-1).numpy())
+
+    def _labels_array(self, labels: list):
+        import numpy as np
+
+        y = np.stack(labels)
+        if self.mode == "sigmoid":
+            return y
+        return y[:, 0].astype(np.int64) if y.shape[1] == 1 else y.argmax(1)  # class index, or one-hot rows
+
+    def fit(self, engine: Engine | None = None) -> dict:
+        """``{"temperature", "operating_points", "validation_calibration"}`` for ``model.json`` (gathered over ranks;
+        ``{}`` with a warning when there are no validation images)."""
+        import numpy as np
+
+        from medplugin.metrics.calibration import apply_temperature, probabilities_to_logits
+        from medplugin.metrics.operating_points import choose_threshold
+        from medplugin.metrics.statistics import fit_model_statistics
+
+        scores, labels = gather_samples(engine, self._scores, self._labels)
+        if not scores:
+            logger.warning("no validation images: model.json gets no temperature or operating points")
+            return {}
+        logits = np.stack([v if is_logit else probabilities_to_logits(v[None], self.mode)[0] for is_logit, v in scores])
+        y = self._labels_array(labels)
+        stats = fit_model_statistics(logits, y, self.class_names, self.mode, self.criterion)
+        if self.groups:
+            probs = apply_temperature(logits, stats["temperature"], self.mode)
+            for name, idx in self.groups.items():
+                point = choose_threshold(probs[:, idx].sum(1), np.isin(y, idx), self.criterion)
+                stats["operating_points"][name] = {**point, "classes": [self.class_names[i] for i in idx]}
+        t = stats["temperature"]
+        logger.info("on %d validation images: temperature %s, operating points (%s) %s", len(y),
+                    f"{t:.3f}" if isinstance(t, float) else [round(v, 3) for v in t], self.criterion,
+                    {k: round(v["threshold"], 4) for k, v in stats["operating_points"].items()})
+        return stats
 
 
 def patient_digest(datalist: dict, sections: tuple[str, ...] = ("training", "validation"),

@@ -306,22 +306,41 @@ class SegmentationReportWriter(Collector):
     :func:`dice_iou`. ``metrics.json`` holds ``n``, ``mean_dice``, ``median_dice``, ``std_dice``, ``min_dice``,
     ``mean_iou`` and ``per_image`` (2D) or ``per_exam`` (3D): file, Dice, IoU, true and predicted foreground
     pixels (voxels), and their absolute difference. The mean Dice also goes to the engine's metrics as
-    ``mean_dice``.
+    ``mean_dice``. With ``bootstrap`` N > 0, ``mean_dice_ci95`` is its patient-level 95% bootstrap interval
+    (issue 15; each row then carries its ``patient_id``, which ``medplugin compare`` resamples).
 
     Args:
         output_dir: where to write.
         pred_key: output key of the prediction (label map, one-hot or probabilities).
         label_key: output key of the reference mask.
+        bootstrap: resamples of the interval of the mean Dice (0: none).
+        seed: the bootstrap's seed.
+        patient_key: batch key of the patient id (missing: items are resampled one by one).
     """
 
-    def __init__(self, output_dir: str, pred_key: str = "pred", label_key: str = "label") -> None:
+    def __init__(self, output_dir: str, pred_key: str = "pred", label_key: str = "label", bootstrap: int = 0,
+                 seed: int = 0, patient_key: str = "patient_id") -> None:
         self.output_dir = Path(output_dir)
         self.pred_key, self.label_key = pred_key, label_key
+        self.bootstrap, self.seed, self.patient_key = int(bootstrap), int(seed), patient_key
         self.rows: list[dict] = []
         self._dims = 2
 
     def reset(self, engine: Engine | None = None) -> None:
         self.rows.clear()
+
+    def _interval(self, rows: list[dict], metrics: dict) -> None:
+        """``mean_dice_ci95`` and ``bootstrap`` (patient-level when every row has a patient id)."""
+        from medplugin.metrics.bootstrap import bootstrap_intervals, ci_entries, mean_figure
+
+        ids = [r.get("patient_id") for r in rows]
+        ids = None if any(p in (None, "") for p in ids) else ids
+        res = bootstrap_intervals({"mean_dice": mean_figure([r["dice"] for r in rows])}, ids, len(rows),
+                                  self.bootstrap, self.seed)
+        metrics["mean_dice_ci95"] = ci_entries(res)["mean_dice_ci95"]
+        metrics["bootstrap"] = {"n_resamples": self.bootstrap, "seed": self.seed, "level": 0.95,
+                                "resampling_unit": "patient" if ids is not None else "image",
+                                "n_patients": len(set(ids)) if ids is not None else len(rows)}
 
     def collect(self, engine: Engine) -> None:
         """Score this iteration's items."""
@@ -335,6 +354,9 @@ class SegmentationReportWriter(Collector):
             t, p = int(truth.sum()), int(pred.sum())
             self.rows.append({"file": str(path), "dice": round(dice, 6), "iou": round(iou, 6), f"true_{unit}": t,
                               f"pred_{unit}": p, f"volume_error_{unit}": abs(p - t)})
+            pid = b.get(self.patient_key) if self.bootstrap else None
+            if pid not in (None, ""):
+                self.rows[-1]["patient_id"] = str(pid)
 
     def write(self, engine: Engine | None = None) -> dict:
         """Write ``metrics.json`` and ``dice.png`` (rank 0, over every rank's items in dataset order); returns the
@@ -350,6 +372,8 @@ class SegmentationReportWriter(Collector):
         if engine is not None:
             engine.state.metrics["mean_dice"] = metrics["mean_dice"]
         if is_main_process():
+            if self.bootstrap:
+                self._interval(rows, metrics)
             write_json(self.output_dir / "metrics.json", metrics)
             self._plot(d, rows, noun)
             logger.info("mean Dice %.4f over %d %ss (metrics.json in %s)", metrics["mean_dice"], len(d), noun,

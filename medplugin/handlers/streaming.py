@@ -89,7 +89,7 @@ class StreamingPredictions:
 
     Args:
         writer: a :class:`medplugin.handlers.PredictionWriter` (or subclass); its ``collect`` makes the rows and its
-            ``path``, ``class_names`` and ``prediction_column`` give the file and its columns. Do not attach it too.
+            ``path`` and ``header()`` give the file and its columns. Do not attach it too.
     """
 
     def __init__(self, writer) -> None:
@@ -99,8 +99,7 @@ class StreamingPredictions:
 
     def header(self) -> list[str]:
         """The CSV's columns: as the writer writes them."""
-        w = self.writer
-        return ["file", w.prediction_column, *[f"prob_{c}" for c in w.class_names], "error"]
+        return self.writer.header()
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._start)

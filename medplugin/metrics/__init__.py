@@ -40,6 +40,7 @@ from medplugin.metrics.operating_points import (
     parse_criterion,
 )
 from medplugin.metrics.statistics import evaluation_statistics, fit_model_statistics, write_reliability
+from medplugin.metrics.stored import read_model_meta, stored_operating_points, stored_temperature, stored_thresholds
 
 __all__ = ["ClassificationMetrics", "GradingMetrics", "MultiLabelAUROC", "classification_report", "confusion_matrix",
            "flatten_multilabel_report", "flatten_report", "grading_report", "multilabel_report", "pr_auc",
@@ -66,4 +67,8 @@ __all__ += [
     "evaluation_statistics",
     "fit_model_statistics",
     "write_reliability",
+    "read_model_meta",
+    "stored_operating_points",
+    "stored_temperature",
+    "stored_thresholds",
 ]

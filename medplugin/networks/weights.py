@@ -55,7 +55,8 @@ __all__ = [
     "refuse_frozen_from_scratch",
     "map_labels",
     "copy_labelled_head",
-    "operating_point_shift",
+    "XRV_CRITERION",
+    "xrv_operating_points",
     "recorded_normalization",
     "continue_or_start",
 ]
@@ -402,21 +403,29 @@ def copy_labelled_head(network: torch.nn.Module, start: StartingWeights, class_n
     return fresh
 
 
-def operating_point_shift(entry: XRVWeights, class_names: Sequence[str]) -> torch.Tensor:
-    """Per-class logit shift ``-logit(op_thresh)`` that puts torchxrayvision's operating point at probability 0.5.
+XRV_CRITERION = "torchxrayvision op_threshs"
 
-    torchxrayvision rescales its outputs so that each pathology's operating point maps to 0.5
-    (``torchxrayvision.models.op_norm``); adding this shift to the output bias gives the same calls at the
-    bundles' threshold 0.5 while keeping the ranking (AUROC) of every class. Classes without an operating point
-    get 0.
+
+def xrv_operating_points(entry: XRVWeights, class_names: Sequence[str]) -> dict[str, dict]:
+    """torchxrayvision's operating points as ``model.json``'s ``operating_points`` (per class: ``threshold``,
+    ``criterion`` :data:`XRV_CRITERION`).
+
+    torchxrayvision publishes, per pathology, the probability ``op_thresh`` at its chosen operating point and
+    rescales its outputs so that it maps to 0.5 (``torchxrayvision.models.op_norm``). Exported models keep the
+    network's logits as they are and store these thresholds instead, so the bundles call each finding where
+    torchxrayvision does (``score >= op_thresh``). A class without an operating point there (NaN) gets 0.5,
+    marked ``fallback``.
     """
     mapping, _ = map_labels(entry.labels, class_names)
-    shift = torch.zeros(len(class_names))
-    for t, s in mapping.items():
-        p = entry.op_threshs[s]
+    points = {}
+    for t, name in enumerate(class_names):
+        p = entry.op_threshs[mapping[t]] if t in mapping else math.nan
         if not math.isnan(p) and 0 < p < 1:
-            shift[t] = -math.log(p / (1 - p))
-    return shift
+            points[name] = {"threshold": float(p), "criterion": XRV_CRITERION}
+        else:
+            points[name] = {"threshold": 0.5, "criterion": XRV_CRITERION,
+                            "fallback": "no torchxrayvision operating point: default threshold 0.5"}
+    return points
 
 
 def recorded_normalization(model_dir: str | os.PathLike | None) -> tuple[list[float], list[float]] | None:

@@ -28,8 +28,8 @@ from medplugin.networks.weights import (
     fetch,
     known_weights,
     map_labels,
-    operating_point_shift,
     weights_file,
+    xrv_operating_points,
 )
 
 __all__ = ["export_labelled_model", "add_weights_parser"]
@@ -56,8 +56,10 @@ def export_labelled_model(source: str, bundle: str | os.PathLike, out: str | os.
     outputs are mapped onto the bundle's ``class_names`` by the code training uses) and gives ``model_meta``
     with the starting point's input convention (architecture, size, one channel, normalisation), so the
     bundle's evaluation, inference, ``ckpt_export``/``onnx_export`` and MONAI Label load it as a trained model.
-    Each output's bias is shifted by ``-logit(op_thresh)`` (:func:`~medplugin.networks.weights.operating_point_shift`):
-    probability 0.5, the bundles' threshold, is then torchxrayvision's operating point for that finding.
+    The network's outputs are kept as they are (its logits, unchanged); torchxrayvision's operating points
+    (``op_threshs``) are stored as ``model.json``'s ``operating_points``
+    (:func:`~medplugin.networks.weights.xrv_operating_points`), where the bundles read the threshold of each
+    finding's call. No temperature is stored: the probabilities are torchxrayvision's own.
 
     Args:
         source: ``torchxrayvision:<name>`` (a key of :data:`~medplugin.networks.weights.XRV_WEIGHTS`).
@@ -95,10 +97,9 @@ def export_labelled_model(source: str, bundle: str | os.PathLike, out: str | os.
         raise ValueError(f"{source} has no output for {missing} of {folder.name}'s classes: it cannot be used "
                          "without training (start a training from it with --pretrained instead).")
     network = parser.get_parsed_content("network_def")
-    with torch.no_grad():
-        network.class_layers.out.bias += operating_point_shift(entry, class_names)
     meta = dict(parser.get_parsed_content("model_meta"))
-    meta["pretrained"] = {**network.pretrained_source, "operating_points_at_0.5": True}
+    meta["pretrained"] = dict(network.pretrained_source)
+    meta["operating_points"] = xrv_operating_points(entry, class_names)
     meta["exported"] = datetime.datetime.now().isoformat(timespec="seconds")
     out.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, out / "model.pt")

@@ -263,17 +263,19 @@ APP_MAIN = '''"""MONAI Label app of medplugin's bundles, written by `medplugin m
 
 MONAI Label's stock monaibundle app (stock_main.py, unchanged) plus medplugin's uncertainty-driven active learning:
 start the server with --conf uncertainty_models <bundle,...|all> for a scoring method and a strategy
-<bundle>_uncertainty per bundle (see medplugin.tools.monailabel_activelearning).
+<bundle>_uncertainty per bundle (see medplugin.tools.monailabel_activelearning). Classification answers carry each
+class's call at the model's operating point (see medplugin.tools.monailabel_decisions).
 """
 
 import stock_main
 from monailabel.interfaces.app import MONAILabelApp
 
 from medplugin.tools.monailabel_activelearning import UncertaintyAppMixin
+from medplugin.tools.monailabel_decisions import DecisionAppMixin
 
 
-class MyApp(UncertaintyAppMixin, stock_main.MyApp, MONAILabelApp):
-    """The stock monaibundle app with the uncertainty scoring methods and strategies."""
+class MyApp(DecisionAppMixin, UncertaintyAppMixin, stock_main.MyApp, MONAILabelApp):
+    """The stock monaibundle app with the uncertainty scoring methods and strategies, and decisions in the answers."""
 '''
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.bundles._contract import check_exports, check_torchrun, phi_leaks, same_report, with_phi
+from tests.bundles._decisions import check_evaluation, check_model_json
 from tests.bundles._runner import EVALUATE, REPO, SMOKE, bundle_dir, run_bundle
 
 NAME = "chest_xray_classification"
@@ -55,6 +56,7 @@ def test_train_writes_checkpoint_metadata_and_tensorboard(trained):
     meta = json.loads((ckpt / "model.json").read_text())
     assert meta["arch"] == "densenet121" and meta["image_size"] == 32 and meta["multi_label"] is True
     assert meta["class_names"] == FINDINGS and meta["lung_crop"] is False
+    check_model_json(ckpt, FINDINGS, per_class_temperature=True)  # issue 15: one temperature and point per finding
     dl = json.loads((out / "datalist.json").read_text())
     patients = [{e["patient_id"] for e in dl[s]} for s in ("training", "validation", "test")]
     assert not (patients[0] & patients[1]) and not (patients[0] & patients[2]) and not (patients[1] & patients[2])
@@ -96,7 +98,8 @@ def test_evaluate_writes_metrics_tables_roc_cams_and_localisation(trained, cxr_d
     loc = json.loads((out / "localization.json").read_text())
     assert loc["n_boxes"] == n_boxes == m["localization"]["n_boxes"] > 0
     assert 0.0 <= loc["hit_rate"] <= 1.0 and 0.0 <= loc["mean_iou"] <= 1.0
-    assert loc["tolerance"] == pytest.approx(15 * 32 / 224)
+    assert loc["tolerance"] == 15.0  # pixels of the film (issue 15), not of the 32-pixel network input
+    assert 0.0 <= loc["centre_hit_rate"] <= 1.0 and set(loc["iobb_accuracy"]) and set(loc["iou_accuracy"])
     # one Cardiomegaly overlay per test image (cam_findings), at the image's own size
     cams = sorted((out / "cams").glob("*.png"))
     assert len(cams) == len(test_names) and all("_Cardiomegaly_p" in c.name for c in cams)
@@ -104,6 +107,7 @@ def test_evaluate_writes_metrics_tables_roc_cams_and_localisation(trained, cxr_d
 
     with Image.open(cams[0]) as im:
         assert im.size == (64, 64)
+    check_evaluation(out, FINDINGS, ["mean_auroc"])  # issue 15: intervals, stored points, calibration
 
 
 def test_inference_on_real_radiographs_and_a_corrupt_file(trained, tmp_path):
@@ -131,6 +135,7 @@ def test_inference_on_real_radiographs_and_a_corrupt_file(trained, tmp_path):
         probs = [float(r[f"prob_{f}"]) for f in FINDINGS]
         assert all(0.0 <= p <= 1.0 for p in probs)
         assert r["findings"] == "|".join(FINDINGS)  # threshold 0: every finding called
+        assert [r[f"call_{f}"] for f in FINDINGS] == ["1"] * 14  # a call column per finding, at the threshold given
     # JPEG 2000 (lossless) decodes to the same pixels as the uncompressed file: same predictions
     a, b = rows["rg1_uncompressed.dcm"], rows["rg1_j2k.dcm"]
     assert [a[f"prob_{f}"] for f in FINDINGS] == [b[f"prob_{f}"] for f in FINDINGS]

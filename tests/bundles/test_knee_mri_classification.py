@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from tests.bundles._contract import PHI, check_exports, check_torchrun, phi_leaks, write_dicom_series
+from tests.bundles._decisions import check_evaluation, check_inference_calls, check_model_json
 from tests.bundles._runner import EVALUATE, REPO, SMOKE, bundle_dir, run_bundle
 
 NAME = "knee_mri_classification"
@@ -48,6 +49,7 @@ def test_train_writes_checkpoint_metadata_and_tensorboard(trained):
     assert meta["arch"] == "mrnet" and meta["backbone"] == "resnet18" and meta["transfer"] == "fine_tune"
     assert meta["image_size"] == 32 and meta["num_slices"] == 8 and meta["class_names"] == CLASSES
     assert "val_auc" in meta
+    check_model_json(ckpt, CLASSES)  # issue 15: temperature and operating points chosen on validation
     dl = json.loads((out / "datalist.json").read_text())
     patients = [{e["patient_id"] for e in dl[s]} for s in ("training", "validation", "test")]
     assert not (patients[0] & patients[1]) and not (patients[0] & patients[2]) and not (patients[1] & patients[2])
@@ -78,6 +80,7 @@ def test_evaluate_writes_metrics_plots_and_nifti_cams(trained, knee_nifti, tmp_p
     m = json.loads((out / "metrics.json").read_text())
     n_test = len(json.loads((Path(str(ckpt).replace("models", "train")) / "datalist.json").read_text())["test"])
     assert m["n"] == n_test > 0
+    check_evaluation(out, CLASSES, ["accuracy", "macro_auc"])  # issue 15: intervals, stored points, calibration
     assert set(m["per_class"]) == set(CLASSES)
     for v in m["per_class"].values():
         assert {"precision", "recall", "f1", "auc", "support"} <= set(v)
@@ -136,6 +139,7 @@ def test_inference_on_nifti_dicom_npy_and_a_real_mri_reports_the_corrupt_file(tr
     assert nib.load(cams["series"]).shape == (6, 40, 36)  # the series' (slice, row, col) grid
     assert len(list((out / "cams").glob("*_montage.png"))) == 4
     assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before  # input untouched
+    check_inference_calls(out, ckpt, CLASSES)
 
 
 def test_mismatched_settings_are_named(trained, knee_nifti, tmp_path):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.bundles._contract import check_exports, check_torchrun
+from tests.bundles._decisions import check_evaluation, check_model_json
 from tests.bundles._runner import EVALUATE, REPO, SMOKE, bundle_dir, run_bundle
 
 NAME = "retina_fundus_classification"
@@ -44,6 +45,7 @@ def test_train_writes_checkpoint_metadata_and_tensorboard(trained):
     meta = json.loads((ckpt / "model.json").read_text())
     assert meta["arch"] == "resnet50" and meta["image_size"] == 32 and meta["class_names"] == CLASSES
     assert meta["task"] == "referable" and meta["preprocessing_mode"] == "enhanced" and meta["in_channels"] == 3
+    check_model_json(ckpt, CLASSES)  # issue 15: temperature and operating points chosen on validation
     dl = json.loads((out / "datalist.json").read_text())
     patients = [{e["patient_id"] for e in dl[s]} for s in ("training", "validation", "test")]
     assert not (patients[0] & patients[1]) and not (patients[0] & patients[2]) and not (patients[1] & patients[2])
@@ -79,9 +81,16 @@ def test_evaluate_writes_metrics_plots_and_misclassified_cams(trained, fundus_de
     labels = [int(r["level"]) >= 2 for r in csv.DictReader((fundus_demo / "testLabels.csv").open())]
     assert m["referable_prevalence"] == pytest.approx(np.mean(labels))
     assert set(m["per_class"]) == set(CLASSES) and np.asarray(m["confusion_matrix"]).sum() == 6
-    for k in ("auc", "pr_auc", "sensitivity", "specificity", "operating_sensitivity"):
+    for k in ("auc", "pr_auc", "sensitivity", "specificity"):
         assert np.isfinite(m[k]), k
-    assert m["operating_specificity"] >= 0.9 and m["target_specificity"] == 0.9  # threshold may be +inf
+    # issue 15: referable DR is called at the point chosen on validation (model.json), none chosen on these images
+    stored = json.loads((ckpt / "model.json").read_text())["operating_points"]["referable"]
+    assert m["threshold"] == stored["threshold"] and m["threshold_chosen_on"] == "validation (model.json)"
+    assert not {"target_specificity", "operating_threshold", "operating_sensitivity"} & set(m)
+    scores = np.array([float(r["prob_referable"]) for r in csv.DictReader((out / "predictions.csv").open())])
+    truth = np.array([r["true_referable"] == "1" for r in csv.DictReader((out / "predictions.csv").open())])
+    assert m["sensitivity"] == pytest.approx((scores[truth] >= stored["threshold"]).mean(), abs=1e-5)
+    check_evaluation(out, CLASSES, ["accuracy", "auc", "sensitivity", "specificity"])
     for png in ("confusion_matrix.png", "roc.png", "pr.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cams = sorted((out / "misclassified_gradcam").glob("*.png")) if m["misclassified"] else []

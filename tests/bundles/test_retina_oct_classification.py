@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.bundles._contract import check_exports, check_torchrun, files_under, same_report
+from tests.bundles._decisions import check_evaluation, check_inference_calls, check_model_json
 from tests.bundles._runner import EVALUATE, MULTI_GPU_EVALUATE, REPO, SMOKE, bundle_dir, run_bundle, torchrun_bundle
 
 NAME = "retina_oct_classification"
@@ -34,6 +35,7 @@ def test_train_writes_checkpoint_metadata_and_tensorboard(trained):
     meta = json.loads((ckpt / "model.json").read_text())
     assert meta["arch"] == "resnet50" and meta["image_size"] == 32
     assert meta["class_names"] == ["CNV", "DME", "DRUSEN", "NORMAL"]
+    check_model_json(ckpt, meta["class_names"])  # issue 15: temperature and operating points chosen on validation
     dl = json.loads((out / "datalist.json").read_text())
     patients = [{e["patient_id"] for e in dl[s]} for s in ("training", "validation", "test")]
     assert not (patients[0] & patients[1]) and not (patients[0] & patients[2]) and not (patients[1] & patients[2])
@@ -65,6 +67,8 @@ def test_evaluate_writes_metrics_plots_and_misclassified_cams(trained, oct_demo,
     assert len(cams) == len(m["misclassified"])
     for c, row in zip(cams, sorted(m["misclassified"], key=lambda r: Path(r["file"]).stem)):
         assert f"_true-{row['true']}_pred-{row['pred']}" in c.name
+    classes = ["CNV", "DME", "DRUSEN", "NORMAL"]
+    check_evaluation(out, classes, ["accuracy", "macro_auc", *[f"per_class.{c}.auc" for c in classes]])
 
 
 def test_inference_predicts_every_file_and_reports_the_corrupt_one(trained, oct_demo, tmp_path):
@@ -92,6 +96,7 @@ def test_inference_predicts_every_file_and_reports_the_corrupt_one(trained, oct_
     with Image.open(src / "a.jpeg") as im, Image.open(overlays[0]) as ov:
         assert ov.size == im.size  # the image's own resolution
     assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before  # input untouched
+    check_inference_calls(out, ckpt, ["CNV", "DME", "DRUSEN", "NORMAL"])
 
 
 def test_mismatched_settings_are_named(trained, oct_demo, tmp_path):

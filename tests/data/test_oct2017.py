@@ -79,3 +79,28 @@ def test_cli_writes_the_same_datalist(oct_demo, tmp_path, capsys):
     # never overwrite without --force
     assert main(["datalist", "oct2017", str(oct_demo), "-o", str(out)]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_demo_can_say_where_each_lesion_was_planted(tmp_path):
+    """return_masks: a bool mask per written file, on the file's own grid; the same files are written either way."""
+    import numpy as np
+    from PIL import Image
+
+    from medplugin.data.synthetic.oct import make_oct2017_demo
+
+    got = make_oct2017_demo(tmp_path / "a", train_patients=1, test_patients=1, images_per_patient=1, size=(48, 64),
+                            seed=3, return_masks=True)
+    plain = make_oct2017_demo(tmp_path / "b", train_patients=1, test_patients=1, images_per_patient=1, size=(48, 64),
+                              seed=3)
+    assert "lesions" not in plain and len(got["lesions"]) == got["train"] + got["test"] == 8
+    root = Path(got["root"])
+    for name, mask in got["lesions"].items():
+        assert name.split("/")[0] in ("train", "test") and (root / name).read_bytes() == (
+            Path(plain["root"]) / name).read_bytes()
+        with Image.open(root / name) as im:
+            assert mask.dtype == bool and mask.shape == (im.height, im.width)
+        assert mask.any() == (name.split("/")[1] != "NORMAL"), name
+        if mask.any():  # the lesion is darker or brighter than the rest of its rows: it is in the picture
+            img = np.asarray(Image.open(root / name), dtype=float)
+            rows = mask.any(1)
+            assert abs(img[mask].mean() - img[rows][~mask[rows]].mean()) > 5, name

@@ -81,6 +81,9 @@ def test_make_eyepacs_demo_layout_grades_and_determinism(tmp_path):
         assert (rec["level"] >= 2) == (rec["n_bright"] > 0)
         assert (rec["level"] >= 3) == (rec["n_blotch"] > 0)
         assert (rec["level"] == 4) == (rec["n_tangles"] > 0)
+        # where the lesions were planted: one [row, col, radius] inside the image per microaneurysm, blotch, exudate
+        assert len(rec["lesions"]) == rec["n_dark"] + rec["n_blotch"] + rec["n_bright"], rec
+        assert all(0 <= r < 64 and 0 <= c < 64 and rad > 0 for r, c, rad in rec["lesions"]), rec
     # deterministic for a seed
     make_eyepacs_demo(tmp_path / "b", n_patients=3, size=64, seed=0, n_test_patients=1)
     for rel in ["trainLabels.csv", "testLabels.csv", "train/2_right.jpeg", "test/4_left.jpeg"]:

@@ -285,9 +285,11 @@ def test_info_lists_every_bundle_with_its_labels(server):
 
 
 def _expected(app: Path, name: str, image: Path, multi_label: bool = False) -> np.ndarray:
-    """What the bundle computes in the main environment: its preprocessing, inferer and network, then softmax
-    (sigmoid for a multi-label bundle)."""
+    """What the bundle computes in the main environment: its preprocessing, inferer and network, the temperature
+    stored in model.json, then softmax (sigmoid for a multi-label bundle)."""
     from monai.bundle import ConfigParser
+
+    from medplugin.metrics.stored import stored_temperature
 
     b = app / "model" / name
     parser = ConfigParser()
@@ -301,6 +303,7 @@ def _expected(app: Path, name: str, image: Path, multi_label: bool = False) -> n
     inferer = parser.get_parsed_content("inferer")
     with torch.no_grad():
         logits = inferer(torch.as_tensor(x)[None], net)
+    logits = logits / torch.as_tensor(stored_temperature(b / "models" / "model.json"), dtype=logits.dtype)
     return (torch.sigmoid(logits) if multi_label else torch.softmax(logits, 1))[0]
 
 
@@ -320,6 +323,8 @@ def test_infer_answers_for_every_bundle(server, name):
             if not c.multi_label:  # one class of several: the scores sum to 1
                 assert scores.sum() == pytest.approx(1.0, abs=1e-4)
             np.testing.assert_allclose(scores, _expected(app, name, img, c.multi_label).numpy(), atol=1e-4)
+            for p in pred:  # issue 15: each class's call at the operating point stored in model.json
+                assert 0.0 <= p["threshold"] <= 1.0 and p["call"] == int(p["score"] >= p["threshold"]), p
         elif img.suffix in (".png", ".dcm"):  # the mask, as a PNG (DICOM) on the radiograph's pixel grid
             status, body = _post(f"{url}/infer/{name}?image={sid}&output=image")
             assert status == 200

@@ -5,7 +5,6 @@ published name and key layout with random tensors, in a temporary ``TORCH_HOME``
 from __future__ import annotations
 
 import json
-import math
 import pickle
 import re
 import socket
@@ -397,12 +396,13 @@ def test_weights_export_writes_a_ready_chest_model_offline(xrv_home, tmp_path, m
     assert meta["pretrained"]["pretrained"] == NIH and meta["pretrained"]["fresh_classes"] == []
     weights = torch.load(out / "model.pt", weights_only=True)
     entry = XRV_WEIGHTS["densenet121-res224-nih"]
-    for i, finding in enumerate(FINDINGS):  # bias shifted so that probability 0.5 is torchxrayvision's operating point
+    for i, finding in enumerate(FINDINGS):  # the logits are torchxrayvision's own; its operating points are stored
         j = entry.labels.index(finding)
+        torch.testing.assert_close(weights["class_layers.out.bias"][i], state["classifier.bias"][j])
         t = entry.op_threshs[j]
-        torch.testing.assert_close(
-            weights["class_layers.out.bias"][i], state["classifier.bias"][j] - math.log(t / (1 - t))
-        )
+        assert 0 < t < 1 and meta["operating_points"][finding] == {"threshold": t,
+                                                                   "criterion": "torchxrayvision op_threshs"}
+    assert "temperature" not in meta  # torchxrayvision's probabilities as they are
     assert cli(["weights", "export", NIH, "--bundle", "chest_xray_classification", "--bundles-root",
                 str(REPO / "bundles"), "--out", str(out)]) == 2
     assert "exists; pass --force" in capsys.readouterr().err

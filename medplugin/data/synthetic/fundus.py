@@ -288,7 +288,9 @@ def make_eyepacs_demo(
 
     Returns:
         summary dict: ``{"train": {grade: count}, "test": {grade: count}, "n_images": int, "records": [...]}``
-        where each record is ``{"split", "image", "level", "n_dark", "n_bright", "n_blotch", "n_tangles"}``.
+        where each record is ``{"split", "image", "level", "n_dark", "n_bright", "n_blotch", "n_tangles",
+        "lesions"}``; ``lesions`` lists ``[row, col, radius]`` in image pixels of every planted lesion
+        (microaneurysms, blotches, exudates; not the new-vessel tangles), for scoring where a model looked.
 
     Raises:
         ValueError: for bad counts, size or quality.
@@ -329,7 +331,8 @@ def make_eyepacs_demo(
             name = f"{pid}_{side}"
             Image.fromarray(fundus["image"]).save(out / split / f"{name}.jpeg", quality=int(quality))
             rows.append((name, grade))
-            summary["records"].append({"split": split, "image": name, "level": grade, **counts})
+            planted = np.concatenate([fundus["dark"], fundus["bright"]]).round(2).tolist()
+            summary["records"].append({"split": split, "image": name, "level": grade, **counts, "lesions": planted})
         label_file = out / ("trainLabels.csv" if split == "train" else "testLabels.csv")
         with open(label_file, "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")

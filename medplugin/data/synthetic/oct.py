@@ -105,6 +105,7 @@ def make_oct2017_demo(
     images_per_patient: int = 4,
     size: tuple[int, int] = (128, 160),
     seed: int = 0,
+    return_masks: bool = False,
 ) -> dict:
     """Write a synthetic dataset in the exact OCT2017 layout under ``out_dir/OCT2017``.
 
@@ -118,9 +119,12 @@ def make_oct2017_demo(
         images_per_patient: B-scans per patient.
         size: base ``(height, width)``; widths vary by up to +25%.
         seed: the same seed writes the same files.
+        return_masks: also return where each lesion was planted (the same files are written either way).
 
     Returns:
-        ``{"root": path, "train": n_images, "test": n_images}``.
+        ``{"root": path, "train": n_images, "test": n_images}``, plus with ``return_masks`` ``"lesions"``: the
+        file's path below ``root`` (``test/CNV/CNV-<id>-1.jpeg``) -> its bool lesion mask ``(H, W)`` (all False for
+        NORMAL), for scoring where a model looked.
     """
     from PIL import Image
 
@@ -131,6 +135,7 @@ def make_oct2017_demo(
     n_pat = (train_patients + test_patients) * len(CLASSES)
     pids = rng.choice(np.arange(1_000_000, 9_999_999), size=n_pat, replace=False)
     counts = {"train": 0, "test": 0}
+    lesions: dict[str, np.ndarray] = {}
     k = 0
     for split, n in (("train", train_patients), ("test", test_patients)):
         for cls in CLASSES:
@@ -140,7 +145,10 @@ def make_oct2017_demo(
                 k += 1
                 for j in range(1, images_per_patient + 1):
                     wid = int(size[1] * rng.uniform(1.0, 1.25))
-                    img, _ = synthetic_oct_bscan(cls, (size[0], wid), rng)
-                    Image.fromarray(img).save(root / split / cls / f"{cls}-{pid}-{j}.jpeg", quality=95)
+                    img, mask = synthetic_oct_bscan(cls, (size[0], wid), rng)
+                    name = f"{split}/{cls}/{cls}-{pid}-{j}.jpeg"
+                    Image.fromarray(img).save(root / name, quality=95)
+                    if return_masks:
+                        lesions[name] = mask
                     counts[split] += 1
-    return {"root": str(root), **counts}
+    return {"root": str(root), **counts, **({"lesions": lesions} if return_masks else {})}
