@@ -45,7 +45,7 @@ from typing import Any
 from medplugin.errors import BadInputError
 
 __all__ = ["UnknownKeyError", "GUARD_KEYS", "DEBUG_ENV", "LOG_NAME", "unknown_keys", "check_overrides", "start",
-           "log_to", "error_line", "resume_command", "check_trained_model"]
+           "install", "log_to", "error_line", "resume_command"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,13 +109,15 @@ def unknown_keys(overrides: Iterable[str], config: Mapping) -> list[str]:
         depth = next(i for i in range(1, len(parts) + 1) if not _lookup(config, parts[:i])[0]) - 1
         _, node = _lookup(config, parts[:depth])
         candidates = list(_config_ids(node)) + (list(GUARD_KEYS) + list(RUN_ARGS) if depth == 0 else [])
-        prefix = "#".join(parts[:depth] + [""]) if depth else ""
+        prefix = "#".join(parts[:depth])
         close = difflib.get_close_matches(parts[depth], candidates, n=1, cutoff=0.6)
         name = "#".join(parts)
         if close:
-            messages.append(f"unknown key '{name}'; did you mean '{prefix}{close[0]}'?")
+            meant = parts[:depth] + [close[0]] + parts[depth + 1:]
+            meant = meant if _lookup(config, meant)[0] else parts[:depth] + [close[0]]
+            messages.append(f"unknown key '{name}'; did you mean '{'#'.join(meant)}'?")
         elif depth:
-            messages.append(f"unknown key '{name}': '{prefix.rstrip('#')}' has no '{parts[depth]}'")
+            messages.append(f"unknown key '{name}': '{prefix}' has no '{parts[depth]}'")
         else:
             messages.append(f"unknown key '{name}'")
     return messages
@@ -423,15 +425,21 @@ def start() -> None:
     Raises:
         UnknownKeyError: an override names no id of the config files.
     """
-    global _ACTIVE
     parser, config_file, args = _run_context(sys._getframe(1))
     debug = _truthy(os.environ.get(DEBUG_ENV, "")) or (parser is not None and _truthy(parser.get("debug", False)))
-    if _is_bundle_cli() and _ACTIVE is None:
-        _ACTIVE = _Guard(parser, debug)
+    install(parser, debug)
     if args is None or config_file is None:
         logger.debug("run guard: no `monai.bundle run` on the call stack; overrides not checked")
         return
     check_overrides(_override_ids(args), config_file)
+
+
+def install(parser: Any, debug: bool) -> None:
+    """Install the process-wide part (excepthook, SIGINT handler, log buffer) once, in a ``python -m monai.bundle``
+    process only (:mod:`medplugin.export_check` calls it for MONAI's export commands)."""
+    global _ACTIVE
+    if _is_bundle_cli() and _ACTIVE is None:
+        _ACTIVE = _Guard(parser, debug)
 
 
 def log_to(output_dir: str | os.PathLike) -> None:
@@ -441,71 +449,3 @@ def log_to(output_dir: str | os.PathLike) -> None:
     """
     if _ACTIVE is not None:
         _ACTIVE.log_to(output_dir)
-
-
-# ---- MONAI's export commands --------------------------------------------------------------------------------------
-
-_EXPORTS = ("ckpt_export", "onnx_export", "trt_export")
-_EXPORT_ARGS = ("net_id", "filepath", "ckpt_file", "key_in_ckpt", "use_trace", "input_shape", "converter_kwargs",
-                "precision", "dynamic_batchsize", "device", "use_onnx", "onnx_input_names", "onnx_output_names",
-                "bundle_root")
-
-
-def _export_context(frame: FrameType | None) -> tuple[str | None, Any, dict | None]:
-    """(``ckpt_file``, ``config_file``, the remaining arguments) of a running MONAI export command, if any."""
-    while frame is not None:
-        if frame.f_code.co_name in _EXPORTS and "ckpt_file_" in frame.f_locals:
-            local = frame.f_locals
-            return local.get("ckpt_file_"), local.get("config_file_"), local.get("_args")
-        frame = frame.f_back
-    return None, None, None
-
-
-def check_trained_model(ckpt_dir: str | os.PathLike, expected: Mapping, skip: Sequence[str] = ("split",
-                        "normalization")) -> bool:
-    """Refuse to build the network for weights trained with other settings (the network's ``_requires_`` in
-    ``inference.yaml``), with the overrides that fix it, as the bundle runs' ``ModelLoader`` does.
-
-    MONAI's ``ckpt_export`` / ``onnx_export`` build ``network_def`` and load ``--ckpt_file`` into it without a
-    handler: a model trained with another ``arch`` or ``image_size`` then fails with a raw state-dict error. This
-    check reads the ``model.json`` beside the weights (the export's ``--ckpt_file`` when an export command runs,
-    else ``ckpt_dir/model.pt``) and compares the keys it records with ``expected``; it also refuses unknown
-    overrides of the export command (see :func:`unknown_keys`).
-
-    Args:
-        ckpt_dir: the folder of ``model.pt`` (used when no export command is running).
-        expected: this config's values of the recorded keys (``model_meta``).
-        skip: recorded keys not compared here (the patient split; the normalisation, which is read from
-            ``model.json`` itself).
-
-    Returns:
-        True (for ``_requires_``).
-
-    Raises:
-        BadInputError: the model was trained with other settings (naming the ``--key value`` overrides).
-        UnknownKeyError: an override of the export command names no id of its config files.
-    """
-    import json
-
-    from medplugin.handlers.checkpoint import _norm, _overrides
-
-    global _ACTIVE
-    ckpt_file, config_file, args = _export_context(sys._getframe(1))
-    if ckpt_file is not None and _is_bundle_cli() and _ACTIVE is None:  # an export ends in one line too
-        _ACTIVE = _Guard(None, _truthy(os.environ.get(DEBUG_ENV, "")) or _truthy((args or {}).get("debug", False)))
-    if args is not None and config_file is not None:
-        check_overrides([k for k in args if k not in _EXPORT_ARGS and k not in RUN_ARGS], config_file)
-    path = Path(ckpt_file) if ckpt_file else Path(ckpt_dir) / "model.pt"
-    meta_path = path.with_suffix(".json")
-    if not meta_path.is_file():
-        return True
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as e:
-        raise BadInputError(meta_path, f"not a readable model.json ({e})") from e
-    diffs = {k: (meta[k], v) for k, v in expected.items()
-             if k not in skip and k in meta and _norm(meta[k]) != _norm(v)}
-    if diffs:
-        fixes, detail = _overrides(diffs)
-        raise BadInputError(path, f"the model was trained with other settings ({detail}); run with {fixes}")
-    return True

@@ -179,10 +179,10 @@ def guard_run() -> None:
 def check_trained_model(ckpt_dir: str | os.PathLike, expected: dict) -> bool:
     """The ``_requires_`` of ``network_def`` in inference configs: weights trained with other settings are refused
     with the overrides that fix it, also by MONAI's ``ckpt_export``/``onnx_export`` (see
-    :func:`medplugin.run_guard.check_trained_model`)."""
-    from medplugin import run_guard
+    :func:`medplugin.export_check.check_trained_model`)."""
+    from medplugin import export_check
 
-    return run_guard.check_trained_model(ckpt_dir, expected)
+    return export_check.check_trained_model(ckpt_dir, expected)
 
 
 def default_workers(most: int = 4) -> int:
