@@ -93,6 +93,8 @@ def test_the_commands_the_demo_prints_run_as_printed(oct_demo, oct_smoke_run, tm
         proc = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=quiet_env(), capture_output=True, text=True,
                               timeout=600)
         assert proc.returncode == 0, f"{cmd}\n{(proc.stdout + proc.stderr)[-4000:]}"
+        if cmd is infer:  # inference shows its progress in files (8 test images of the demo)
+            assert "8/8" in proc.stderr and "files/s" in proc.stderr, proc.stderr[-2000:]
     metrics = json.loads((out / "runs" / "evaluate_2" / "metrics.json").read_text())
     assert metrics["n"] == 8
     assert (out / "runs" / "inference_2" / "predictions.csv").is_file()
@@ -101,3 +103,31 @@ def test_the_commands_the_demo_prints_run_as_printed(oct_demo, oct_smoke_run, tm
     program = tensorboard.split(" tensorboard ")[0].strip("'")
     assert program == "medplugin" or os.access(program, os.X_OK), tensorboard
     assert list((out / "runs" / "train").rglob("events.out.tfevents.*"))
+
+
+def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(oct_demo, tmp_path):
+    """Ctrl-C (SIGINT to the run, as a terminal sends it) after the first epoch's checkpoint: one line, no
+    KeyboardInterrupt traceback."""
+    import signal
+    import time
+
+    out = tmp_path / "train"
+    args = _train_args(dataset_dir=oct_demo, ckpt_dir=tmp_path / "models", output_dir=out, num_epochs=50)
+    stderr = tmp_path / "stderr.txt"
+    with open(stderr, "w") as err_file:  # a file, not a pipe: a full pipe would stall the run
+        proc = subprocess.Popen([sys.executable, "-m", "monai.bundle", *args], cwd=REPO, env=quiet_env(),
+                                stdout=subprocess.DEVNULL, stderr=err_file)
+        deadline = time.monotonic() + 400
+        while not list((out / "checkpoints").glob("training_checkpoint_*.pt")) and time.monotonic() < deadline:
+            assert proc.poll() is None, stderr.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(1)  # the checkpoint written in full (atomic rename: it exists only when complete)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    err = stderr.read_text()
+    assert proc.returncode != 0
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"interrupted: the last checkpoint written is {out}/checkpoints/training_checkpoint_"), line
+    assert " -m monai.bundle run " in line and line.endswith(f"--resume {out}"), line
+    assert "--num_epochs 50" in line
