@@ -131,3 +131,23 @@ def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(oct_demo, tmp_p
     assert line.startswith(f"interrupted: the last checkpoint written is {out}/checkpoints/training_checkpoint_"), line
     assert " -m monai.bundle run " in line and line.endswith(f"--resume {out}"), line
     assert "--num_epochs 50" in line
+
+
+def test_smoke_training_never_hands_the_network_a_last_batch_of_one(cxr_demo, tmp_path):
+    """The chest demo under smoke.yaml left a last batch of one, and DenseNet-121's batch norm on its 1x1 map
+    stopped training ("Expected more than 1 value per channel"): here batch_size = training images - 1."""
+    from monai.bundle import ConfigParser
+
+    name = "chest_xray_classification"
+    parser = ConfigParser()
+    parser.read_config(config_files(name, "train.yaml", SMOKE))
+    parser.update({"dataset_dir": str(cxr_demo), "val_fraction": 0.3})
+    n = len(parser.get_parsed_content("datalist_all")["training"])
+    assert n > 3 and parser.get_parsed_content("arch") == "densenet121"
+    out = tmp_path / "train"
+    proc = _bundle("run", "--bundle_root", str(bundle_dir(name)), "--config_file",
+                   json.dumps(config_files(name, "train.yaml", SMOKE)), "--dataset_dir", str(cxr_demo),
+                   "--val_fraction", "0.3", "--batch_size", str(n - 1), "--ckpt_dir", str(tmp_path / "models"),
+                   "--output_dir", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").is_file()
