@@ -76,3 +76,16 @@ def test_a_datalist_written_elsewhere_works_from_any_folder(oct_demo, tmp_path, 
     images = [item["image"] for section in stored.values() for item in section]
     assert images and all(Path(p).is_absolute() and Path(p).is_file() for p in images)
     assert read_datalist(out, sections=["training", "validation"]) == stored
+
+
+def test_the_chest_demo_plants_the_findings_the_docs_figures_are_for(tmp_path, capsys):
+    import csv
+
+    from medplugin.cli import CHEST_DEMO_FINDINGS
+
+    assert main(["demo", "chest_xray_classification", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "chestxray14" / "Data_Entry_2017.csv", newline="") as f:
+        labels = {label for row in csv.DictReader(f) for label in row["Finding Labels"].split("|")}
+    assert labels == {*CHEST_DEMO_FINDINGS, "No Finding"}
+    docs = (REPO / "bundles" / "chest_xray_classification" / "docs" / "README.md").read_text()
+    assert "four findings planted" in docs and "plants the same four findings" in docs
