@@ -78,6 +78,7 @@ def test_a_datalist_written_elsewhere_works_from_any_folder(oct_demo, tmp_path, 
     assert read_datalist(out, sections=["training", "validation"]) == stored
 
 
+@pytest.mark.slow  # writes the demo's 240 patients (about a minute)
 def test_the_chest_demo_plants_the_findings_the_docs_figures_are_for(tmp_path, capsys):
     import csv
 
