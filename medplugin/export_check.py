@@ -18,8 +18,10 @@ from typing import Any
 from medplugin.errors import BadInputError
 from medplugin.run_guard import DEBUG_ENV, RUN_ARGS, _truthy, check_overrides, install
 
-__all__ = ["check_trained_model"]
+__all__ = ["check_trained_model", "NETWORK_KEYS"]
 
+NETWORK_KEYS = ("arch", "backbone", "transfer", "in_channels", "class_names", "network")
+"""The recorded settings that shape the network (compared by an export command; a bundle run compares all)."""
 _EXPORTS = ("ckpt_export", "onnx_export", "trt_export")
 _EXPORT_ARGS = ("net_id", "filepath", "ckpt_file", "key_in_ckpt", "use_trace", "input_shape", "converter_kwargs",
                 "precision", "dynamic_batchsize", "device", "use_onnx", "onnx_input_names", "onnx_output_names",
@@ -42,9 +44,10 @@ def check_trained_model(ckpt_dir: str | os.PathLike, expected: Mapping, skip: Se
     ``inference.yaml``), with the overrides that fix it, as the bundle runs' ``ModelLoader`` does.
 
     MONAI's ``ckpt_export`` / ``onnx_export`` build ``network_def`` and load ``--ckpt_file`` into it without a
-    handler: a model trained with another ``arch`` or ``image_size`` then fails with a raw state-dict error. This
+    handler: a model trained with another ``arch`` or other classes then fails with a raw state-dict error. This
     check reads the ``model.json`` beside the weights (the export's ``--ckpt_file`` when an export command runs,
-    else ``ckpt_dir/model.pt``) and compares the keys it records with ``expected``; it also refuses unknown
+    else ``ckpt_dir/model.pt``) and compares the keys it records with ``expected`` (under an export command only
+    :data:`NETWORK_KEYS`, the ones that shape the network); it also refuses unknown
     overrides of the export command (see :func:`medplugin.run_guard.unknown_keys`).
 
     Args:
@@ -77,8 +80,9 @@ def check_trained_model(ckpt_dir: str | os.PathLike, expected: Mapping, skip: Se
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as e:
         raise BadInputError(meta_path, f"not a readable model.json ({e})") from e
-    diffs = {k: (meta[k], v) for k, v in expected.items()
-             if k not in skip and k in meta and _norm(meta[k]) != _norm(v)}
+    # an export builds the network only: settings of the preprocessing (image_size, ...) do not matter there
+    compared = [k for k in expected if k not in skip and (ckpt_file is None or k in NETWORK_KEYS)]
+    diffs = {k: (meta[k], expected[k]) for k in compared if k in meta and _norm(meta[k]) != _norm(expected[k])}
     if diffs:
         fixes, detail = _overrides(diffs)
         raise BadInputError(path, f"the model was trained with other settings ({detail}); run with {fixes}")

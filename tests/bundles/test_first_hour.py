@@ -61,17 +61,22 @@ def test_a_missing_dataset_folder_ends_in_one_line_with_the_traceback_in_the_run
 
 
 def test_ckpt_export_of_a_model_trained_with_other_settings_names_the_overrides(oct_smoke_run, tmp_path):
-    ckpt, _ = oct_smoke_run  # trained at smoke.yaml's image_size 32; inference.yaml's default is 224
+    ckpt, _ = oct_smoke_run  # ResNet-50 (at smoke.yaml's 32 px: the size does not matter to an export)
     conf = bundle_dir(OCT) / "configs"
-    proc = _bundle("ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), "--ckpt_file",
-                   str(ckpt / "model.pt"), "--meta_file", str(conf / "metadata.json"), "--config_file",
-                   str(conf / "inference.yaml"), "--bundle_root", str(bundle_dir(OCT)), "--ckpt_dir", str(ckpt))
+    common = ["--ckpt_file", str(ckpt / "model.pt"), "--meta_file", str(conf / "metadata.json"), "--config_file",
+              str(conf / "inference.yaml"), "--bundle_root", str(bundle_dir(OCT)), "--ckpt_dir", str(ckpt)]
+    # the demo's trap the other way round: the command names another arch than the model was trained with
+    proc = _bundle("ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), *common, "--arch",
+                   "resnet18")
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and "state_dict" not in proc.stderr
     line = _last_line(proc)
-    assert line.startswith(f"error: {ckpt / 'model.pt'}: the model was trained with other settings ("), line
-    assert "--image_size 32" in line, line
+    assert line.startswith(f"error: {ckpt / 'model.pt'}: the model was trained with other settings (arch: model "
+                           "'resnet50' vs run 'resnet18'); run with --arch \"resnet50\""), line
     assert not (tmp_path / "model.ts").exists()
+    proc = _bundle("ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), *common)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "model.ts").stat().st_size > 0
 
 
 def test_the_commands_the_demo_prints_run_as_printed(oct_demo, oct_smoke_run, tmp_path):
@@ -151,3 +156,15 @@ def test_smoke_training_never_hands_the_network_a_last_batch_of_one(cxr_demo, tm
                    "--output_dir", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_an_unknown_class_folder_names_the_option_that_skips_it(oct_demo, tmp_path):
+    data = tmp_path / "OCT2017"
+    shutil.copytree(oct_demo, data)
+    (data / "train" / "OTHER").mkdir()
+    (data / "train" / "OTHER" / "x.jpeg").write_bytes(next((data / "test" / "CNV").glob("*.jpeg")).read_bytes())
+    proc = _bundle(*_train_args(dataset_dir=data, ckpt_dir=tmp_path / "models", output_dir=tmp_path / "train"))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    line = _last_line(proc)
+    assert "unknown class folder 'OTHER'" in proc.stderr, proc.stderr[-2000:]
+    assert line.startswith("error: ") and "--on_bad_input skip" in line, line
