@@ -1,5 +1,6 @@
 """The run guard's pieces, in-process: which overrides are unknown (against the real bundle configs), what the last
-line says for each failure, the resume command. The runs through the real runner are in tests/bundles/test_first_hour.py."""
+line says for each failure, the resume command. The runs through the real runner are in
+tests/bundles/test_first_hour.py."""
 
 from __future__ import annotations
 
