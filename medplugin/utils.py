@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["as_flag", "atomic_write", "write_json", "new_run_dir", "run_dir", "check_output_dir", "safe_name",
-           "summary_writer"]
+           "summary_writer", "guard_run", "check_trained_model", "default_workers", "drop_last_batch_of_one"]
 
 
 def as_flag(value: Any, name: str = "value") -> bool:
@@ -34,10 +34,26 @@ def as_flag(value: Any, name: str = "value") -> bool:
     raise ValueError(f"{name} must be true or false, got {value!r}.")
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the system shows it (Linux), else set and restored."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], Any]) -> Path:
     """Write a file atomically: ``writer(tmp_path)`` fills a temporary file that is then renamed to ``path``.
 
-    A crash while writing leaves any earlier ``path`` intact (never a truncated file in its place).
+    A crash while writing leaves any earlier ``path`` intact (never a truncated file in its place). The file gets
+    the permissions of any file the user creates (``0666`` less the umask: ``0644`` under umask 022), not the
+    ``0600`` of a temporary file.
 
     Args:
         path: the destination file.
@@ -52,6 +68,8 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], Any]) -> Path:
     os.close(fd)
     try:
         writer(tmp)
+        if os.path.exists(tmp):
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -158,14 +176,70 @@ def check_output_dir(output_dir: str | os.PathLike, inputs: Any = (), resume: An
             raise BadInputError(output_dir, f"is inside the input folder {src}: a run never writes into its input; "
                                             "choose another --output_dir")
     if out.is_dir() and not resume_requested(resume):
-        entries = sorted(p.name for p in out.iterdir())
+        # a failed run leaves only its log (run.log): a new run may use the folder (and appends to the log)
+        entries = sorted(p.name for p in out.iterdir() if not _RUN_LOG.match(p.name))
         if entries:
             shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
             raise BadInputError(output_dir, f"already holds the outputs of an earlier run ({shown}); choose a new "
                                             "--output_dir (or --resume true to continue a crashed training there)")
     elif out.exists() and not out.is_dir():
         raise BadInputError(output_dir, "is a file, not a folder")
+    from medplugin import run_guard
+
+    run_guard.log_to(output_dir)  # the folder is the run's own: its log (and a failure's traceback) goes there
     return str(output_dir)
+
+
+_RUN_LOG = re.compile(r"^run(_rank\d+)?\.log$")
+
+
+def guard_run() -> None:
+    """The first item of every bundle config's ``initialize``: see :mod:`medplugin.run_guard` (unknown overrides
+    stop the run; a failure ends with one line naming the problem, the traceback goes to ``output_dir/run.log``;
+    Ctrl-C says how to resume)."""
+    from medplugin import run_guard
+
+    run_guard.start()
+
+
+def check_trained_model(ckpt_dir: str | os.PathLike, expected: dict) -> bool:
+    """The ``_requires_`` of ``network_def`` in inference configs: weights trained with other settings are refused
+    with the overrides that fix it, also by MONAI's ``ckpt_export``/``onnx_export`` (see
+    :func:`medplugin.export_check.check_trained_model`)."""
+    from medplugin import export_check
+
+    return export_check.check_trained_model(ckpt_dir, expected)
+
+
+def default_workers(most: int = 4) -> int:
+    """DataLoader worker processes: ``most``, but never more than the CPU cores this process may use (more only
+    make PyTorch warn and the processes compete)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(int(most), cores))
+
+
+def drop_last_batch_of_one(dataset: Any, batch_size: int) -> bool:
+    """A training DataLoader's ``drop_last``: True only when the epoch's last batch would hold one sample.
+
+    A batch of one stops batch norm in training ("Expected more than 1 value per channel", e.g. DenseNet-121's
+    last 1x1 map); any other last batch is kept. Under ``torch.distributed`` each process counts its share
+    (``DistributedSampler`` pads every rank to the same length). A data set smaller than a batch is left alone.
+
+    Args:
+        dataset: the training data set (anything with ``len``).
+        batch_size: samples per batch.
+    """
+    import math
+
+    import torch.distributed as dist
+
+    n = len(dataset)
+    if dist.is_available() and dist.is_initialized():
+        n = math.ceil(n / dist.get_world_size())
+    return n > int(batch_size) and n % int(batch_size) == 1
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

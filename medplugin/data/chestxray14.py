@@ -233,7 +233,8 @@ class ChestXray14Indexer(DatasetIndexer):
         if missing:
             reason = (
                 f"{len(missing)} image(s) listed in {csv_path.name} not found under images/ or images_NNN/images/: "
-                f"{', '.join(missing[:_SHOW])}{' ...' if len(missing) > _SHOW else ''}"
+                f"{', '.join(missing[:_SHOW])}{' ...' if len(missing) > _SHOW else ''}; a partial download (some "
+                "of the 12 images_NNN archives)? --on_bad_input skip indexes only the images that are there"
             )
             self.problems.add(root, reason, count=len(missing))
         self.problems.close()

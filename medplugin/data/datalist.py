@@ -126,11 +126,16 @@ def index_images(dataset_dir: str | os.PathLike | None, datalist: str | os.PathL
         base = Path(dataset_dir) if dataset_dir else Path(datalist).parent
     else:
         base = _input_folder(dataset_dir)
-        items = sorted(
-            str(p) for p in base.rglob("*") if p.is_file() and not p.name.startswith(".") and looks_like_image(p)
-        )
+        files = sorted(p for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
+        image = [looks_like_image(p) for p in files]
+        items = [str(p) for p, ok in zip(files, image) if ok]
+        skipped = [p for p, ok in zip(files, image) if not ok]
         if not items:
             raise BadInputError(base, "no JPEG, PNG, BMP, TIFF or DICOM files found (searched recursively)")
+        if skipped:  # never dropped silently: each is named
+            logger.warning("%d file(s) under %s skipped, not JPEG, PNG, BMP, TIFF or DICOM images:\n%s", len(skipped),
+                           base, "\n".join(f"  {p}: not an image file" for p in skipped[:50])
+                           + (f"\n  ... and {len(skipped) - 50} more" if len(skipped) > 50 else ""))
     entries = _named([Path(p) if Path(p).is_absolute() else base / p for p in items], base,
                      lambda rel: str(Path(rel).with_suffix("")))
     logger.info("inference on %d file(s)", len(entries))

@@ -34,6 +34,8 @@ SECTIONS = ("training", "validation", "test")
 """The parts of every datalist an indexer returns, in this order."""
 ON_BAD_INPUT = ("fail", "skip")
 _LISTED = 50  # bad items named one by one in a report; the rest are counted
+SKIP_HINT = "fix or remove the bad items, or run with --on_bad_input skip to leave them out (each named in a warning)"
+"""What to do about bad items (:attr:`BadInputError.hint` of a ``"fail"`` report), in the bundles' spelling."""
 
 
 def check_fraction(name: str, value: Any, allow_zero: bool) -> float:
@@ -94,7 +96,7 @@ class ProblemReport:
             count: how many items this line stands for (e.g. a line naming 7 missing images).
         """
         if self.fail_fast and self.on_bad_input == "fail":
-            raise BadInputError(path, reason)
+            raise BadInputError(path, reason, hint=SKIP_HINT)
         self.items.append((str(path), reason, count))
 
     def close(self) -> None:
@@ -106,7 +108,7 @@ class ProblemReport:
         listing = "\n".join(f"  {p}: {r}" for p, r, _ in items[:_LISTED])
         more = f"\n  ... and {len(items) - _LISTED} more" if len(items) > _LISTED else ""
         if self.on_bad_input == "fail":
-            raise BadInputError(self.where, f"{n} bad item(s) (on_bad_input='fail'):\n{listing}{more}")
+            raise BadInputError(self.where, f"{n} bad item(s) (on_bad_input='fail'):\n{listing}{more}", hint=SKIP_HINT)
         self.logger.warning("%s:\n%s%s", self.skip_summary.format(n=n, where=self.where), listing, more)
 
 
@@ -174,7 +176,8 @@ class DatasetIndexer(ABC):
 
     def __init__(self, root: str | os.PathLike | None, val_fraction: float = 0.1, test_fraction: float | None = None,
                  seed: int = 0, on_bad_input: str = "fail") -> None:
-        self.root = Path(root) if root is not None else None
+        # absolute: the datalist (and every datalist.json a run writes) then works from any folder
+        self.root = Path(os.path.abspath(root)) if root is not None else None
         self.logger = logging.getLogger(type(self).__module__)
         self.problems = ProblemReport(on_bad_input, self.root, fail_fast=self.fail_fast, logger=self.logger,
                                       skip_summary=self.skip_summary)
@@ -235,7 +238,13 @@ class DatasetIndexer(ABC):
         """
         if self.root is None:
             raise BadInputError(None, "no dataset folder given: set dataset_dir, or datalist to a datalist JSON")
-        found = self.scan()
+        try:
+            found = self.scan()
+        except BadInputError as e:
+            if e.hint is None and not self.root.is_dir() and Path(e.path) == self.root:
+                e.hint = (f"set --dataset_dir to the {self.name} folder (or --datalist to a datalist JSON written by "
+                          "`medplugin datalist`)")
+            raise
         self.problems.close()
         datalist = self.split(found)
         if self.test_overlap != "keep":

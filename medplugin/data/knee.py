@@ -33,6 +33,7 @@ __all__ = [
     "class_weights",
     "sample_weights",
     "knee_class_names",
+    "resolve_label_mode",
     "knee_datalist",
     "index_knee_inputs",
 ]
@@ -400,6 +401,27 @@ def knee_class_names(label_mode: str = "four") -> list[str]:
     if label_mode not in ("four", "binary"):
         raise ValueError(f"label_mode must be 'four' or 'binary', got {label_mode!r}.")
     return list(ACL_CLASSES if label_mode == "four" else BINARY_CLASSES)
+
+
+def resolve_label_mode(label_mode: str, dataset_dir: str | os.PathLike | None,
+                       datalist: str | os.PathLike | None = None) -> str:
+    """The label mode a run uses: ``"auto"`` lets the data decide (logged): ``"binary"`` on the MRNet layout (its
+    labels are binary), ``"four"`` on the clinical layout or with a datalist JSON; ``"four"``/``"binary"`` as given.
+
+    Raises:
+        ValueError: an unknown ``label_mode``.
+        BadInputError: ``"auto"`` with a dataset folder that is missing or holds neither layout.
+    """
+    if label_mode != "auto":
+        knee_class_names(label_mode)
+        return label_mode
+    if datalist:
+        logger.info("label_mode auto: four (a datalist JSON; set --label_mode binary for MRNet's binary labels)")
+        return "four"
+    mrnet = detect_knee_layout(dataset_dir) == "mrnet"
+    logger.info("label_mode auto: %s", "binary (the MRNet layout's labels are binary)" if mrnet
+                else "four (the clinical layout's four ACL conditions; --label_mode binary merges 1-3)")
+    return "binary" if mrnet else "four"
 
 
 def knee_datalist(dataset_dir: str | os.PathLike, datalist: str | os.PathLike | None = None, label_mode: str = "four",

@@ -228,11 +228,14 @@ class CAMSaver:
 class TensorBoardCAMHandler:
     """Every ``interval`` epochs, write Grad-CAM images of the same validation inputs to TensorBoard (2D and 3D).
 
-    The inputs are prepared once (the first ``max_images`` of ``data`` through ``transform``). Each image shows
+    The inputs are prepared once (``max_images`` of ``data`` through ``transform``; with class-index labels taken
+    one class after another, so every class is shown, not the first images of the first class). Each image shows
     the map of the true class when a label is known (else the predicted class), tagged
-    ``<tag>/<i>_true-<class>`` with the prediction as text, so a reviewer sees the model's attention sharpen
-    over epochs: a 2D image overlaid with its map, a 3D volume as a montage of the ``max_slices`` network-input
-    slices where the map is strongest. The network's train/eval mode is restored. MONAI's
+    ``<tag>/<i>_true-<class>`` with the prediction as text. A multi-label image (a 0/1 label per class, e.g. the
+    chest findings) shows one map per finding it has (the most probable finding when it has none), tagged
+    ``<tag>/<i>_<finding>`` with that finding's probability and the true label set as text. A reviewer sees
+    the model's attention sharpen over epochs: a 2D image overlaid with its map, a 3D volume as a montage of the
+    ``max_slices`` network-input slices where the map is strongest. The network's train/eval mode is restored. MONAI's
     ``TensorBoardImageHandler`` skips classification outputs; this one is for them.
 
     Args:
@@ -257,7 +260,7 @@ class TensorBoardCAMHandler:
         self.writer = summary_writer
         self.network = network
         self.layer = layer
-        self.data = list(data)[:max_images]
+        self.data = _one_class_after_another(list(data), max_images)
         self.transform = transform
         self.class_names = list(class_names)
         self.device = torch.device(device)
@@ -279,6 +282,9 @@ class TensorBoardCAMHandler:
         cam = CapturedGradCAM(net, self.layer)
         for i, (x, d) in enumerate(zip(self._inputs, self.data)):
             label = d.get("label")
+            if _is_multi_hot(label, len(self.class_names)):
+                self._write_findings(engine, cam, i, x, np.asarray(label, dtype=float))
+                continue
             target = int(label) if isinstance(label, (int, np.integer)) else None
             maps, logits = cam(x[None].to(self.device), class_idx=[target])
             m = maps[0, 0].cpu()
@@ -288,3 +294,43 @@ class TensorBoardCAMHandler:
             self.writer.add_text(f"{tag}/prediction", self.class_names[int(logits.argmax(1)[0])], engine.state.epoch)
         self.writer.flush()
 
+    def _write_findings(self, engine: Engine, cam: CapturedGradCAM, i: int, x: torch.Tensor, label: np.ndarray) -> None:
+        """One map per finding of a multi-label image: tag by finding, its probability and the true set as text."""
+        positives = [int(j) for j in np.flatnonzero(label > 0.5)]
+        logits = None
+        if not positives:  # no finding: the one the model finds most probable
+            _, logits = cam(x[None].to(self.device), class_idx=[None])
+            positives = [int(logits.argmax(1)[0])]
+        truth = ", ".join(self.class_names[j] for j in np.flatnonzero(label > 0.5)) or "none"
+        for j in positives:
+            maps, logits = cam(x[None].to(self.device), class_idx=[j])
+            m = maps[0, 0].cpu()
+            rgb = overlay_cam(x, m.numpy()) if m.ndim == 2 else cam_montage(x[0], m, self.max_slices)[0]
+            tag = f"{self.tag}/{i:02d}_{safe_name(self.class_names[j])}"
+            self.writer.add_image(tag, rgb, engine.state.epoch, dataformats="HWC")
+            p = float(torch.sigmoid(logits[0, j].float()))
+            self.writer.add_text(f"{tag}/prediction", f"p({self.class_names[j]}) = {p:.3f}; true: {truth}",
+                                 engine.state.epoch)
+
+
+def _is_multi_hot(label, n_classes: int) -> bool:
+    """Whether ``label`` is a 0/1 vector over the classes (a multi-label target)."""
+    if isinstance(label, (str, bytes)) or label is None or np.ndim(label) != 1:
+        return False
+    return len(label) == n_classes and n_classes > 1
+
+
+def _one_class_after_another(data: list[dict], n: int) -> list[dict]:
+    """``n`` entries of ``data``, class-index labels taken in turn (every class shown); else the first ``n``."""
+    labels = [d.get("label") for d in data]
+    if not data or not all(isinstance(lab, (int, np.integer)) and not isinstance(lab, bool) for lab in labels):
+        return data[:n]
+    groups: dict[int, list[dict]] = {}
+    for d, lab in zip(data, labels):
+        groups.setdefault(int(lab), []).append(d)
+    out: list[dict] = []
+    while len(out) < n and any(groups.values()):
+        for g in groups.values():
+            if g and len(out) < n:
+                out.append(g.pop(0))
+    return out

@@ -122,6 +122,7 @@ class BestModelSaver:
             if not undefined:
                 self.best = max(self.best, value) if self.mode == "max" else min(self.best, value)
             return
+        tie = not undefined and value == self.best  # greater_or_equal: the later epoch replaces the earlier one
         if not undefined:
             self.best = value
         if not self._checked_previous:
@@ -133,8 +134,10 @@ class BestModelSaver:
         write_json(self.path.with_suffix(".json"), {**self.model_meta, **({"pretrained": start} if start else {}),
                                                    **stats, self.key_metric: None if undefined else value,
                                                    "saved": datetime.datetime.now().isoformat(timespec="seconds")})
-        logger.info("saved %s (%s = %.4f, the %s so far)", self.path, self.key_metric, value,
-                    "highest" if self.mode == "max" else "lowest")
+        # the epoch the file holds (MONAI's "best value ... at epoch" names the first epoch of a tie)
+        logger.info("saved %s, the network of epoch %s (%s = %.4f, the %s so far)%s", self.path, engine.state.epoch,
+                    self.key_metric, value, "highest" if self.mode == "max" else "lowest",
+                    "; equal to an earlier epoch's value: the file now holds this later epoch" if tie else "")
 
 
 class ValidationStatistics:

@@ -22,6 +22,13 @@ def _figure():
     return plt
 
 
+def curve_styles(n: int) -> list[dict]:
+    """Line styles for ``n`` curves, no two alike: matplotlib's 10 colours, then again dashed, then dotted (its
+    default cycle repeats colours after 10, so 14 chest findings would share them)."""
+    dashes = ("-", "--", ":", "-.")
+    return [{"color": f"C{i % 10}", "ls": dashes[(i // 10) % len(dashes)]} for i in range(n)]
+
+
 def _save_curves(plt, fig, ax, labels: tuple[str, str], title: str, legend: str, path: str | os.PathLike) -> None:
     """Label the axes of a curve plot on [0, 1], add its title and legend, save it as PNG and close it."""
     ax.set_xlabel(labels[0])
@@ -63,11 +70,12 @@ def plot_roc(scores: np.ndarray, positives: np.ndarray, class_names: Sequence[st
     plt = _figure()
     scores, positives = np.asarray(scores), np.asarray(positives).astype(bool)
     fig, ax = plt.subplots(figsize=(6, 5.5))
+    styles = curve_styles(len(class_names))
     for c, name in enumerate(class_names):
         if positives[:, c].all() or not positives[:, c].any():
             continue
         fpr, tpr, _ = roc_curve(scores[:, c], positives[:, c])
-        ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUC {roc_auc(scores[:, c], positives[:, c]):.3f})")
+        ax.plot(fpr, tpr, lw=1.5, **styles[c], label=f"{name} (AUC {roc_auc(scores[:, c], positives[:, c]):.3f})")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     _save_curves(plt, fig, ax, ("1 - specificity (false positive rate)", "sensitivity (true positive rate)"), title,
                  "lower right", path)
@@ -82,6 +90,7 @@ def plot_pr(scores: np.ndarray, positives: np.ndarray, class_names: Sequence[str
     plt = _figure()
     scores, positives = np.asarray(scores, np.float64), np.asarray(positives).astype(bool)
     fig, ax = plt.subplots(figsize=(6, 5.5))
+    styles = curve_styles(len(class_names))
     for c, name in enumerate(class_names):
         s, p = scores[:, c], positives[:, c]
         if not p.any():
@@ -91,7 +100,7 @@ def plot_pr(scores: np.ndarray, positives: np.ndarray, class_names: Sequence[str
         distinct = np.r_[np.flatnonzero(np.diff(so)), so.size - 1]
         tps = np.cumsum(po)[distinct]
         recall, precision = np.r_[0.0, tps / p.sum()], np.r_[1.0, tps / (distinct + 1)]
-        ax.step(recall, precision, where="post", lw=1.5, label=f"{name} (AP {pr_auc(s, p):.3f})")
+        ax.step(recall, precision, where="post", lw=1.5, **styles[c], label=f"{name} (AP {pr_auc(s, p):.3f})")
         ax.axhline(p.mean(), color="k", ls="--", lw=0.8)
     _save_curves(plt, fig, ax, ("recall (sensitivity)", "precision (positive predictive value)"), title, "lower left",
                  path)

@@ -24,6 +24,16 @@ CHANGES = {
         "ValueError: val_fraction + test_fraction must be < 1, got 0.5 + 0.5 = 1.0.",
         "ValueError: val_fraction + test_fraction must be < 1, got 0.5 + 0.5.",
     )},
+    # issue 17: a partial download is the usual cause; the error names the option that indexes what is there
+    "chest/missing_images": {("returned", 0, "error"): (
+        "BadInputError: <work>/cases/chest_missing_images/copy1: 7 image(s) listed in Data_Entry_2017.csv not found "
+        "under images/ or images_NNN/images/: 00000003_000.png, 00000007_000.png, 00000008_000.png, 00000009_000.png, "
+        "00000011_000.png ...",
+        "BadInputError: <work>/cases/chest_missing_images/copy1: 7 image(s) listed in Data_Entry_2017.csv not found "
+        "under images/ or images_NNN/images/: 00000003_000.png, 00000007_000.png, 00000008_000.png, 00000009_000.png, "
+        "00000011_000.png ...; a partial download (some of the 12 images_NNN archives)? --on_bad_input skip indexes "
+        "only the images that are there",
+    )},
 }
 
 

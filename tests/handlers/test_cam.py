@@ -158,3 +158,34 @@ def test_tensorboard_cam_images_of_fixed_inputs_every_interval(tmp_path, dims):
     assert img.size == ((16, 16) if dims == 2 else (4 * 10, 10))  # the overlay; 4 slices of 10 x 10
     with pytest.raises(ValueError, match="max_images must be at least 1"):
         TensorBoardCAMHandler(writer, net, "1", data, transform, CLASSES, max_images=0)
+
+
+def test_tensorboard_cams_cover_every_class_and_multi_label_images_per_finding(tmp_path):
+    """OCT: the first validation images were all of one class; chest: a map per finding, not argmax of 14 sigmoids."""
+    paths = _pngs(tmp_path, [(20, 20)] * 6)
+    transform = image_classification_preprocessing(16, uint8=False)
+    net = _net(2)
+    # the validation list sorted by class: three of "a" first
+    single = [{"image": p, "label": lab} for p, lab in zip(paths, [0, 0, 0, 1, 1, 2])]
+    multi = [{"image": paths[0], "label": [1, 0, 1]}, {"image": paths[1], "label": [0, 0, 0]}]
+    for name, data in (("single", single), ("multi", multi)):
+        writer = SummaryWriter(str(tmp_path / name))
+        engine = Engine(lambda e, b: None)
+        TensorBoardCAMHandler(writer, net, "1", data, transform, CLASSES, max_images=3).attach(engine)
+        engine.run([0], max_epochs=1)
+        writer.close()
+    acc = EventAccumulator(str(tmp_path / "single"), size_guidance={"images": 0})
+    acc.Reload()
+    assert sorted(acc.Tags()["images"]) == ["gradcam/00_true-a", "gradcam/01_true-b", "gradcam/02_true-c"]
+    acc = EventAccumulator(str(tmp_path / "multi"), size_guidance={"images": 0, "tensors": 0})
+    acc.Reload()
+    images = sorted(acc.Tags()["images"])
+    assert images[:2] == ["gradcam/00_a", "gradcam/00_c"]  # both findings of the first image
+    assert len(images) == 3 and images[2].startswith("gradcam/01_")  # no finding: the most probable one
+    text = acc.Tensors("gradcam/00_c/prediction/text_summary")[0].tensor_proto.string_val[0].decode()
+    with torch.no_grad():
+        x = torch.as_tensor(np.asarray(transform({"image": paths[0]})["image"]), dtype=torch.float32)
+        p_c = float(torch.sigmoid(net(x[None])[0, 2]))
+    assert text == f"p(c) = {p_c:.3f}; true: a, c"
+    assert acc.Tensors(f"{images[2]}/prediction/text_summary")[0].tensor_proto.string_val[0].decode().endswith(
+        "; true: none")

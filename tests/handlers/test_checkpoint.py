@@ -203,3 +203,17 @@ def test_the_lowest_ignite_validation_loss_chooses_the_model(tmp_path):
     best = min(range(len(losses)), key=losses.__getitem__)
     assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], weights[best])
     assert json.loads((tmp_path / "model.json").read_text())["val_loss"] == pytest.approx(losses[best], rel=1e-6)
+
+
+def test_the_log_names_the_epoch_the_file_holds_after_a_tie(tmp_path, caplog):
+    """MONAI logs "best value 1.0 at epoch 2" (the first epoch of a tie); model.pt is epoch 4's: the saver says so."""
+    net = torch.nn.Linear(3, 2)
+    validator = _validator(net, [0.5, 1.0, 0.9, 1.0])
+    BestModelSaver(net, str(tmp_path), key_metric="val_auc", model_meta=META).attach(validator)
+    with caplog.at_level(logging.INFO, logger="medplugin.handlers.checkpoint"):
+        validator.run([0], max_epochs=4)  # state.epoch 1..4, as a trainer's validation sets it
+    assert _saved_epoch(tmp_path / "model.pt") == 4
+    saved = [r.getMessage() for r in caplog.records if r.getMessage().startswith("saved ")]
+    assert saved[1] == f"saved {tmp_path / 'model.pt'}, the network of epoch 2 (val_auc = 1.0000, the highest so far)"
+    assert saved[-1] == (f"saved {tmp_path / 'model.pt'}, the network of epoch 4 (val_auc = 1.0000, the highest so "
+                         "far); equal to an earlier epoch's value: the file now holds this later epoch")

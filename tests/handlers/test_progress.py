@@ -36,3 +36,16 @@ def test_a_bar_that_does_not_persist_is_cleared(capsys):
         engine.run([1, 2], max_epochs=1)
         last = _last_line(capsys.readouterr().err)
         assert ("2/2" in last) if persist else (last.strip() == "" and len(last) > 10)  # blanked out
+
+
+def test_inference_counts_files_not_batches(capsys):
+    """31 files at batch 4: the bar counts 31 files (its rate in files/s), not 8 batches."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    data = [{"image": torch.zeros(1, 2, 2), "path": f"f{i}.png"} for i in range(31)]
+    engine = Engine(lambda e, b: None)
+    ProgressBar(unit="files").attach(engine)
+    engine.run(DataLoader(data, batch_size=4), max_epochs=1)
+    last = _last_line(capsys.readouterr().err)
+    assert "31/31" in last and "files/s" in last, last
