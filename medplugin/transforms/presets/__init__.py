@@ -2,6 +2,7 @@
 
 from medplugin.transforms.presets.chest import chest_xray_preprocessing, collate_with_defaults
 from medplugin.transforms.presets.classification import (
+    calibrated_postprocessing,
     image_classification_augmentation,
     image_classification_preprocessing,
 )
@@ -14,6 +15,7 @@ from medplugin.transforms.presets.knee import knee_classification_augmentation, 
 from medplugin.transforms.presets.lung import lung_segmentation_augmentation, lung_segmentation_preprocessing
 
 __all__ = [
+    "calibrated_postprocessing",
     "chest_xray_preprocessing",
     "collate_with_defaults",
     "fundus_augmentation",

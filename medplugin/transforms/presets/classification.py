@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from monai.transforms import (
     Compose,
+    CopyItemsd,
     EnsureTyped,
     NormalizeIntensityd,
     RandFlipd,
@@ -18,10 +19,11 @@ from monai.transforms import (
     ScaleIntensityRanged,
 )
 
+from medplugin.transforms.calibration import Temperatured
 from medplugin.transforms.fast import CacheBoundary, ToUint8d
 from medplugin.transforms.io import LoadImage2dd
 
-__all__ = ["image_classification_preprocessing", "image_classification_augmentation"]
+__all__ = ["image_classification_preprocessing", "image_classification_augmentation", "calibrated_postprocessing"]
 
 
 def image_classification_preprocessing(
@@ -106,3 +108,20 @@ def image_classification_augmentation(
         steps.append(RandShiftIntensityd(keys, offsets=float(intensity), prob=prob))
     steps.append(EnsureTyped(keys, track_meta=False))
     return Compose(steps)
+
+
+def calibrated_postprocessing(activation, model_json: str, key: str = "pred", logits_key: str | None = "logits"):
+    """A classifier's post-processing with its stored temperature: logits / T, then ``activation``.
+
+    Every evaluation overlay uses it, so that the figures are those of the calibrated probabilities that inference
+    writes. With ``logits_key`` the raw logits are kept under that key first (the report's calibration error
+    before temperature scaling reads them).
+
+    Args:
+        activation: the bundle's own post-processing (its softmax or sigmoid), applied after the temperature.
+        model_json: the trained model's ``model.json`` (its ``temperature``; none stored means T = 1).
+        key: key of the logits.
+        logits_key: where to keep the raw logits; ``None`` keeps none.
+    """
+    keep = [CopyItemsd(key, names=logits_key)] if logits_key else []
+    return Compose([*keep, Temperatured(key, model_json=model_json), activation])
