@@ -163,14 +163,15 @@ class MultiLabelPredictionWriter(PredictionWriter):
         threshold: one threshold or one per finding.
         pred_key: output key of the probabilities.
         filename: CSV name.
+        extra_columns: as :class:`PredictionWriter`'s (e.g. the input gate's columns).
     """
 
     prediction_column = "findings"
     lineterminator = "\n"
 
     def __init__(self, output_dir: str, class_names: Sequence[str], threshold: float | Sequence[float] = 0.5,
-                 pred_key: str = "pred", filename: str = "predictions.csv") -> None:
-        super().__init__(output_dir, class_names, pred_key, filename)
+                 pred_key: str = "pred", filename: str = "predictions.csv", extra_columns: Sequence[str] = ()) -> None:
+        super().__init__(output_dir, class_names, pred_key, filename, extra_columns)
         self.threshold = _thresholds(threshold, len(self.class_names))
 
     def _prediction(self, probs: np.ndarray) -> str:

@@ -22,6 +22,17 @@ __all__ = ["ClassificationReportWriter", "PredictionWriter"]
 logger = logging.getLogger(__name__)
 
 
+def _cell(value) -> str:
+    """A CSV cell: empty for ``None``, ``true``/``false`` for booleans, ``%.6g`` for other numbers."""
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.6g}"
+    return str(value)
+
+
 def _probs(output_item: dict, key: str) -> np.ndarray:
     return torch.as_tensor(output_item[key]).detach().float().cpu().numpy().reshape(-1)
 
@@ -95,16 +106,20 @@ class PredictionWriter:
         class_names: class names in output order.
         pred_key: output key of the class probabilities.
         filename: CSV name.
+        extra_columns: output keys written as columns before ``error`` (e.g. the input gate's ``in_scope`` and
+            ``out_of_scope_reason``, set by :class:`medplugin.handlers.InputGateHandler`); an item whose output
+            says ``refused`` (``gate: refuse``) gets empty prediction and probabilities.
     """
 
     prediction_column = "prediction"
     lineterminator = "\r\n"  # the csv module's default
 
     def __init__(self, output_dir: str, class_names: Sequence[str], pred_key: str = "pred",
-                 filename: str = "predictions.csv") -> None:
+                 filename: str = "predictions.csv", extra_columns: Sequence[str] = ()) -> None:
         self.path = Path(output_dir) / filename
         self.class_names = list(class_names)
         self.pred_key = pred_key
+        self.extra_columns = list(extra_columns)
         self.rows: list[list] = []
 
     def attach(self, engine: Engine) -> None:
@@ -115,11 +130,12 @@ class PredictionWriter:
     def collect(self, engine: Engine) -> None:
         for b, o in iter_samples(engine):
             err = b.get("error", "")
-            if err:
-                self.rows.append([b.get("path", ""), "", *[""] * len(self.class_names), err])
+            extra = [_cell(o.get(k)) for k in self.extra_columns]
+            if err or o.get("refused"):  # unreadable, or refused by the input gate: no predictions
+                self.rows.append([b.get("path", ""), "", *[""] * len(self.class_names), *extra, err])
                 continue
             p = _probs(o, self.pred_key)
-            self.rows.append([b.get("path", ""), self._prediction(p), *[f"{v:.6f}" for v in p], ""])
+            self.rows.append([b.get("path", ""), self._prediction(p), *[f"{v:.6f}" for v in p], *extra, ""])
 
     def _prediction(self, probs: np.ndarray) -> str:
         """The prediction column of one image: the most probable class."""
@@ -130,7 +146,8 @@ class PredictionWriter:
             return
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator=self.lineterminator)
-        w.writerow(["file", self.prediction_column, *[f"prob_{c}" for c in self.class_names], "error"])
+        w.writerow(["file", self.prediction_column, *[f"prob_{c}" for c in self.class_names], *self.extra_columns,
+                    "error"])
         w.writerows(self.rows)
         atomic_write(self.path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
         n_err = sum(1 for r in self.rows if r[-1])
