@@ -86,7 +86,12 @@ class InputGateHandler:
         engine.add_event_handler(Events.STARTED, self.start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
         engine.add_event_handler(Events.COMPLETED, self.finish)
-        engine.add_event_handler(Events.EXCEPTION_RAISED, lambda e, _: self.remove())
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
+
+    def _on_exception(self, engine: Engine, e: BaseException) -> None:
+        """Remove the hook and re-raise: ignite swallows an exception once any handler is registered for it."""
+        self.remove()
+        raise e
 
     def start(self, engine: Engine | None = None) -> None:
         """Build the gate (OOD statistics from ``model.json``) and start capturing pooled features."""

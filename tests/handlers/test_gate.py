@@ -208,3 +208,18 @@ def test_the_ood_score_flags_another_kind_of_image_the_content_rules_pass(tmp_pa
     reason = next(s[2] for s in seen if s[0] == "oct")
     assert reason.startswith("out-of-distribution score ") and f"{block['threshold']:.1f}" in reason
     assert all(s[3] is not None for s in seen)
+
+
+def test_an_error_in_the_run_still_stops_it_and_the_hook_is_removed(tmp_path, net):
+    """Ignite swallows an exception once a handler listens for it: the gate's handler must re-raise it."""
+    _fit_statistics(net, tmp_path / "models", n_val=40)  # with statistics the gate hooks the network
+
+    def step(engine, batch):
+        net(torch.rand(1, 1, 32, 32))
+        raise RuntimeError("model.json says --image_size 32")
+
+    engine = Engine(step)
+    InputGateHandler({}, "warn", str(tmp_path / "models"), net).attach(engine)
+    with pytest.raises(RuntimeError, match="--image_size 32"):
+        engine.run([[{"path": "", "error": ""}]], max_epochs=1)
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in net.modules())
