@@ -17,8 +17,9 @@ header rules need neither torch nor MONAI.
 
 from medplugin.gate.features import PooledFeatures, collect_features, fit_ood_statistics, pooled_layer
 from medplugin.gate.gate import GATE_POLICIES, GateResult, InputGate
+from medplugin.gate.inputs import load_for_gate
 from medplugin.gate.ood import MahalanobisOOD
-from medplugin.gate.spec import HeaderRule, ScopeSpec, check_header, check_image, read_header
+from medplugin.gate.spec import HeaderRule, ScopeSpec, check_file_shape, check_header, check_image, read_header
 from medplugin.gate.transforms import ScopeCheck, ScopeCheckd
 
 __all__ = [
@@ -31,10 +32,12 @@ __all__ = [
     "ScopeCheck",
     "ScopeCheckd",
     "ScopeSpec",
+    "check_file_shape",
     "check_header",
     "check_image",
     "collect_features",
     "fit_ood_statistics",
+    "load_for_gate",
     "pooled_layer",
     "read_header",
 ]

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from medplugin.gate.ood import MahalanobisOOD
-from medplugin.gate.spec import ScopeSpec, check_header, check_image, read_header
+from medplugin.gate.spec import ScopeSpec, check_file_shape, check_header, check_image, read_header
 
 __all__ = ["GATE_POLICIES", "GateResult", "InputGate"]
 
@@ -61,7 +61,8 @@ class InputGate:
 
     Args:
         spec: the declared scope (:class:`ScopeSpec`, or its config mapping).
-        ood: out-of-distribution statistics with a threshold, or ``None`` (no OOD check).
+        ood: out-of-distribution statistics, or ``None`` (no OOD check); without a threshold (fewer validation
+            images than :meth:`MahalanobisOOD.calibrate` needs) their scores are reported and flag nothing.
         policy: ``"warn"`` (out-of-scope inputs still get probabilities, flagged) or ``"refuse"`` (they get none).
 
     Example::
@@ -76,8 +77,9 @@ class InputGate:
         if policy not in GATE_POLICIES:
             raise ValueError(f"gate policy must be one of {GATE_POLICIES}, got {policy!r}.")
         self.spec = spec if isinstance(spec, ScopeSpec) else ScopeSpec.from_config(spec)
-        if ood is not None and ood.threshold is None:
-            raise ValueError("the OOD statistics have no threshold: calibrate them on validation features first.")
+        if ood is not None and ood.threshold is None:  # too few validation images: scores only (see calibrate)
+            logger.warning("the OOD statistics have no threshold (%s): out-of-distribution scores are reported, "
+                           "not used to flag inputs", ood.threshold_note or "not calibrated")
         self.ood = ood
         self.policy = policy
 
@@ -116,7 +118,7 @@ class InputGate:
         score = None
         if features is not None and self.ood is not None:
             score = float(self.ood.score(np.asarray(features).reshape(1, -1))[0])
-            if score > self.ood.threshold:
+            if self.ood.threshold is not None and score > self.ood.threshold:
                 pct = f"{self.ood.percentile:g}th percentile of validation images" if self.ood.percentile else ""
                 reasons.append(f"out-of-distribution score {score:.1f} above the threshold {self.ood.threshold:.1f}"
                                f"{f' ({pct})' if pct else ''}: unlike the training images")
@@ -126,8 +128,16 @@ class InputGate:
         return result
 
     def check_file(self, path: str | os.PathLike, image: Any = None) -> GateResult:
-        """:meth:`check` with the header read from ``path`` when it is DICOM."""
-        return self.check(header=read_header(path), image=image)
+        """:meth:`check` with the header read from ``path`` when it is DICOM (a folder: its first DICOM file).
+        Without ``image`` (it could not be loaded) the file's own header still tells a volume from an image
+        (:func:`check_file_shape`)."""
+        header = read_header(path)
+        result = self.check(header=header, image=image)
+        if image is None:
+            extra = check_file_shape(path, self.spec, header)
+            if extra:
+                result = result.merge(self._result(extra))
+        return result
 
     def check_features(self, features: Any) -> list[GateResult]:
         """The OOD verdict for a batch of pooled features ``(B, F)`` (empty reasons without statistics)."""

@@ -8,8 +8,9 @@ ensemble, and shrink the covariance (Ledoit and Wolf 2004, "A well-conditioned e
 covariance matrices") because a few hundred training images cannot fill a 1024- or 2048-dimensional covariance.
 For multi-label models (an image has several classes) one Gaussian is fitted to all features ("pooled").
 
-The threshold is the ``percentile`` (99 by default) of the validation images' scores, so about 1% of
-in-distribution images are flagged by construction.
+The threshold is the ``percentile`` (99 by default) of the validation images' scores, taken as the finite-sample
+(conformal) quantile, so about 1% of in-distribution images are flagged by construction; with fewer than 99
+validation images the largest validation score is the threshold, and below 19 none is set (:meth:`calibrate`).
 
 Storage: the statistics are a mean per class (``K x F``) and a precision matrix (``F x F``): 4 MiB in float32 for
 DenseNet-121's 1024 features, 16 MiB for ResNet-50's 2048 (tens of MB as JSON text), so they go into
@@ -55,11 +56,16 @@ class MahalanobisOOD:
         threshold: scores above it are out of distribution (``None`` until :meth:`calibrate`).
         percentile: the validation percentile the threshold is.
         n_val: the number of validation features it was set on.
+        threshold_note: why there is no threshold, or how it was set with few validation images.
     """
+
+    MIN_VAL = 19
+    """Fewest validation images a threshold is set on (see :meth:`calibrate`)."""
 
     def __init__(self, means: np.ndarray, precision: np.ndarray, classes: Sequence[str] | None = None,
                  shrinkage: float | None = None, n_train: int | None = None, feature_layer: str | None = None,
-                 threshold: float | None = None, percentile: float | None = None, n_val: int | None = None) -> None:
+                 threshold: float | None = None, percentile: float | None = None, n_val: int | None = None,
+                 threshold_note: str | None = None) -> None:
         self.means = np.atleast_2d(np.asarray(means, dtype=np.float64))
         self.precision = np.asarray(precision, dtype=np.float64)
         f = self.means.shape[1]
@@ -70,6 +76,7 @@ class MahalanobisOOD:
             raise ValueError(f"{len(self.classes)} class names for {len(self.means)} means.")
         self.shrinkage, self.n_train, self.feature_layer = shrinkage, n_train, feature_layer
         self.threshold, self.percentile, self.n_val = threshold, percentile, n_val
+        self.threshold_note = threshold_note
 
     @property
     def feature_dim(self) -> int:
@@ -131,13 +138,39 @@ class MahalanobisOOD:
             best = np.minimum(best, ((d @ self.precision) * d).sum(axis=1))
         return best
 
-    def calibrate(self, features: np.ndarray, percentile: float = 99.0) -> float:
-        """Set the threshold at ``percentile`` of the validation features' scores and return it."""
+    def calibrate(self, features: np.ndarray, percentile: float = 99.0) -> float | None:
+        """Set the threshold from the validation features' scores and return it (``None``: too few of them).
+
+        The threshold is the ``k``-th smallest of the ``n`` validation scores with ``k = ceil((n + 1) p / 100)``,
+        the finite-sample ("split conformal") quantile: a new in-distribution input exceeds it with probability
+        at most ``1 - p / 100`` (Vovk, Gammerman and Shafer 2005, "Algorithmic Learning in a Random World";
+        Angelopoulos and Bates 2021, "A Gentle Introduction to Conformal Prediction", section 1). That needs
+        ``n >= p / (100 - p)`` images (99 for the 99th percentile); with fewer, ``k`` is clipped to ``n`` (the
+        largest score), which a new input exceeds with probability ``1 / (n + 1)``. Below :attr:`MIN_VAL`
+        validation images (``1 / (n + 1)`` above 5%: more than one in-distribution input in twenty would be
+        flagged) no threshold is set: the scores are still computed and reported, nothing is flagged by them, and
+        :attr:`threshold_note` says why.
+        """
         if not 0.0 < float(percentile) <= 100.0:
             raise ValueError(f"percentile must be in (0, 100], got {percentile!r}.")
-        scores = self.score(features)
-        self.threshold = float(np.percentile(scores, float(percentile)))
-        self.percentile, self.n_val = float(percentile), int(len(scores))
+        scores = np.sort(self.score(features))
+        n = len(scores)
+        self.percentile, self.n_val = float(percentile), int(n)
+        if n < self.MIN_VAL:
+            self.threshold = None
+            self.threshold_note = (f"no threshold: {n} validation image(s), at least {self.MIN_VAL} needed (with n "
+                                   f"images one in n + 1 in-distribution inputs would be flagged)")
+            logger.warning("OOD statistics: %s; the gate reports scores without flagging them", self.threshold_note)
+            return None
+        q = float(percentile) / 100.0
+        rank = int(np.ceil((n + 1) * q - 1e-9))
+        self.threshold = float(scores[min(rank, n) - 1])
+        self.threshold_note = None
+        if rank > n and q < 1.0:
+            self.threshold_note = (f"{n} validation images: the largest score is the threshold (about "
+                                   f"{100 / (n + 1):.1f}% of in-distribution inputs exceed it; "
+                                   f"{int(np.ceil(q / (1 - q) - 1e-9))} images give the {float(percentile):g}th "
+                                   "percentile)")
         return self.threshold
 
     def in_distribution(self, features: np.ndarray) -> np.ndarray:
@@ -161,6 +194,7 @@ class MahalanobisOOD:
             "class_conditional": self.classes is not None, "classes": self.classes,
             "shrinkage": self.shrinkage, "n_train": self.n_train,
             "threshold": self.threshold, "percentile": self.percentile, "n_val": self.n_val,
+            **({"threshold_note": self.threshold_note} if self.threshold_note else {}),
         }
 
     @classmethod
@@ -185,7 +219,8 @@ class MahalanobisOOD:
             means, precision = data["means"], data["precision"]
         return cls(means, precision, classes=block.get("classes"), shrinkage=block.get("shrinkage"),
                    n_train=block.get("n_train"), feature_layer=block.get("feature_layer"),
-                   threshold=block.get("threshold"), percentile=block.get("percentile"), n_val=block.get("n_val"))
+                   threshold=block.get("threshold"), percentile=block.get("percentile"), n_val=block.get("n_val"),
+                   threshold_note=block.get("threshold_note"))
 
 
 def _shrunk_covariance(centred: np.ndarray, shrinkage: float | str) -> tuple[np.ndarray, float]:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["HeaderRule", "ScopeSpec", "check_header", "check_image", "read_header"]
+__all__ = ["HeaderRule", "ScopeSpec", "check_file_shape", "check_header", "check_image", "read_header"]
 
 _COLOUR_TOLERANCE = 0.02  # mean |R-G|, |G-B| above this fraction of the value range: a colour image
 
@@ -134,13 +134,55 @@ class ScopeSpec:
 
 
 def read_header(path: str | os.PathLike) -> Any:
-    """The DICOM header of ``path`` (no pixels), or ``None`` for a file that is not DICOM."""
+    """The DICOM header of ``path`` (no pixels), or ``None`` for a file that is not DICOM. For a folder (a DICOM
+    series, as the knee bundles take it) the header of its first DICOM file by name."""
     import pydicom
 
+    if os.path.isdir(path):
+        for name in sorted(os.listdir(path)):
+            header = read_header(os.path.join(path, name)) if os.path.isfile(os.path.join(path, name)) else None
+            if header is not None:
+                return header
+        return None
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except Exception:  # noqa: BLE001 - not DICOM (or unreadable: the reader reports that, not the gate)
         return None
+
+
+def check_file_shape(path: str | os.PathLike, spec: ScopeSpec, header: Any = None) -> list[str]:
+    """What a file's own header says of its dimensions, for an input whose image could not be loaded (e.g. a
+    NIfTI volume or a multi-frame DICOM given to a 2-D model, which its 2-D reader refuses): a reason when it
+    has more (or fewer) spatial dimensions than ``spec.spatial_dims``. NIfTI is read with nibabel (header
+    only), DICOM from ``header`` (Number of Frames), MRNet ``.npy`` memory-mapped; other files give no reason.
+    """
+    if spec.spatial_dims is None or not os.path.isfile(path):
+        return []
+    shape: tuple[int, ...] | None = None
+    low = str(path).lower()
+    try:
+        if low.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            shape = tuple(int(s) for s in nib.load(str(path)).header.get_data_shape()[:3])
+        elif low.endswith(".npy"):
+            shape = tuple(int(s) for s in np.load(path, mmap_mode="r", allow_pickle=False).shape)
+        elif header is not None and "Rows" in header:
+            shape = (int(header.get("NumberOfFrames", 1) or 1), int(header.Rows), int(header.Columns))
+    except Exception:  # noqa: BLE001 - an unreadable header: the reader's error row says why
+        return []
+    if shape is None:
+        return []
+    true_spatial = tuple(s for s in shape if s > 1)
+    if len(true_spatial) != spec.spatial_dims and len(true_spatial) >= 2:
+        return [_dims_reason(len(true_spatial), shape, spec.spatial_dims)]
+    return []
+
+
+def _dims_reason(dims: int, shape: tuple[int, ...], expected: int) -> str:
+    kind = "volume" if dims == 3 else "image" if dims == 2 else "array"
+    wanted = "a 2-D image" if expected == 2 else "a 3-D volume"
+    return f"a {dims}-D {kind} of shape {shape}, expected {wanted}"
 
 
 def check_header(header: Any, spec: ScopeSpec) -> list[str]:
@@ -164,10 +206,9 @@ def check_image(image: Any, spec: ScopeSpec) -> list[str]:
         return [f"an array of shape {arr.shape}, expected an image (channels first)"]
     channels, spatial = int(arr.shape[0]), tuple(int(s) for s in arr.shape[1:])
     true_spatial = tuple(s for s in spatial if s > 1)  # (H, W, 1) is a 2-D image
-    wrong_dims = spec.spatial_dims is not None and len(true_spatial) > spec.spatial_dims
+    wrong_dims = spec.spatial_dims is not None and len(true_spatial) != spec.spatial_dims and len(true_spatial) >= 2
     if wrong_dims:
-        kind = "volume" if len(true_spatial) == 3 else "array"
-        reasons.append(f"a {len(true_spatial)}-D {kind} of shape {spatial}, expected a {spec.spatial_dims}-D image")
+        reasons.append(_dims_reason(len(true_spatial), spatial, spec.spatial_dims))
     if spec.channels is not None and channels not in spec.channels:
         reasons.append(f"{channels} channels, expected {_words([str(c) for c in spec.channels])}")
     values = arr.astype(np.float64, copy=False)

@@ -1,7 +1,10 @@
-"""Ignite/MONAI handlers: checkpoints with metadata, TensorBoard images, CAMs, segmentation and evaluation reports."""
+"""Ignite/MONAI handlers: checkpoints with metadata, TensorBoard images, CAMs, segmentation and evaluation reports,
+the input gate and DICOM results."""
 
 from medplugin.handlers.cam import CAMSaver, TensorBoardCAMHandler
 from medplugin.handlers.checkpoint import BestModelSaver, ModelLoader, ValidationStatistics, patient_digest
+from medplugin.handlers.dicom import DicomResultWriter, DicomSegmentationWriter
+from medplugin.handlers.gate import InputGateHandler, OODStatisticsFitter
 from medplugin.handlers.gpu import GPUStatsLogger
 from medplugin.handlers.grading import GradingReportWriter
 from medplugin.handlers.hparams import HParamsLogger
@@ -18,15 +21,19 @@ __all__ = [
     "BestModelSaver",
     "CAMSaver",
     "ClassificationReportWriter",
+    "DicomResultWriter",
+    "DicomSegmentationWriter",
     "GPUStatsLogger",
     "GradingReportWriter",
     "HParamsLogger",
     "InferenceProgress",
+    "InputGateHandler",
     "LearningRateLogger",
     "LocalizationEvaluator",
     "ModelLoader",
     "MultiLabelPredictionWriter",
     "MultiLabelReportWriter",
+    "OODStatisticsFitter",
     "PredictionWriter",
     "ProgressBar",
     "SegmentationReportWriter",

@@ -124,7 +124,8 @@ class CAMSaver:
         """``(sample, class, probability)`` of the maps wanted from this batch."""
         pairs = []
         for i, (b, o) in enumerate(samples):
-            if b.get("error") or (self.max_images is not None and self._images >= self.max_images):
+            refused = isinstance(o, dict) and o.get("refused")  # by the input gate (gate: refuse)
+            if b.get("error") or refused or (self.max_images is not None and self._images >= self.max_images):
                 continue
             p = _vec(o[self.pred_key])
             if self.multi_label:

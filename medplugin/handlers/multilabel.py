@@ -237,6 +237,7 @@ class MultiLabelPredictionWriter(PredictionWriter):
         filename: CSV name.
         model_json: the model's ``model.json``.
         calls: write the ``call_`` columns (default: when ``model_json`` is given).
+        extra_columns: as :class:`PredictionWriter`'s (e.g. the input gate's columns).
     """
 
     prediction_column = "findings"
@@ -244,13 +245,13 @@ class MultiLabelPredictionWriter(PredictionWriter):
 
     def __init__(self, output_dir: str, class_names: Sequence[str], threshold: float | Sequence[float] | None = 0.5,
                  pred_key: str = "pred", filename: str = "predictions.csv", model_json: str | None = None,
-                 calls: bool | None = None) -> None:
+                 calls: bool | None = None, extra_columns: Sequence[str] = ()) -> None:
         if threshold is None and model_json is None:
             raise ValueError("threshold=None calls each finding at its stored operating point: give model_json "
                              "(the trained model's model.json) or a threshold.")
         if threshold is not None:
             _thresholds(threshold, len(class_names))  # checked first: its message names the bad value
-        super().__init__(output_dir, class_names, pred_key, filename, model_json, threshold, calls)
+        super().__init__(output_dir, class_names, pred_key, filename, model_json, threshold, calls, extra_columns)
         self.threshold = self.call_thresholds
 
     def _prediction(self, probs: np.ndarray) -> str:

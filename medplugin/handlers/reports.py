@@ -24,6 +24,17 @@ __all__ = ["ClassificationReportWriter", "PredictionWriter"]
 logger = logging.getLogger(__name__)
 
 
+def _cell(value) -> str:
+    """A CSV cell: empty for ``None``, ``true``/``false`` for booleans, ``%.6g`` for other numbers."""
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.6g}"
+    return str(value)
+
+
 def _probs(output_item: dict, key: str) -> np.ndarray:
     return torch.as_tensor(output_item[key]).detach().float().cpu().numpy().reshape(-1)
 
@@ -196,6 +207,9 @@ class PredictionWriter:
         model_json: the model's ``model.json`` (its stored operating points).
         threshold: a fixed threshold (one, or one per class) instead of the stored points.
         calls: write the ``call_`` columns (default: when ``model_json`` is given).
+        extra_columns: output keys written as columns before ``error`` (e.g. the input gate's ``in_scope`` and
+            ``out_of_scope_reason``, set by :class:`medplugin.handlers.InputGateHandler`); an item whose output
+            says ``refused`` (``gate: refuse``) gets empty prediction and probabilities.
     """
 
     prediction_column = "prediction"
@@ -203,10 +217,12 @@ class PredictionWriter:
 
     def __init__(self, output_dir: str, class_names: Sequence[str], pred_key: str = "pred",
                  filename: str = "predictions.csv", model_json: str | None = None,
-                 threshold: float | Sequence[float] | None = None, calls: bool | None = None) -> None:
+                 threshold: float | Sequence[float] | None = None, calls: bool | None = None,
+                 extra_columns: Sequence[str] = ()) -> None:
         self.path = Path(output_dir) / filename
         self.class_names = list(class_names)
         self.pred_key = pred_key
+        self.extra_columns = list(extra_columns)
         self.rows: list[list] = []
         self.calls = model_json is not None if calls is None else bool(calls)
         self.call_thresholds = (np.asarray(stored_thresholds(model_json, self.class_names, threshold))
@@ -223,17 +239,18 @@ class PredictionWriter:
         n_calls = len(self.class_names) if self.calls else 0
         for b, o in iter_samples(engine):
             err = b.get("error", "")
-            if err:
-                self.rows.append([b.get("path", ""), "", *[""] * (len(self.class_names) + n_calls), err])
+            extra = [_cell(o.get(k)) for k in self.extra_columns]
+            if err or o.get("refused"):  # unreadable, or refused by the input gate: no predictions
+                self.rows.append([b.get("path", ""), "", *[""] * (len(self.class_names) + n_calls), *extra, err])
                 continue
             p = _probs(o, self.pred_key)
             calls = [str(int(v >= t)) for v, t in zip(p, self.call_thresholds)] if self.calls else []
-            self.rows.append([b.get("path", ""), self._prediction(p), *[f"{v:.6f}" for v in p], *calls, ""])
+            self.rows.append([b.get("path", ""), self._prediction(p), *[f"{v:.6f}" for v in p], *calls, *extra, ""])
 
     def header(self) -> list[str]:
         """The CSV's columns, in the order of each row."""
         return ["file", self.prediction_column, *[f"prob_{c}" for c in self.class_names],
-                *([f"call_{c}" for c in self.class_names] if self.calls else []), "error"]
+                *([f"call_{c}" for c in self.class_names] if self.calls else []), *self.extra_columns, "error"]
 
     def _prediction(self, probs: np.ndarray) -> str:
         """The prediction column of one image: the most probable class."""

@@ -119,7 +119,8 @@ class Image2dReader(ImageReader):
                 original_channel_dim=0,
                 space=SpaceKeys.RAS,
             )
-            items.append((arr, meta))
+            # no None values (e.g. a radiograph without pixel spacing): a batch of such images must collate
+            items.append((arr, {k: v for k, v in meta.items() if v is not None}))
         return _stack(items, channel_first=True)
 
 

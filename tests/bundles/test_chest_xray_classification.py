@@ -201,6 +201,60 @@ def test_patient_data_stays_out_of_inference_outputs(trained, tmp_path):
     assert phi_leaks(out, proc.stdout + proc.stderr) == []
 
 
+def test_dicom_inputs_get_an_sr_and_secondary_captures_and_the_gate_flags_an_mr(trained, tmp_path):
+    """Issue 16: the training recorded the input gate's OOD statistics; real chest CRs (uncompressed and JPEG 2000,
+    patient tags planted) and an MR slice get a Structured Report per study (probabilities as in predictions.csv,
+    references to the source, the gate's verdict) and a Grad-CAM Secondary Capture per finding called at
+    model.json's operating points; dciodvfy finds no error; the MR is flagged out of scope with the tag."""
+    import pydicom
+
+    from medplugin.io.dicom_results import read_classification_sr
+    from tests.io._dicom_helpers import dciodvfy
+    from tests.io._dicom_helpers import with_phi as with_phi_changes
+
+    ckpt, _ = trained
+    meta = json.loads((ckpt / "model.json").read_text())
+    assert meta["ood"]["n_train"] > 0 and (ckpt / "ood.npz").is_file()  # OODStatisticsFitter at the end of training
+    models = tmp_path / "models"
+    shutil.copytree(ckpt, models)
+    meta["operating_points"] = {"Hernia": {"threshold": 0.0, "criterion": "test"}, "Mass": {"threshold": 1.0}}
+    (models / "model.json").write_text(json.dumps(meta))
+    src = tmp_path / "in"
+    with_phi(_cr_dicom("RG1_UNCR.dcm"), src / "cr.dcm")
+    with_phi(_cr_dicom("RG1_J2KR.dcm"), src / "cr_j2k.dcm")
+    with_phi_changes(_cr_dicom("MR_small.dcm"), src / "mr.dcm")
+    shutil.copy(REAL / "person1951_bacteria_4882.jpeg", src / "cxr.jpeg")
+    out = tmp_path / "inf"
+    proc = run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=models, output_dir=out)
+    rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
+    assert {k: (r["in_scope"], r["out_of_scope_reason"]) for k, r in rows.items() if k != "cxr.jpeg"} == {
+        "cr.dcm": ("true", ""), "cr_j2k.dcm": ("true", ""), "mr.dcm": ("false", "Modality is MR, expected CR or DX")}
+    assert all(r["prob_Hernia"] and r["error"] == "" for r in rows.values())  # gate: warn
+
+    listed = list(csv.DictReader((out / "dicom_outputs.csv").open()))
+    assert all(r["error"] == "" for r in listed), listed
+    objects = sorted((Path(r["file"]).name, r["object"]) for r in listed)
+    assert objects == sorted([(n, k) for n in ("cr.dcm", "cr_j2k.dcm", "mr.dcm") for k in ("SR", "SC")])
+    for r in listed:
+        errors, _ = dciodvfy(Path(r["dicom_file"]))
+        assert errors == [], (r["object"], errors)
+        obj, source = pydicom.dcmread(r["dicom_file"]), pydicom.dcmread(r["file"], stop_before_pixels=True)
+        assert Path(r["dicom_file"]).name == f"{obj.SOPInstanceUID}.dcm"
+        assert obj.StudyInstanceUID == source.StudyInstanceUID and obj.PatientID == source.PatientID
+    for r in (r for r in listed if r["object"] == "SR"):
+        source = pydicom.dcmread(r["file"], stop_before_pixels=True)
+        entry = next(e for e in read_classification_sr(r["dicom_file"])
+                     if e["sop_instance_uid"] == str(source.SOPInstanceUID))
+        row = rows[Path(r["file"]).name]
+        assert entry["in_scope"] == (row["in_scope"] == "true")
+        assert entry["out_of_scope_reason"] == row["out_of_scope_reason"]
+        for f in FINDINGS:  # uncalibrated (no temperature): the probabilities of predictions.csv
+            assert entry["findings"][f]["probability"] == pytest.approx(float(row[f"prob_{f}"]), abs=1e-5)
+        assert entry["findings"]["Hernia"]["call"] is True and entry["findings"]["Mass"]["call"] is False
+        assert entry["findings"]["Effusion"]["call"] is None  # no operating point: no call
+    assert phi_leaks(out, proc.stdout + proc.stderr) == []
+
+
 def test_lung_crop_uses_the_lung_bundle_model(cxr_demo, tmp_path):
     """lung_crop: true segments with a lung U-Net saved as lung_xray_segmentation saves it, then crops."""
     from tests.transforms.segment._tiny_model import train_tiny_lung_model

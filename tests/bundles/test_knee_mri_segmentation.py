@@ -169,6 +169,46 @@ def test_patient_data_stays_out_of_inference_outputs(trained, tmp_path):
     assert phi_leaks(out, proc.stdout + proc.stderr) == []
 
 
+def test_a_dicom_series_gets_a_multiframe_seg_on_its_slices(trained, tmp_path):
+    """Issue 16: a sagittal MR series (files in shuffled order, patient tags planted) gets a binary multi-frame DICOM
+    SEG of the ACL region, one frame per slice of the series: dciodvfy finds no error, it files with the study,
+    references every slice, and its frames re-assemble to the NIfTI mask the bundle wrote (100% equal)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from medplugin.io.dicom_results import read_segmentation_mask
+    from tests.io._dicom_helpers import dciodvfy
+
+    ckpt, _ = trained
+    src = tmp_path / "in"
+    series = write_dicom_series(src / "series", n=16, patient=PHI)
+    frame_of_reference = generate_uid()
+    files = sorted(series.glob("*.dcm"))
+    for f in files:  # what an MR image needs beyond write_dicom_series' minimum
+        ds = pydicom.dcmread(f)
+        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_of_reference, ""
+        ds.StudyDate, ds.StudyTime, ds.PatientSex, ds.StudyID = "20240102", "101500", "F", "KNEE1"
+        ds.save_as(f, enforce_file_format=True)
+    out = tmp_path / "inf"
+    proc = run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=ckpt, output_dir=out, patch_slices=16)
+    rows = list(csv.DictReader((out / "dicom_outputs.csv").open()))
+    assert [(Path(r["file"]).name, r["object"], r["error"]) for r in rows] == [("series", "SEG", "")]
+    seg_path = Path(rows[0]["dicom_file"])
+    seg, first = pydicom.dcmread(seg_path), pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert seg_path == out / "dicom" / f"{seg.SOPInstanceUID}.dcm"
+    assert seg.StudyInstanceUID == first.StudyInstanceUID and seg.FrameOfReferenceUID == frame_of_reference
+    assert int(seg.NumberOfFrames) == 16
+    errors, _ = dciodvfy(seg_path)
+    assert errors == [], errors
+    refs = {str(i.ReferencedSOPInstanceUID) for s in seg.ReferencedSeriesSequence for i in s.ReferencedInstanceSequence}
+    assert refs == {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    mask = np.asarray(nib.load(json.loads((out / "rois.json").read_text())["exams"][0]["mask"]).dataobj)
+    assert mask.shape == (16, 40, 36)  # DICOM input: slice-first, the series' (slices, rows, columns)
+    frames = read_segmentation_mask(seg_path, [str(f) for f in files])
+    np.testing.assert_array_equal(frames, (mask > 0).astype(np.uint8))
+    assert phi_leaks(out, proc.stdout + proc.stderr) == []
+
+
 def test_datalist_command_writes_what_the_bundle_indexes(knee_seg_demo, tmp_path):
     import subprocess
     import sys

@@ -199,6 +199,44 @@ def test_patient_data_stays_out_of_inference_outputs(trained, tmp_path):
     assert phi_leaks(out, proc.stdout + proc.stderr) == []
 
 
+def test_dicom_inputs_get_a_valid_dicom_seg_of_the_mask(trained, tmp_path):
+    """Issue 16: real chest CRs (uncompressed and JPEG 2000, patient tags planted) get a binary DICOM SEG of both
+    lungs on their own pixel grid: dciodvfy finds no error, its frames are the NIfTI mask the bundle wrote, it
+    references its source and files with its study; a PNG gets no SEG; no patient value in names or the log."""
+    import nibabel as nib
+    import pydicom
+
+    from medplugin.io.dicom_results import read_segmentation_mask
+    from tests.io._dicom_helpers import dciodvfy
+
+    ckpt, _ = trained
+    src = tmp_path / "in"
+    with_phi(_testfile("RG1_UNCR.dcm"), src / "cr.dcm")
+    with_phi(_testfile("RG1_J2KR.dcm"), src / "cr_j2k.dcm")
+    shutil.copy(REAL / "person1951_bacteria_4882.jpeg", src / "cxr.jpeg")
+    out = tmp_path / "inf"
+    proc = run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=ckpt, output_dir=out)
+    rows = list(csv.DictReader((out / "dicom_outputs.csv").open()))
+    assert [(Path(r["file"]).name, r["object"], r["error"]) for r in rows] == [("cr.dcm", "SEG", ""),
+                                                                                 ("cr_j2k.dcm", "SEG", "")]
+    for r in rows:
+        seg_path, source = Path(r["dicom_file"]), pydicom.dcmread(r["file"], stop_before_pixels=True)
+        assert seg_path.parent == out / "dicom"
+        seg = pydicom.dcmread(seg_path)
+        assert seg_path.name == f"{seg.SOPInstanceUID}.dcm" and seg.Modality == "SEG"
+        assert seg.StudyInstanceUID == source.StudyInstanceUID and seg.SeriesInstanceUID != source.SeriesInstanceUID
+        assert seg.PatientName == source.PatientName and seg.PatientID == source.PatientID  # files with its study
+        assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Lungs"]
+        errors, _ = dciodvfy(seg_path)
+        assert errors == [], errors
+        refs = {str(i.ReferencedSOPInstanceUID) for s in seg.ReferencedSeriesSequence
+                for i in s.ReferencedInstanceSequence}
+        assert refs == {str(source.SOPInstanceUID)}
+        mask = np.asarray(nib.load(out / "masks" / (Path(r["file"]).stem + ".nii.gz")).dataobj).T  # (rows, cols)
+        np.testing.assert_array_equal(read_segmentation_mask(seg_path, r["file"]), (mask > 0).astype(np.uint8))
+    assert phi_leaks(out, proc.stdout + proc.stderr) == []
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo(lung_demo, tmp_path):
     check_torchrun(B, lung_demo, tmp_path)

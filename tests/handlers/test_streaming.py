@@ -120,7 +120,7 @@ def test_progress_reports_files_per_second_and_time_left(caplog):
     files = [{"path": f"/in/{i}", "error": ""} for i in range(6)]
     with caplog.at_level(logging.INFO, logger="medplugin.handlers.streaming"):
         engine.run(torch.utils.data.DataLoader(files, batch_size=2))
-    lines = [r.getMessage() for r in caplog.records]
+    lines = [r.getMessage() for r in caplog.records if r.name == "medplugin.handlers.streaming"]
     assert lines[0].startswith("2/6 files, ") and " files/s, " in lines[0] and lines[0].endswith(" s left")
     assert lines[-1].startswith("6/6 files, ")
     with pytest.raises(ValueError, match="interval must be positive, got 0"):

@@ -75,7 +75,8 @@ class ModelInfo:
             "specificity": float}}`` as recorded in ``model.json``; classes without one are called at 0.5
             (multi-label) or by the highest probability (multi-class).
         temperature: the temperature the probabilities were calibrated with (recorded as an algorithm
-            parameter), ``None`` when uncalibrated.
+            parameter): one number, or ``{class: T}`` (a multi-label model scales each finding with its own);
+            ``None`` when uncalibrated (the SR then says the probabilities are not calibrated).
         manufacturer: the DICOM Manufacturer of the results (the software's maker).
         series_description_prefix: put in front of each result series' description.
     """
@@ -83,7 +84,7 @@ class ModelInfo:
     name: str
     version: str
     operating_points: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    temperature: float | None = None
+    temperature: float | Mapping[str, float] | None = None
     manufacturer: str = "medplugin"
     series_description_prefix: str = ""
 
@@ -100,11 +101,32 @@ class ModelInfo:
                 raise ValueError(f"operating point threshold of {cls!r} must be in [0, 1], got {t!r}.")
 
     @classmethod
-    def from_model_json(cls, name: str, version: str, meta: Mapping[str, Any] | None, **kwargs: Any) -> ModelInfo:
-        """Take ``operating_points`` and ``temperature`` from a parsed ``model.json`` (both optional there)."""
+    def from_model_json(cls, name: str, version: str, meta: Mapping[str, Any] | None,
+                        class_names: Sequence[str] | None = None, **kwargs: Any) -> ModelInfo:
+        """Take ``operating_points`` and ``temperature`` from a parsed ``model.json`` (both optional there).
+
+        A list of temperatures (one per finding of a multi-label model) becomes ``{class: T}`` with
+        ``class_names`` (default ``meta["class_names"]``).
+
+        Raises:
+            ValueError: a list of temperatures whose length is not the number of classes.
+        """
         meta = meta or {}
+        temperature = meta.get("temperature")
+        if isinstance(temperature, (list, tuple)):
+            names = list(class_names if class_names is not None else meta.get("class_names") or [])
+            if len(names) != len(temperature):
+                raise ValueError(f"model.json has {len(temperature)} temperatures for {len(names)} classes.")
+            temperature = {n: float(t) for n, t in zip(names, temperature)}
         return cls(name=name, version=version, operating_points=dict(meta.get("operating_points") or {}),
-                   temperature=meta.get("temperature"), **kwargs)
+                   temperature=temperature, **kwargs)
+
+    def temperature_of(self, cls: str | None) -> float | None:
+        """The temperature of class ``cls`` (the model's one temperature when it has one for all)."""
+        if isinstance(self.temperature, Mapping):
+            value = self.temperature.get(cls) if cls is not None else None
+            return None if value is None else float(value)
+        return None if self.temperature is None else float(self.temperature)
 
     @property
     def software_versions(self) -> list[str]:

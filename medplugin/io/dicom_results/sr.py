@@ -13,7 +13,8 @@ Content, per source image (``n`` counts the images of the study):
   (TID 1501 is an extensible template); the out-of-distribution score and its threshold when given;
 - unless the gate refused the image, one group per class: Finding = the class concept, measurement DCM 122157
   *Probability* (UCUM ``1``), DCM 122411 *Threshold Value* of the operating point when the model has one, and the
-  call as a qualitative evaluation *<class>* = SCT Present/Absent;
+  call as a qualitative evaluation *<class>* = SCT Present/Absent (no call for a class without an operating point
+  when the caller says so); a DCM 121106 *Comment* when the probability is uncalibrated or no call was made;
 - every group references its source image (SOP Class and Instance UID) and names the algorithm (bundle name and
   version; operating point criterion, sensitivity and specificity and the temperature as parameters).
 
@@ -67,6 +68,8 @@ _AI = ("123110", "DCM", "Artificial Intelligence")
 IN_SCOPE = ("IN_SCOPE", "Input within the model's intended use")
 OOD_SCORE = ("OOD_SCORE", "Out-of-distribution score")
 INPUT_GATE = ("INPUT_GATE", "Input gate")
+UNCALIBRATED = "uncalibrated probability: the model records no temperature scaling"
+NO_CALL = "no call: the model records no operating point for this class"
 
 
 def _code(triple: Sequence[str]) -> Any:
@@ -83,7 +86,9 @@ class ImageClassification:
         source: the image (DICOM path or dataset), or the images of one series (e.g. a knee MR classified as a
             volume): every group then references all of them.
         probabilities: ``{class: calibrated probability}``; ``None`` when the input gate refused the image.
-        calls: ``{class: called positive}``; ``None`` computes them with :func:`calls_at_operating_points`.
+        calls: ``{class: called positive}``, a class mapped to ``None`` getting no call (the model has no
+            operating point for it: the SR then records its probability only, and says why); ``None`` computes
+            every call with :func:`calls_at_operating_points`.
         in_scope: the input gate's verdict.
         out_of_scope_reason: why it is out of scope (empty when in scope).
         ood_score: the out-of-distribution score, if computed.
@@ -92,7 +97,7 @@ class ImageClassification:
 
     source: Source | Sequence[Source]
     probabilities: Mapping[str, float] | None
-    calls: Mapping[str, bool] | None = None
+    calls: Mapping[str, bool | None] | None = None
     in_scope: bool = True
     out_of_scope_reason: str = ""
     ood_score: float | None = None
@@ -134,8 +139,11 @@ def _algorithm(model: ModelInfo, cls: str | None) -> Any:
     for key in ("criterion", "sensitivity", "specificity"):
         if point is not None and point.get(key) is not None:
             params.append(f"operating point {key}={point[key]}")
-    if model.temperature is not None:
-        params.append(f"temperature={float(model.temperature):.6g}")
+    temperature = model.temperature_of(cls)
+    if temperature is not None:
+        params.append(f"temperature={temperature:.6g}")
+    elif model.temperature is None:
+        params.append("uncalibrated")
     return hd.sr.AlgorithmIdentification(name=model.name[:64], version=model.version[:64], parameters=params or None)
 
 
@@ -174,21 +182,32 @@ def _gate_group(image: ImageClassification, headers: Sequence[Dataset], model: M
     return group
 
 
-def _class_group(cls: str, p: float, call: bool, headers: Sequence[Dataset], model: ModelInfo, concept: Any,
+def _class_group(cls: str, p: float, call: bool | None, headers: Sequence[Dataset], model: ModelInfo, concept: Any,
                  label: str) -> Any:
     hd = require_highdicom()
     measurements = [_measurement(_code(_PROBABILITY), p, model, cls)]
     point = model.operating_points.get(cls)
     if point is not None:
         measurements.append(_measurement(_code(_THRESHOLD), float(point["threshold"]), model, cls))
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    evaluations = None if call is None else [
+        hd.sr.QualitativeEvaluation(name=concept, value=_code(_PRESENT if call else _ABSENT))]
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{label}{cls}"[:64]),
         finding_type=concept,
         algorithm_id=_algorithm(model, cls),
         source_images=_sources(headers),
         measurements=measurements,
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=concept, value=_code(_PRESENT if call else _ABSENT))],
+        qualitative_evaluations=evaluations,
     )
+    notes = []
+    if model.temperature_of(cls) is None:
+        notes.append(UNCALIBRATED)
+    if call is None:
+        notes.append(NO_CALL)
+    if notes:  # TID 1501 is extensible: a Comment says what the numbers are not
+        group[0].ContentSequence.append(hd.sr.TextContentItem(
+            name=_code(_COMMENT), value="; ".join(notes), relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    return group
 
 
 def _class_concept(cls: str, finding_codes: Mapping[str, Sequence[str]] | None) -> Any:
@@ -254,7 +273,8 @@ def write_classification_sr(
         calls = dict(im.calls) if im.calls is not None else calls_at_operating_points(im.probabilities, model,
                                                                                        multilabel)
         for cls, p in im.probabilities.items():
-            groups.append(_class_group(cls, float(p), bool(calls.get(cls, False)), image_headers, model,
+            call = calls.get(cls, False)  # None: no call (no operating point)
+            groups.append(_class_group(cls, float(p), None if call is None else bool(call), image_headers, model,
                                        _class_concept(cls, finding_codes), label))
     observer = hd.sr.ObserverContext(
         observer_type=_code(_DEVICE),
@@ -308,8 +328,10 @@ def read_classification_sr(path: str | os.PathLike) -> list[dict]:
     Returns:
         one dict per image (or series) in the order written: ``{"sop_instance_uid", "sop_class_uid",
         "sop_instance_uids" (all images referenced), "in_scope", "out_of_scope_reason", "ood_score",
-        "findings": {class: {"probability", "threshold", "call"}}}``
-        (``threshold`` ``None`` without an operating point; ``findings`` empty when the gate refused the image).
+        "findings": {class: {"probability", "threshold", "call"}}, "notes": {class: comment}}``
+        (``threshold`` ``None`` without an operating point, ``call`` ``None`` when no call was made, ``notes``
+        what the SR says of an uncalibrated probability or a missing call; ``findings`` empty when the gate
+        refused the image).
     """
     import pydicom
 
@@ -338,16 +360,19 @@ def read_classification_sr(path: str | os.PathLike) -> list[dict]:
                 "sop_instance_uid": str(refs[0].ReferencedSOPInstanceUID),
                 "sop_class_uid": str(refs[0].ReferencedSOPClassUID),
                 "sop_instance_uids": [str(r.ReferencedSOPInstanceUID) for r in refs],
-                "in_scope": None, "out_of_scope_reason": "", "ood_score": None, "findings": {},
+                "in_scope": None, "out_of_scope_reason": "", "ood_score": None, "findings": {}, "notes": {},
             })
             if _code_value(finding) == INPUT_GATE[0]:
                 entry["in_scope"] = values.get(IN_SCOPE[1]) == "Yes"
                 entry["out_of_scope_reason"] = values.get("Comment", "")
                 entry["ood_score"] = values.get(OOD_SCORE[1])
             else:
+                evaluation = values.get(str(finding.CodeMeaning))
                 entry["findings"][str(finding.CodeMeaning)] = {
                     "probability": values.get("Probability"),
                     "threshold": values.get("Threshold Value"),
-                    "call": values.get(str(finding.CodeMeaning)) == "Present",
+                    "call": None if evaluation is None else evaluation == "Present",
                 }
+                if values.get("Comment"):
+                    entry["notes"][str(finding.CodeMeaning)] = values["Comment"]
     return list(images.values())
