@@ -112,6 +112,9 @@ def read_datalist(
     return out
 
 
+NOT_AN_IMAGE = "not an image file (JPEG, PNG, BMP, TIFF or DICOM expected); skipped"
+
+
 def index_images(dataset_dir: str | os.PathLike | None, datalist: str | os.PathLike | None = None) -> list[dict]:
     """Entries for batch inference: every image under ``dataset_dir`` (recursively) or those ``datalist`` names.
 
@@ -119,7 +122,9 @@ def index_images(dataset_dir: str | os.PathLike | None, datalist: str | os.PathL
     ``testing``/``test`` section, else the first list), or a text file with one path per line. Each entry is
     ``{"image": path, "path": path, "name": safe relative name}``; the name keys output files (CAM overlays)
     and never contains path separators. Files are not opened here: unreadable ones produce an error row at
-    inference time, and the others are still processed.
+    inference time, and the others are still processed. A file in ``dataset_dir`` that is not an image is named in
+    a warning and gets an entry whose ``error`` says so (:class:`medplugin.data.TolerantDataset` turns it into an
+    error row without reading it), so it is never dropped silently.
     """
     if datalist:
         items = _read_image_list(Path(datalist))
@@ -134,11 +139,16 @@ def index_images(dataset_dir: str | os.PathLike | None, datalist: str | os.PathL
             raise BadInputError(base, "no JPEG, PNG, BMP, TIFF or DICOM files found (searched recursively)")
         if skipped:  # never dropped silently: each is named
             logger.warning("%d file(s) under %s skipped, not JPEG, PNG, BMP, TIFF or DICOM images:\n%s", len(skipped),
-                           base, "\n".join(f"  {p}: not an image file" for p in skipped[:50])
+                           base, "\n".join(f"  {p}: {NOT_AN_IMAGE}" for p in skipped[:50])
                            + (f"\n  ... and {len(skipped) - 50} more" if len(skipped) > 50 else ""))
     entries = _named([Path(p) if Path(p).is_absolute() else base / p for p in items], base,
                      lambda rel: str(Path(rel).with_suffix("")))
-    logger.info("inference on %d file(s)", len(entries))
+    if not datalist and skipped:  # each also gets its row in predictions.csv, with the reason
+        named = _named(skipped, base, lambda rel: str(Path(rel).with_suffix("")) + "_not_an_image")
+        for e in named:
+            e["error"] = f"{e['path']}: {NOT_AN_IMAGE}"
+        entries += named
+    logger.info("inference on %d file(s)", len(entries) - (len(skipped) if not datalist else 0))
     return entries
 
 

@@ -38,12 +38,17 @@ def failure_message(entry: dict, error: Exception, image_key: str = "image") -> 
     return msg
 
 
+class _Refused(Exception):
+    """An entry that arrived with its ``error`` already set (the indexer refused it)."""
+
+
 class TolerantDataset(Dataset):
     """A MONAI ``Dataset`` whose items never raise: a failing item becomes an error record.
 
     An item whose transform fails returns ``{image_key: zeros(fallback_shape), "error": message, ...}`` with
     the entry's string fields (``path``, ``name``) kept, so a batch job writes an error row for it and goes on
-    with the rest. Good items get ``"error": ""``. Images are returned without MONAI metadata so good and
+    with the rest. An entry that already carries an ``error`` (an indexer refused it) is not read: its record
+    carries that error. Good items get ``"error": ""``. Images are returned without MONAI metadata so good and
     bad items collate together; with ``keep_meta`` every image is a ``MetaTensor`` (a failed item's with only
     ``filename_or_obj``), so good items keep the record of their transforms (for MONAI's ``Invertd``).
 
@@ -68,12 +73,14 @@ class TolerantDataset(Dataset):
     def _transform(self, index: int) -> dict:
         entry = self.data[index]
         try:
+            if entry.get("error"):  # refused when indexed (e.g. not an image): its row, unread
+                raise _Refused(entry["error"])
             out = dict(super()._transform(index))
             out["error"] = ""
         except Exception as e:  # every failure becomes a per-item error row
             out = {k: v for k, v in entry.items() if isinstance(v, str)}
             out[self.image_key] = torch.zeros(self.fallback_shape)
-            out["error"] = failure_message(entry, e, self.image_key)
+            out["error"] = str(e) if isinstance(e, _Refused) else failure_message(entry, e, self.image_key)
             out.update({k: torch.as_tensor(v) for k, v in self.fallback.items()})
         img = out[self.image_key]
         if hasattr(img, "as_tensor") and not (self.keep_meta and not out["error"]):
