@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -9,9 +10,11 @@ from monai.inferers import Inferer
 from torch import nn
 
 from medplugin.utils import as_flag
-from medplugin.visualize.cam import CapturedGradCAM
+from medplugin.visualize.cam import CapturedGradCAM, flat_map_warning
 
 __all__ = ["GradCAMInferer"]
+
+logger = logging.getLogger(__name__)
 
 
 class GradCAMInferer(Inferer):
@@ -23,7 +26,8 @@ class GradCAMInferer(Inferer):
     for its forward pass only, and the returned logits are detached. The graph of the last batch is kept until
     the next batch: :meth:`cams` gives one map per sample and frees it, :meth:`cams_for` gives the maps of any
     (sample, class) pairs (multi-label findings) and keeps it, so several handlers can ask; :meth:`release`
-    frees it.
+    frees it. A ``layer`` whose output is a single cell at this input size (no map can localise) is
+    warned about once.
 
     Args:
         layer: dotted name of the module whose output Grad-CAM weights (e.g. ``"layer4"``).
@@ -35,6 +39,7 @@ class GradCAMInferer(Inferer):
         self.layer = layer
         self.enabled = as_flag(enabled, "enabled")  # '--save_cams false' arrives as a string
         self._cam: CapturedGradCAM | None = None
+        self._checked = False
 
     @property
     def ready(self) -> bool:
@@ -49,6 +54,11 @@ class GradCAMInferer(Inferer):
         cam = CapturedGradCAM(network, self.layer)
         logits = cam.forward(inputs, *args, **kwargs)
         self._cam = cam
+        if not self._checked and cam.ready:
+            self._checked = True
+            why = flat_map_warning(cam.feature_size, self.layer, inputs.shape[2:])
+            if why:
+                logger.warning(why)
         return logits
 
     def _require(self) -> CapturedGradCAM:

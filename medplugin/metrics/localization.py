@@ -39,6 +39,7 @@ __all__ = [
     "box_mask",
     "box_iou",
     "pointing_game_hit",
+    "peak_in_mask",
     "map_to_box",
     "map_box_iou",
     "mask_iou",
@@ -161,6 +162,32 @@ def pointing_game_hit(cam, box: Sequence[float], tolerance: float = 0.0) -> bool
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance!r}.")
     return point_in_box(map_peak(cam), box, tolerance)
+
+
+def peak_in_mask(cam, mask, tolerance: float = 0.0) -> bool:
+    """Whether the map's maximum (:func:`map_peak`: a plateau's centroid) lies in ``mask`` or within
+    ``tolerance`` pixels of it: the pointing game against a segmented lesion (e.g. the lesions the synthetic
+    generators plant). A constant map (an empty Grad-CAM) is a miss, never pixel (0, 0).
+
+    Args:
+        cam: ``(H, W)`` map (a leading channel of 1 is dropped), on the mask's grid.
+        mask: ``(H, W)`` bool lesion mask.
+        tolerance: distance in pixels from the mask that still counts as a hit.
+    """
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance!r}.")
+    m = _map(cam)
+    truth = np.asarray(mask, dtype=bool)
+    if m.shape != truth.shape:
+        raise ValueError(f"map of shape {m.shape} and mask of shape {truth.shape} differ: put the map on the "
+                         "mask's grid first.")
+    peak = map_peak(m)
+    if peak is None or not truth.any():
+        return False
+    r, c = min(int(peak[1]), m.shape[0] - 1), min(int(peak[0]), m.shape[1] - 1)
+    if truth[r, c]:
+        return True
+    return bool(tolerance > 0 and ndimage.distance_transform_edt(~truth)[r, c] <= tolerance)
 
 
 def _binarize(m: np.ndarray, threshold: float) -> np.ndarray:

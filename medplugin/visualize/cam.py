@@ -13,7 +13,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ActivationCapture", "CapturedGradCAM", "grad_cam_maps", "normalize_maps"]
+__all__ = ["ActivationCapture", "CapturedGradCAM", "grad_cam_maps", "normalize_maps", "flat_map_warning"]
+
+
+def flat_map_warning(feature_size: Sequence[int], layer, input_shape: Sequence[int]) -> str | None:
+    """Why maps of ``layer`` cannot localise anything, or ``None`` when they can.
+
+    A layer whose output is one cell (e.g. ResNet's ``layer4`` at 32 px) gives a constant map per sample, which
+    :func:`normalize_maps` turns into all zeros: every overlay is blank and a peak taken with ``argmax`` is pixel
+    (0, 0). The text names the layer, its map size and the input size. A 2.5D network's per-slice maps (fewer
+    spatial dimensions than the input) still vary across slices: no warning.
+
+    Args:
+        feature_size: spatial size of the layer's output (:attr:`CapturedGradCAM.feature_size`).
+        layer: the layer's name, for the text.
+        input_shape: spatial size of the network input.
+    """
+    spatial = tuple(int(v) for v in feature_size)
+    if not spatial or len(spatial) != len(input_shape) or any(v > 1 for v in spatial):
+        return None
+    size = "x".join(str(int(v)) for v in input_shape)
+    return (f"Grad-CAM layer {layer!r} outputs a {'x'.join(map(str, spatial))} map for {size} inputs: every map is "
+            "flat (all zeros), nothing is localised; use a larger image_size or an earlier cam_layer.")
 
 
 class ActivationCapture:
@@ -132,10 +153,15 @@ def grad_cam_maps(
             spatial = tuple(range(2, act.dim()))
             weights = grads[idx].float().mean(dim=spatial, keepdim=True)
             maps = F.relu((weights * act[idx].float()).sum(dim=1, keepdim=True))
+            # flat on the layer's grid (a 1x1 layer, or all zero after the ReLU): nothing to show. Upsampling a
+            # constant map leaves float rounding (~1e-7 of its value) that min-max scaling would blow up into a
+            # pattern of 0, 0.5 and 1, so flatness is decided here, before the upsampling.
+            flat = maps.flatten(1).amax(1) <= maps.flatten(1).amin(1)
             if output_size is not None and tuple(maps.shape[2:]) != tuple(output_size):
                 mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(output_size)]
                 maps = F.interpolate(maps, size=tuple(output_size), mode=mode, align_corners=False)
             maps = normalize_maps(maps)
+            maps[flat] = 0.0
             for j, k in enumerate(taken):
                 out[k] = maps[j]
             todo = rest
@@ -190,6 +216,11 @@ class CapturedGradCAM:
     def ready(self) -> bool:
         """Whether a forward pass is kept for :meth:`maps`."""
         return self._last is not None
+
+    @property
+    def feature_size(self) -> tuple[int, ...] | None:
+        """Spatial size of ``layer``'s output in the kept forward pass (``None`` when none is kept)."""
+        return None if self._last is None else tuple(int(v) for v in self._last[1].shape[2:])
 
     def maps(self, samples: Sequence[int] | None = None, classes: Sequence[int] | int | None = None,
              keep: bool = True) -> torch.Tensor:

@@ -141,3 +141,32 @@ def test_iobb_and_the_chestxray8_accuracies():
     cam[8:16, 4:20] = 1.0
     s = localization_scores(cam, (0, 0, 32, 32))
     assert s["iobb"] == 1.0 and s["iou"] == pytest.approx(128 / 1024)
+
+
+def test_peak_in_mask_scores_the_peak_not_pixel_zero():
+    from medplugin.metrics.localization import peak_in_mask
+
+    mask = np.zeros((40, 50), bool)
+    mask[0:6, 0:6] = True  # a lesion in the corner where argmax of an empty map would point
+    mask[20:26, 30:36] = True
+    assert peak_in_mask(_blob((40, 50), 22, 32, 3), mask)
+    assert not peak_in_mask(_blob((40, 50), 10, 10, 3), mask)
+    assert peak_in_mask(_blob((40, 50), 18, 32, 2), mask, tolerance=2.5)
+    assert not peak_in_mask(_blob((40, 50), 18, 32, 2), mask, tolerance=1.0)
+    # an empty (constant) Grad-CAM is a miss, though np.argmax would put its "peak" at (0, 0), inside the mask
+    assert int(np.argmax(np.zeros((40, 50)))) == 0 and mask[0, 0]
+    assert not peak_in_mask(torch.zeros(1, 40, 50), mask)
+    # a map clamped at its border (an upsampled 2x2 map): the plateau's centroid counts, not its first pixel
+    corner = torch.nn.functional.interpolate(torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]]), size=(40, 50),
+                                             mode="bilinear", align_corners=False)[0, 0]
+    assert corner[0, 0] == corner.max() and not peak_in_mask(corner, np.pad(np.ones((2, 2), bool), ((0, 38), (0, 48))))
+    assert not peak_in_mask(_blob((40, 50), 22, 32, 3), np.zeros((40, 50), bool))
+
+
+def test_peak_in_mask_names_bad_input():
+    from medplugin.metrics.localization import peak_in_mask
+
+    with pytest.raises(ValueError, match=r"map of shape \(40, 50\) and mask of shape \(20, 25\) differ"):
+        peak_in_mask(np.ones((40, 50)), np.ones((20, 25), bool))
+    with pytest.raises(ValueError, match="tolerance must be >= 0, got -1"):
+        peak_in_mask(np.ones((40, 50)), np.ones((40, 50), bool), tolerance=-1)

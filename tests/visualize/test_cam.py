@@ -103,3 +103,28 @@ def test_overlay_is_rgb_at_image_resolution():
     assert rgb.shape == (50, 70, 3) and rgb.dtype == np.uint8
     with pytest.raises(ValueError, match="alpha must be in"):
         overlay_cam(img, np.ones((7, 7)), alpha=2)
+
+
+def test_inferer_warns_once_when_the_cam_layer_is_one_cell(caplog):
+    """ResNet-18's layer4 is 1x1 at 32 px (the smoke overlay's size): every map is flat, all zeros, and a peak taken
+    with argmax is pixel (0, 0). The inferer says so once, naming the layer and sizes; at 64 px (2x2) it does not."""
+    from medplugin.networks import cam_layer, classifier
+
+    torch.manual_seed(0)
+    net = classifier("resnet18", in_channels=1, num_classes=4, pretrained="none").eval()
+    inferer = GradCAMInferer(cam_layer("resnet18"))
+    with caplog.at_level("WARNING", logger="medplugin.inferers"), torch.no_grad():
+        inferer(torch.randn(3, 1, 32, 32), net)
+        maps = inferer.cams()
+        inferer(torch.randn(3, 1, 32, 32), net)
+    assert maps.shape == (3, 1, 32, 32) and not maps.any()
+    warned = [r.getMessage() for r in caplog.records if r.name == "medplugin.inferers"]
+    assert warned == ["Grad-CAM layer 'layer4' outputs a 1x1 map for 32x32 inputs: every map is flat (all zeros), "
+                      "nothing is localised; use a larger image_size or an earlier cam_layer."]
+    caplog.clear()
+    inferer = GradCAMInferer("layer4")
+    with caplog.at_level("WARNING", logger="medplugin.inferers"), torch.no_grad():
+        inferer(torch.randn(3, 1, 64, 64), net)
+        maps = inferer.cams()
+    assert not [r for r in caplog.records if r.name == "medplugin.inferers"]
+    assert all(m.max() > 0 for m in maps)
