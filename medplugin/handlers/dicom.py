@@ -53,9 +53,10 @@ def dicom_output_mode(value: Any) -> bool | str:
 
 
 def _is_dicom_file(path: Path) -> bool:
-    from medplugin.io.image2d import DICOM_SUFFIXES, _has_dicom_magic
+    from medplugin.io.dicom import has_dicom_magic
+    from medplugin.io.image2d import DICOM_SUFFIXES
 
-    return path.is_file() and (path.suffix.lower() in DICOM_SUFFIXES or _has_dicom_magic(str(path)))
+    return path.is_file() and (path.suffix.lower() in DICOM_SUFFIXES or has_dicom_magic(path))
 
 
 def dicom_sources(path: str | os.PathLike) -> list[str] | None:
