@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
+from medplugin.errors import BadInputError
 from medplugin.gate import GATE_POLICIES, GateResult, InputGate, PooledFeatures, fit_ood_statistics, load_for_gate
 from medplugin.handlers._engine import is_main_process, iter_samples
 from medplugin.utils import write_json
@@ -213,14 +214,22 @@ class OODStatisticsFitter:
         net.to(self.device)
         train, val = self._loader(self.train_data), self._loader(self.val_data)
         try:
-            block = fit_ood_statistics(net, train, val, self.ckpt_dir, label_key=self.label_key,
-                                       classes=self.class_names, percentile=self.percentile, device=self.device)
-        except ValueError as e:  # e.g. a class without training images: one pooled Gaussian instead
-            if self.label_key is None:
-                raise
-            logger.warning("OOD statistics: %s; fitting one Gaussian to all training features instead", e)
-            block = fit_ood_statistics(net, train, val, self.ckpt_dir, label_key=None, percentile=self.percentile,
-                                       device=self.device)
+            try:
+                block = fit_ood_statistics(net, train, val, self.ckpt_dir, label_key=self.label_key,
+                                           classes=self.class_names, percentile=self.percentile, device=self.device)
+            except ValueError as e:  # e.g. a class without training images: one pooled Gaussian instead
+                if self.label_key is None:
+                    raise
+                logger.warning("OOD statistics: %s; fitting one Gaussian to all training features instead", e)
+                block = fit_ood_statistics(net, train, val, self.ckpt_dir, label_key=None,
+                                           percentile=self.percentile, device=self.device)
+        except Exception as e:  # the model is trained and saved: a failed fit costs the gate's OOD check, not the run
+            cause = e  # the reason, not MONAI's "applying transform ..." wrapper: the first BadInputError, or the root
+            while cause.__cause__ is not None and not isinstance(cause, BadInputError):
+                cause = cause.__cause__
+            logger.warning("no OOD statistics for %s: %s (the input gate keeps its header and content checks; "
+                           "inference reports no out-of-distribution score)", model_pt, str(cause).splitlines()[0])
+            return None
         meta = json.loads(meta_path.read_text())
         meta["ood"] = block
         write_json(meta_path, meta)

@@ -223,3 +223,27 @@ def test_an_error_in_the_run_still_stops_it_and_the_hook_is_removed(tmp_path, ne
     with pytest.raises(RuntimeError, match="--image_size 32"):
         engine.run([[{"path": "", "error": ""}]], max_epochs=1)
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in net.modules())
+
+
+def test_an_unreadable_training_image_costs_the_ood_statistics_not_the_trained_model(tmp_path, net, caplog):
+    """The fit runs after training: a file that broke since (a source replaced by a cache) is logged, not fatal."""
+    import logging
+
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+    from medplugin.io import Image2dReader
+
+    ckpt = tmp_path / "models"
+    ckpt.mkdir()
+    torch.save(net.state_dict(), ckpt / "model.pt")
+    (ckpt / "model.json").write_text(json.dumps({"arch": "resnet18"}))
+    broken = tmp_path / "broken.jpeg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    data = [{"image": str(broken), "label": 0}]
+    load = Compose([LoadImaged("image", reader=Image2dReader()), EnsureChannelFirstd("image", channel_dim=0)])
+    fitter = OODStatisticsFitter(net, str(ckpt), data, data, load, CLASSES)
+    with caplog.at_level(logging.WARNING, logger="medplugin.handlers.gate"):
+        assert fitter() is None
+    assert f"no OOD statistics for {ckpt / 'model.pt'}: " in caplog.text and "broken.jpeg" in caplog.text
+    assert json.loads((ckpt / "model.json").read_text()) == {"arch": "resnet18"}  # model.json as it was
+    assert not (ckpt / "ood.npz").exists()
