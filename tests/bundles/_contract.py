@@ -160,15 +160,15 @@ def with_phi(source: str | Path, dest: Path) -> Path:
 def phi_leaks(folder: Path, log: str = "", needles=PHI_NEEDLES, dicom_results: str | None = "dicom") -> list[str]:
     """Where a :data:`PHI` value appears: in a file or folder name, a file's bytes, or the run's ``log``.
 
-    The DICOM result objects in ``folder/dicom_results`` (``.dcm``) must carry the source's patient module to file
-    with its study (issue 16), so only their names are searched there; every other file's bytes are.
+    The DICOM result objects (``.dcm`` files in a ``dicom_results`` folder of any run under ``folder``) must carry
+    the source's patient module to file with its study (issue 16), so only their names are searched; every other
+    file's bytes are.
     """
     found = []
-    results = folder / dicom_results if dicom_results else None
     for p in folder.rglob("*"):
         low_name = str(p.relative_to(folder)).lower()
         found += [f"name {p}: {n}" for n in needles if n in low_name]
-        if results is not None and p.suffix == ".dcm" and p.parent == results:
+        if dicom_results and p.suffix == ".dcm" and p.parent.name == dicom_results:
             continue
         if p.is_file():
             data = p.read_bytes().lower()
