@@ -254,7 +254,7 @@ def test_torchrun_evaluation_gives_the_one_process_metrics(trained, lung_demo, t
     test_files = [e["image"] for e in json.loads((out_train / "datalist.json").read_text())["test"]]
     assert [r["file"] for r in m2["per_image"]] == test_files and len(test_files) == 2
     same_report(m2, m1)
-    assert files_under(two) == files_under(one) == ["datalist.json", "dice.png", "metrics.json"]
+    assert files_under(two) == files_under(one) == ["datalist.json", "dice.png", "metrics.json", "run.log"]
 
 
 @pytest.mark.slow

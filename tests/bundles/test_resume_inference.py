@@ -95,7 +95,10 @@ def test_two_processes_infer_each_file_once_and_join_one_csv_in_input_order(tmp_
     r1, r2 = _rows(one / "predictions.csv"), _rows(two / "predictions.csv")
     assert [r[0] for r in r2[1:]] == sorted(str(p) for p in src.iterdir())
     assert r2[0] == r1[0] and [r[:2] + r[-1:] for r in r2] == [r[:2] + r[-1:] for r in r1]
+    probs = [i for i, c in enumerate(r1[0]) if c.startswith("prob_")]
+    assert len(probs) == 4
     for a, b in zip(r1[1:], r2[1:]):  # probabilities: other batch compositions, same values
-        assert [float(v or 0) for v in a[2:-1]] == pytest.approx([float(v or 0) for v in b[2:-1]], abs=2e-6)
-    assert sorted(os.listdir(two)) == ["cams", "predictions.csv"]
+        assert [float(a[i] or 0) for i in probs] == pytest.approx([float(b[i] or 0) for i in probs], abs=2e-6)
+        assert a[len(probs) + 2:] == b[len(probs) + 2:]  # calls, the gate's columns and errors
+    assert sorted(os.listdir(two)) == ["cams", "predictions.csv", "run.log"]
     assert sorted(os.listdir(two / "cams")) == sorted(os.listdir(one / "cams")) and len(os.listdir(one / "cams")) == 7
