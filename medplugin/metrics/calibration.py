@@ -195,8 +195,9 @@ def expected_calibration_error(probs, labels, mode: str = "softmax", num_bins: i
     yp, y = _monai_inputs(probs, labels, mode)
     metric = CalibrationErrorMetric(num_bins=num_bins, include_background=True, calibration_reduction="expected",
                                     metric_reduction="none")
-    metric(y_pred=yp, y=y)
-    per = metric.aggregate()[0].double().numpy()
+    # the whole set of predictions is here (rank 0 writes the report alone): computed directly, not through the
+    # metric's buffers, whose aggregate() gathers across ranks and would wait for ranks that never call it
+    per = metric._compute_tensor(yp, y)[0].double().numpy()
     out = {"ece": float(np.nanmean(per)) if np.isfinite(per).any() else float("nan"), "num_bins": int(num_bins)}
     if mode == "sigmoid":
         names = class_names_for(class_names, per.size)
