@@ -314,7 +314,8 @@ def test_evaluation_keeps_the_training_split_and_names_the_overrides_it_needs(cx
     with pytest.raises(AssertionError, match="trained on another patient split") as refused:
         run_bundle(NAME, EVALUATE, SMOKE, dataset_dir=root, ckpt_dir=ckpt, output_dir=tmp_path / "refused")
     assert "--split_seed 3" in str(refused.value) and "--val_fraction 0.2" in str(refused.value)
-    assert not (tmp_path / "refused").exists()
+    # no results from a refused evaluation: only the run's log (where its traceback goes)
+    assert sorted(p.name for p in (tmp_path / "refused").iterdir()) == ["run.log"]
 
     again = tmp_path / "eval_datalist"
     run_bundle(NAME, EVALUATE, SMOKE, dataset_dir=root, datalist=train / "datalist.json", ckpt_dir=ckpt,
