@@ -4,14 +4,13 @@ epoch, on 1024x1024 PNGs resized to 224 for the OCT bundle's preprocessing + aug
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from monai.data import DataLoader
 from monai.transforms import Compose
 from PIL import Image
 
+from benchmarks._epoch import epoch_images_per_s
 from medplugin.data.cache import build_dataset
 from medplugin.transforms import image_classification_augmentation, image_classification_preprocessing
 
@@ -28,13 +27,6 @@ def _write_pngs(root: Path, n: int, size: int) -> list[dict]:
     return data
 
 
-def _epoch(ds) -> float:
-    loader = DataLoader(ds, batch_size=8, shuffle=True, num_workers=0)
-    t0 = time.perf_counter()
-    n = sum(b["image"].shape[0] for b in loader)
-    return n / (time.perf_counter() - t0)
-
-
 def run(quick: bool = False) -> list[tuple]:
     n, size, out = (8, 512, 112) if quick else (48, 1024, 224)
     transform = Compose(
@@ -44,11 +36,11 @@ def run(quick: bool = False) -> list[tuple]:
     with tempfile.TemporaryDirectory() as tmp:
         data = _write_pngs(Path(tmp), n, size)
         plain = build_dataset("none", data, transform)
-        _epoch(plain)  # first epoch (warm file cache, as later epochs have)
-        uncached = _epoch(plain)
+        epoch_images_per_s(plain)  # first epoch (warm file cache, as later epochs have)
+        uncached = epoch_images_per_s(plain)
         for kind in ("memory", "disk"):
             ds = build_dataset(kind, data, transform, cache_dir=Path(tmp) / "cache", num_workers=1)
-            _epoch(ds)  # the epoch that fills the cache
+            epoch_images_per_s(ds)  # the epoch that fills the cache
             rows.append((f"input pipeline, 2nd epoch, {size}px PNG -> {out}, images/s", f"{kind} cache",
-                         _epoch(ds), "decode every epoch", uncached))
+                         epoch_images_per_s(ds), "decode every epoch", uncached))
     return rows

@@ -5,13 +5,13 @@ through the chest bundle's preprocessing (images/s, higher is better)."""
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+from monai.data import CacheDataset, Dataset, PersistentDataset
 from PIL import Image
 
+from benchmarks._epoch import epoch_images_per_s
 from medplugin.data.synthetic.chest_xray import synthetic_chest_xray
 from medplugin.transforms import chest_xray_preprocessing
 
@@ -28,13 +28,6 @@ def _write_pngs(root: Path, n: int, size: int) -> list[dict]:
     return data
 
 
-def _epoch(ds) -> float:
-    loader = DataLoader(ds, batch_size=8, shuffle=True, num_workers=0)
-    t0 = time.perf_counter()
-    n = sum(b["image"].shape[0] for b in loader)
-    return n / (time.perf_counter() - t0)
-
-
 def run(quick: bool = False) -> list[tuple]:
     n, size, out = (6, 256, 64) if quick else (48, 1024, 224)
     transform = chest_xray_preprocessing(out, 1, [0.449], [0.226])
@@ -43,11 +36,11 @@ def run(quick: bool = False) -> list[tuple]:
     with tempfile.TemporaryDirectory() as tmp:
         data = _write_pngs(Path(tmp), n, size)
         plain = Dataset(data, transform)
-        _epoch(plain)  # first epoch (warm file cache, as later epochs have)
-        uncached = _epoch(plain)
+        epoch_images_per_s(plain)  # first epoch (warm file cache, as later epochs have)
+        uncached = epoch_images_per_s(plain)
         memory = CacheDataset(data, transform, cache_rate=1.0, num_workers=1, progress=False)  # fills the cache
-        rows.append((label, "CacheDataset (memory)", _epoch(memory), "no cache", uncached))
+        rows.append((label, "CacheDataset (memory)", epoch_images_per_s(memory), "no cache", uncached))
         disk = PersistentDataset(data, transform, cache_dir=Path(tmp) / "persistent")
-        _epoch(disk)  # the epoch that writes the cache
-        rows.append((label, "PersistentDataset (disk)", _epoch(disk), "no cache", uncached))
+        epoch_images_per_s(disk)  # the epoch that writes the cache
+        rows.append((label, "PersistentDataset (disk)", epoch_images_per_s(disk), "no cache", uncached))
     return rows
