@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 
+import torch
+from monai.data import MetaTensor
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
 
@@ -25,6 +27,11 @@ class DecisionInferTask(BundleInferTask):
     """The stock bundle infer task; a classification answer's entries get ``threshold`` and ``call``."""
 
     def writer(self, data, extension=None, dtype=None):
+        pred = data.get("pred")
+        if self.type == InferType.CLASSIFICATION and isinstance(pred, torch.Tensor) and not hasattr(pred, "array"):
+            # MONAI Label's ClassificationWriter logs ``pred.array`` (a MetaTensor's); a bundle whose post-processing
+            # ends with plain tensors (knee: EnsureTyped track_meta false) would fail there
+            data["pred"] = MetaTensor(pred)
         result_file, result = super().writer(data, extension, dtype)
         if self.type == InferType.CLASSIFICATION and isinstance(result, dict) and "prediction" in result:
             model_json = os.path.join(os.path.dirname(self.path[0] if isinstance(self.path, list) else self.path),
