@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     from medplugin.networks.weights_cli import add_weights_parser  # weights list | fetch | export
 
     add_weights_parser(sub)
-    from medplugin.compare import add_compare_parser  # compare RUN_A RUN_B: paired bootstrap, DeLong
+    from medplugin.compare_cli import add_compare_parser  # compare RUN_A RUN_B: paired bootstrap, DeLong
 
     add_compare_parser(sub)
     return p

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medplugin.compare import compare_runs, format_table, main, prediction_header, read_run
+from medplugin.compare import compare_runs, format_table, prediction_header, read_run
+from medplugin.compare_cli import main
 from medplugin.errors import BadInputError
 
 FINDINGS = ["Effusion", "Mass"]

@@ -174,6 +174,18 @@ class EvaluationStatistics:
                                 self.num_bins)
         return {"temperature": t, **cal}
 
+    def add_to_report(self, report: dict, stats: Mapping, probs: np.ndarray, labels: np.ndarray,
+                      logits: Sequence[np.ndarray | None], output_dir: Path) -> None:
+        """Put what every report writer records into ``report``: the operating points and bootstrap summary of
+        ``stats`` (from :meth:`compute`) and the calibration (:meth:`calibration`, which writes reliability.png)."""
+        if stats["operating_points"]:
+            report["operating_points"] = stats["operating_points"]
+        if "bootstrap" in stats:
+            report["bootstrap"] = stats["bootstrap"]
+        cal = self.calibration(probs, labels, logits, output_dir)
+        if cal is not None:
+            report["calibration"] = cal
+
     def write_predictions(self, output_dir: Path, files: Sequence[str], patient_ids: Sequence[str | None],
                           prediction_column: str, predictions: Sequence[str], probs: np.ndarray, truth: np.ndarray,
                           calls: np.ndarray | None) -> None:

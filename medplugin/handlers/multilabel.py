@@ -38,6 +38,18 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def _write_table(output_dir: Path, stem: str, head: list[str], rows: list[list[str]], caption: str) -> None:
+    """``stem.csv`` and ``stem.md`` (the caption, then the table) of the same rows."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(head)
+    w.writerows(rows)
+    _write_text(output_dir / f"{stem}.csv", buf.getvalue())
+    md = [caption, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    _write_text(output_dir / f"{stem}.md", "\n".join(md) + "\n")
+
+
 def _fmt(v: float, digits: int = 4) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
@@ -167,13 +179,7 @@ class MultiLabelReportWriter:
                 for k in ("sensitivity", "specificity"):
                     if f"{name}_{k}" in iv:
                         v[f"{k}_ci95"] = iv[f"{name}_{k}"]
-        if stats["operating_points"]:
-            report["operating_points"] = stats["operating_points"]
-        if "bootstrap" in stats:
-            report["bootstrap"] = stats["bootstrap"]
-        cal = st.calibration(probs, labels, logits, self.output_dir)
-        if cal is not None:
-            report["calibration"] = cal
+        st.add_to_report(report, stats, probs, labels, logits, self.output_dir)
         calls = st.calls(probs)
         if calls is None:
             calls = (probs >= self.threshold[None, :]).astype(int) if st.predictions else None
@@ -206,16 +212,9 @@ class MultiLabelReportWriter:
         if loc is not None:
             mean += [str(loc["n_boxes"]), _fmt(loc["hit_rate"]), _fmt(loc["mean_iou"])]
         rows.append(mean)
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(head)
-        w.writerows(rows)
-        _write_text(self.output_dir / "auroc.csv", buf.getvalue())
-        md = [f"AUROC per finding on {report['n']} images (mean over the {report['n_auroc_defined']} findings with "
-              "positive and negative images; n/a: not defined).", "",
-              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        md += ["| " + " | ".join(r) + " |" for r in rows]
-        _write_text(self.output_dir / "auroc.md", "\n".join(md) + "\n")
+        _write_table(self.output_dir, "auroc", head, rows,
+                     f"AUROC per finding on {report['n']} images (mean over the {report['n_auroc_defined']} findings "
+                     "with positive and negative images; n/a: not defined).")
 
 
 class MultiLabelPredictionWriter(PredictionWriter):
@@ -376,14 +375,8 @@ class LocalizationEvaluator:
                          _fmt(v["mean_iou"], 3), _fmt(v["mean_iobb"], 3),
                          *[_fmt(v["iobb_accuracy"][t], 3) for t in iobb_t],
                          *[_fmt(v["iou_accuracy"][t], 3) for t in iou_t]])
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(head)
-        w.writerows(rows)
-        _write_text(self.output_dir / "localization.csv", buf.getvalue())
-        md = [f"CAM localisation on {rep['n_boxes']} boxes: pointing game with a tolerance of {self.tolerance:g} "
-              "pixels of the film (Zhang et al. 2018), beside a trivial guess of the film's centre; accuracy at "
-              "T(IoBB) as ChestX-ray8 (Wang et al. 2017, Table 4) and at T(IoU), the map thresholded at "
-              f"{self.threshold:g} of its range.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        md += ["| " + " | ".join(r) + " |" for r in rows]
-        _write_text(self.output_dir / "localization.md", "\n".join(md) + "\n")
+        _write_table(self.output_dir, "localization", head, rows,
+                     f"CAM localisation on {rep['n_boxes']} boxes: pointing game with a tolerance of "
+                     f"{self.tolerance:g} pixels of the film (Zhang et al. 2018), beside a trivial guess of the film's "
+                     "centre; accuracy at T(IoBB) as ChestX-ray8 (Wang et al. 2017, Table 4) and at T(IoU), the map "
+                     f"thresholded at {self.threshold:g} of its range.")

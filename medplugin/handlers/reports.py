@@ -150,13 +150,7 @@ class ClassificationReportWriter:
             for name, (key, label) in (extra_intervals or {}).items():
                 report[f"{key}_ci95"] = iv[name]
                 rows.append((label, report[key], iv[name]))
-        if stats["operating_points"]:
-            report["operating_points"] = stats["operating_points"]
-        if "bootstrap" in stats:
-            report["bootstrap"] = stats["bootstrap"]
-        cal = st.calibration(probs, labels, logits, self.output_dir)
-        if cal is not None:
-            report["calibration"] = cal
+        st.add_to_report(report, stats, probs, labels, logits, self.output_dir)
         if iv:
             st.write_tables(self.output_dir, report, rows, f"Test figures on {report['n']} images with patient-level "
                                                            f"95% bootstrap intervals ({st.bootstrap} resamples).")
