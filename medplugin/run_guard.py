@@ -13,8 +13,9 @@
   (``<output_dir>/run.log``, which also holds the run's whole log), and to the terminal only with
   ``--debug true`` or ``MEDPLUGIN_DEBUG=1``.
 - **Ctrl-C ends with one line**: the last training checkpoint written and the ``--resume`` command that continues.
-- ignite's "Engine run resuming from iteration 0, epoch 0" (logged at the start of every fresh run, because
-  MONAI's engines set ``max_epochs`` before running) is dropped; a real resume still logs it.
+- ignite's "Engine run resuming from iteration 0, epoch N" (logged at the start of every fresh run, because
+  MONAI's engines set ``max_epochs`` before running, and by the validator at every validation after the first) is
+  dropped; a real resume (from iteration > 0) still logs it.
 
 How it sees the command line: MONAI turns ``--key value`` into config ids; the guard finds the running
 ``ConfigWorkflow`` and ``monai.bundle.scripts.create_workflow`` on the call stack and compares the overrides
@@ -56,7 +57,7 @@ LOG_NAME = "run.log"
 # arguments of `python -m monai.bundle run` (named in suggestions: `--config_files` means `--config_file`)
 RUN_ARGS = ("run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file",
             "workflow_name", "workflow_type", "properties_path")
-_FRESH_START = "Engine run resuming from iteration 0, epoch 0 "
+_FRESH_START = "Engine run resuming from iteration 0, "  # nothing done yet: not a resume
 
 
 class UnknownKeyError(ValueError):
@@ -295,8 +296,8 @@ def _checkpoint_epoch(path: Path) -> int | None:
 
 
 class _DropFreshStart(logging.Filter):
-    """Drops ignite's "resuming from iteration 0, epoch 0" of a fresh run (MONAI's engines set ``max_epochs``
-    before ``run``, so ignite takes every start for a resume)."""
+    """Drops ignite's "resuming from iteration 0, ..." (MONAI's engines set ``max_epochs`` before ``run``, so ignite
+    takes every fresh start, and every validation after the first, for a resume)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.name.startswith("ignite.") and str(record.msg).startswith(_FRESH_START))

@@ -115,3 +115,21 @@ def test_weights_trained_with_other_settings_are_refused_with_the_overrides(tmp_
         check_trained_model(tmp_path, expected)
     assert check_trained_model(tmp_path, {**expected, "arch": "resnet18", "image_size": 64})  # the rest not compared
     assert check_trained_model(tmp_path / "fresh", expected)  # no model.json: nothing to compare
+
+
+def test_ignites_resume_note_is_dropped_unless_the_run_really_resumes():
+    """ignite logs "resuming from iteration 0" at every fresh start and at every validation after the first (MONAI's
+    engines set max_epochs first); only a resume from a checkpoint (iteration > 0) is news to the user."""
+    import logging
+
+    from medplugin.run_guard import _DropFreshStart
+
+    def shown(name: str, msg: str) -> bool:
+        return _DropFreshStart().filter(logging.LogRecord(name, logging.INFO, __file__, 1, msg, None, None))
+
+    note = "Engine run resuming from iteration {}, epoch {} until {} epochs"
+    assert not shown("ignite.engine.SupervisedTrainer", note.format(0, 0, 8))
+    assert not shown("ignite.engine.SupervisedEvaluator", note.format(0, 1, 2))
+    assert shown("ignite.engine.SupervisedTrainer", note.format(24, 2, 4))
+    assert shown("ignite.engine.SupervisedTrainer", note.format(240, 20, 40))
+    assert shown("medplugin", note.format(0, 0, 8))  # not ignite's

@@ -11,6 +11,9 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+import torch
+
 from medplugin.cli import next_steps
 from tests.bundles._runner import REPO, SMOKE, bundle_dir, config_files, quiet_env
 
@@ -110,32 +113,68 @@ def test_the_commands_the_demo_prints_run_as_printed(oct_demo, oct_smoke_run, tm
     assert list((out / "runs" / "train").rglob("events.out.tfevents.*"))
 
 
-def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(oct_demo, tmp_path):
-    """Ctrl-C (SIGINT to the run, as a terminal sends it) after the first epoch's checkpoint: one line, no
-    KeyboardInterrupt traceback."""
+def _interrupt_after_first_checkpoint(cmd: list[str], out, stderr) -> int:
+    """Run ``cmd`` in a process group of its own; after the first epoch's checkpoint under ``out``, send SIGINT to the
+    whole group, as a terminal's Ctrl-C does (torchrun and its workers all get it). Returns the exit status."""
     import signal
     import time
 
+    with open(stderr, "w") as err_file:  # a file, not a pipe: a full pipe would stall the run
+        proc = subprocess.Popen(cmd, cwd=REPO, env=quiet_env(), stdout=subprocess.DEVNULL, stderr=err_file,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + 400
+            while not list((out / "checkpoints").glob("training_checkpoint_*.pt")) and time.monotonic() < deadline:
+                assert proc.poll() is None, stderr.read_text()[-3000:]
+                time.sleep(0.5)
+            time.sleep(1)  # the checkpoint written in full (atomic rename: it exists only when complete)
+            os.killpg(proc.pid, signal.SIGINT)
+            return proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(oct_demo, tmp_path):
+    """Ctrl-C after the first epoch's checkpoint: one line, no KeyboardInterrupt traceback."""
     out = tmp_path / "train"
     args = _train_args(dataset_dir=oct_demo, ckpt_dir=tmp_path / "models", output_dir=out, num_epochs=50)
     stderr = tmp_path / "stderr.txt"
-    with open(stderr, "w") as err_file:  # a file, not a pipe: a full pipe would stall the run
-        proc = subprocess.Popen([sys.executable, "-m", "monai.bundle", *args], cwd=REPO, env=quiet_env(),
-                                stdout=subprocess.DEVNULL, stderr=err_file)
-        deadline = time.monotonic() + 400
-        while not list((out / "checkpoints").glob("training_checkpoint_*.pt")) and time.monotonic() < deadline:
-            assert proc.poll() is None, stderr.read_text()[-3000:]
-            time.sleep(0.5)
-        time.sleep(1)  # the checkpoint written in full (atomic rename: it exists only when complete)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
+    assert _interrupt_after_first_checkpoint([sys.executable, "-m", "monai.bundle", *args], out, stderr) != 0
     err = stderr.read_text()
-    assert proc.returncode != 0
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
     line = err.strip().splitlines()[-1]
     assert line.startswith(f"interrupted: the last checkpoint written is {out}/checkpoints/training_checkpoint_"), line
     assert " -m monai.bundle run " in line and line.endswith(f"--resume {out}"), line
     assert "--num_epochs 50" in line
+    # a fresh run: ignite's "resuming from iteration 0" (it takes every start for a resume) is not shown
+    assert "resuming from iteration" not in err and "resuming from iteration" not in (out / "run.log").read_text()
+
+
+@pytest.mark.slow  # two training processes
+def test_ctrl_c_under_torchrun_names_the_torchrun_resume_command_once(oct_demo, tmp_path):
+    """Ctrl-C to ``torchrun --nproc_per_node=2``: rank 0 alone says which checkpoint was written last and gives the
+    torchrun command that resumes; no worker prints a KeyboardInterrupt traceback. (torchrun itself, the launcher
+    around the bundle, then ends with its own SignalException traceback: that process is not the bundle's.)"""
+    out = tmp_path / "train"
+    args = _train_args(dataset_dir=oct_demo, ckpt_dir=tmp_path / "models", output_dir=out, num_epochs=50)
+    args[args.index("--config_file") + 1] = json.dumps(config_files(OCT, ["train.yaml", "multi_gpu_train.yaml"],
+                                                                    SMOKE))
+    stderr = tmp_path / "stderr.txt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", *args]
+    assert _interrupt_after_first_checkpoint(cmd, out, stderr) != 0
+    err = stderr.read_text()
+    assert "KeyboardInterrupt" not in err, err[-3000:]
+    said = [ln for ln in err.splitlines() if "interrupted: the last checkpoint written is" in ln]
+    assert len(said) == 1 and said[0].startswith("[rank0]: interrupted: "), err[-3000:]
+    line = said[0]
+    assert f"{out}/checkpoints/training_checkpoint_" in line, line
+    assert "continue with: torchrun --nproc_per_node=2 -m monai.bundle run " in line, line
+    assert "multi_gpu_train.yaml" in line and line.endswith(f"--resume {out}"), line
+    # the checkpoint it names is on disk, complete
+    ckpt = line.split("the last checkpoint written is ")[1].split(" ")[0]
+    assert torch.load(ckpt, weights_only=True)["trainer"]["iteration"] > 0
 
 
 def test_smoke_training_never_hands_the_network_a_last_batch_of_one(cxr_demo, tmp_path):
