@@ -399,11 +399,14 @@ class _Guard:
         try:
             # a misspelled option needs no traceback, only the run's own log would hold it
             unknown = any(isinstance(e, UnknownKeyError) for e in _chain(exc)) and self.file_handler is None
-            log = None if unknown else self._write_traceback(exc_type, exc, tb)
+            interrupt = issubclass(exc_type, KeyboardInterrupt) or self.interrupted
+            # a Ctrl-C is no failure: its traceback goes to the run's log when there is one, never to a new file
+            quiet = unknown or (interrupt and self.file_handler is None)
+            log = None if quiet else self._write_traceback(exc_type, exc, tb)
             if self.debug:
                 traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
             # a new line first: a progress bar may have left the cursor mid-line
-            if issubclass(exc_type, KeyboardInterrupt) or self.interrupted:
+            if interrupt:
                 if int(os.environ.get("RANK", "0") or 0) == 0:
                     sys.stderr.write("\n" + self._interrupt_line() + "\n")
             else:

@@ -29,6 +29,27 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 os.environ[resources.BUNDLES_ENV] = str(REPO / "bundles")
 os.environ[resources.OVERLAYS_ENV] = str(REPO / "configs")
 
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_files_stay_in_the_test_session(tmp_path_factory):
+    """Every process the tests start (torchrun's torchelastic_* folders, a failed run's medplugin-run-*.log, MONAI
+    Label's logging configs) writes its temporary files under this session's pytest folder, which pytest prunes, not
+    loose in /tmp."""
+    import tempfile
+
+    folder = tmp_path_factory.mktemp("tmp")
+    saved = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(folder)
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+    yield folder
+    if saved is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved
+    tempfile.tempdir = None
+
+
 INTEGRATION_DIRS = (REPO / "tests" / "bundles", REPO / "tests" / "integration")
 INTEGRATION_FIXTURES = {"oct_smoke_run"}  # a bundle training in a subprocess
 
