@@ -275,3 +275,16 @@ def summary_writer(log_dir: str | os.PathLike):
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=str(log_dir))
+
+
+def process_device():
+    """This process's device under ``torchrun``: ``cuda:LOCAL_RANK`` when CUDA is there, else the CPU.
+
+    The local rank, not the global one: on the second of two 8-GPU nodes, global rank 9 owns that node's GPU 1
+    (``cuda:9`` does not exist there). Every ``multi_gpu_*.yaml`` sets ``device`` with it.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0) or 0)}")

@@ -56,3 +56,22 @@ def test_default_workers_never_exceed_the_cores():
     assert default_workers(4) == min(4, cores)
     assert default_workers(0) == 0
     assert default_workers(10_000) == cores
+
+
+def test_each_process_takes_the_gpu_of_its_local_rank_on_every_node(monkeypatch):
+    """torchrun on two 8-GPU nodes: global rank 9 is LOCAL_RANK 1 of the second node and must use cuda:1 (there is
+    no cuda:9 there); without CUDA every rank uses the CPU. Every multi_gpu_*.yaml takes its device from here."""
+    from pathlib import Path
+
+    from medplugin.utils import process_device
+
+    monkeypatch.setenv("RANK", "9")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert process_device() == torch.device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert process_device() == torch.device("cpu")
+    overlays = sorted((Path(__file__).resolve().parent.parent / "bundles").glob("*/configs/multi_gpu_*.yaml"))
+    assert len(overlays) == 16
+    for f in overlays:
+        assert 'device: "$medplugin.utils.process_device()"' in f.read_text(), f
