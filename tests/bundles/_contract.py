@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -98,9 +99,10 @@ def check_exports(bundle: Path, model_pt: Path, net: torch.nn.Module, x: torch.T
     return expected
 
 
-def check_torchrun(bundle: Path, dataset_dir: Path, tmp_path: Path, **overrides) -> None:
+def check_torchrun(bundle: Path, dataset_dir: Path, tmp_path: Path, evaluate: bool = True, **overrides) -> None:
     """``torchrun --nproc_per_node=2`` with the bundle's multi_gpu_train.yaml (gloo on the CPU, smoke overlay):
-    the run ends well and only rank 0 writes the checkpoint and TensorBoard events."""
+    the run ends well and only rank 0 writes the checkpoint and TensorBoard events. With ``evaluate``, the model it
+    trained is then evaluated in one process and in two (:func:`check_torchrun_evaluation`)."""
     ckpt, out = tmp_path / "models", tmp_path / "ddp"
     files = json.dumps([str(bundle / "configs" / "train.yaml"), str(bundle / "configs" / "multi_gpu_train.yaml"),
                         str(SMOKE)])
@@ -114,21 +116,73 @@ def check_torchrun(bundle: Path, dataset_dir: Path, tmp_path: Path, **overrides)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (ckpt / "model.pt").is_file()
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 only
+    if evaluate:
+        check_torchrun_evaluation(bundle, dataset_dir, ckpt, tmp_path, **overrides)
 
 
-def same_report(a, b, path: str = "") -> None:
-    """Two parsed ``metrics.json`` reports agree: the same keys, lists and strings, numbers within 1e-9 relative
+def check_torchrun_evaluation(bundle: Path, dataset_dir: Path, ckpt: Path, tmp_path: Path, **overrides) -> None:
+    """Evaluation of the model in ``ckpt`` in one process, then under ``torchrun --nproc_per_node=2`` with
+    multi_gpu_evaluate.yaml (gloo): the same ``metrics.json`` (every figure, intervals included), the same files,
+    and a predictions CSV with every test input exactly once, as the one-process run writes it."""
+    import csv
+
+    conf = bundle / "configs"
+    runs = {}
+    for n, extra in ((1, []), (2, [conf / "multi_gpu_evaluate.yaml"])):
+        out = tmp_path / f"evaluate_{n}"
+        files = json.dumps([str(conf / "train.yaml"), str(conf / "evaluate.yaml"), *map(str, extra), str(SMOKE)])
+        launcher = ["-m", "torch.distributed.run", "--nproc_per_node=2"] if n == 2 else []
+        cmd = [sys.executable, *launcher, "-m", "monai.bundle", "run", "--bundle_root", str(bundle), "--config_file",
+               files, "--dataset_dir", str(dataset_dir), "--ckpt_dir", str(ckpt), "--output_dir", str(out)]
+        for k, v in overrides.items():
+            cmd += [f"--{k}", str(v)]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, f"{n} process(es):\n{proc.stderr[-4000:]}"
+        runs[n] = out
+    one, two = runs[1], runs[2]
+    # float32 forward passes over other batch compositions may differ in the last bit (1e-8 in an ECE seen here)
+    same_report(json.loads((two / "metrics.json").read_text()), json.loads((one / "metrics.json").read_text()),
+                rel_tol=1e-6)
+
+    def written(run: Path) -> list[str]:  # TensorBoard's event files are named by time and process id
+        return [re.sub(r"events\.out\.tfevents\..*", "events.out.tfevents.*", f) for f in files_under(run)]
+
+    assert written(two) == written(one)
+    test = json.loads((one / "datalist.json").read_text())["test"]
+    assert len(test) >= 2  # both processes had a share
+    for table in sorted(p.relative_to(one) for p in one.glob("predictions*.csv")):
+        rows = [list(csv.reader((run / table).open())) for run in (one, two)]
+        assert len(rows[0]) - 1 == len(test) and len({r[0] for r in rows[0][1:]}) == len(test)  # each input once
+        assert len(rows[1]) == len(rows[0]), table
+        for r2, r1 in zip(rows[1], rows[0]):  # the same rows in the same (input) order; probabilities written with
+            assert len(r2) == len(r1) and all(_same_cell(x, y) for x, y in zip(r2, r1)), (r2, r1)  # 6 decimals
+
+
+def _same_cell(a: str, b: str) -> bool:
+    """Two CSV cells agree: equal text, or numbers 1e-6 apart (a float32 forward pass over another batch
+    composition can move the 6th decimal)."""
+    if a == b:
+        return True
+    try:
+        return math.isclose(float(a), float(b), abs_tol=2e-6)
+    except ValueError:
+        return False
+
+
+def same_report(a, b, path: str = "", rel_tol: float = 1e-9) -> None:
+    """Two parsed ``metrics.json`` reports agree: the same keys, lists and strings, numbers within ``rel_tol``
     (NaN where the other has NaN). Raises ``AssertionError`` naming the first difference."""
     if isinstance(a, dict):
         assert isinstance(b, dict) and list(a) == list(b), f"{path}: keys {list(a)} vs {list(b)}"
         for k in a:
-            same_report(a[k], b[k], f"{path}/{k}")
+            same_report(a[k], b[k], f"{path}/{k}", rel_tol)
     elif isinstance(a, list):
         assert isinstance(b, list) and len(a) == len(b), f"{path}: {a!r} vs {b!r}"
         for i, (x, y) in enumerate(zip(a, b)):
-            same_report(x, y, f"{path}[{i}]")
+            same_report(x, y, f"{path}[{i}]", rel_tol)
     elif isinstance(a, float) and not isinstance(b, (bool, str, type(None))):
-        assert (a != a and b != b) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12), f"{path}: {a!r} vs {b!r}"
+        assert (a != a and b != b) or math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-12), f"{path}: {a!r} vs {b!r}"
     else:
         assert a == b, f"{path}: {a!r} vs {b!r}"
 

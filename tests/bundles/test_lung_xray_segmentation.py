@@ -239,7 +239,7 @@ def test_dicom_inputs_get_a_valid_dicom_seg_of_the_mask(trained, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo(lung_demo, tmp_path):
-    check_torchrun(B, lung_demo, tmp_path)
+    check_torchrun(B, lung_demo, tmp_path, evaluate=False)  # evaluated under torchrun below
 
 
 @pytest.mark.slow
