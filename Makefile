@@ -9,6 +9,9 @@ DEMO_DIR ?= demo/run_$(shell date +%Y%m%d_%H%M%S)
 # starts bundle runs, the medplugin command, servers or virtual environments. Together they are the whole suite,
 # each test once.
 UNIT := not slow and not integration
+# the integration tier's processes: its tests mostly wait on one single-threaded bundle run each, so two test files
+# at a time keep two cores busy (pytest-xdist; a file's tests stay together and share its trained fixtures)
+JOBS ?= 2
 
 setup: $(VENV)/.installed
 
@@ -32,7 +35,7 @@ test-fast: setup
 	$(PY) -m pytest -m "$(UNIT)"
 
 test-integration: setup
-	$(PY) -m pytest -m "not ($(UNIT))"
+	$(PY) -m pytest -m "not ($(UNIT))" -n $(JOBS) --dist loadfile --durations=25
 
 bench: setup
 	$(PY) -m benchmarks

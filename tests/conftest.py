@@ -21,8 +21,8 @@ from medplugin import resources
 
 REPO = Path(__file__).resolve().parent.parent
 
-# keep test runs predictable on 2-core machines
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# keep test runs predictable on 2-core machines (under pytest-xdist the workers share the cores)
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1)))))
 
 # the tests exercise this checkout's bundles and overlays: every `medplugin` command they start (and every
 # in-process call) finds them through these variables, never an installed copy or another checkout's
