@@ -36,4 +36,4 @@ def test_quick_suite_prints_the_table_with_cache_cam_and_gpu_parts():
 def test_every_bench_module_is_discovered():
     from benchmarks.__main__ import discover
 
-    assert {"cache", "cam", "classification", "gpu", "inference"} <= set(discover())
+    assert {"cache", "cam", "classification", "evaluation", "gpu", "inference"} <= set(discover())
