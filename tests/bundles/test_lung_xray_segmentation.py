@@ -19,6 +19,7 @@ from tests.bundles._runner import (
     REPO,
     SMOKE,
     bundle_dir,
+    kill_inference_after_rows,
     monai_bundle,
     run_bundle,
     torchrun_bundle,
@@ -353,33 +354,11 @@ def test_inference_killed_and_resumed_gives_one_result_per_input_equal_to_an_uni
                                                                                                 tmp_path):
     """SIGKILL after a few images, then --resume true: every input once in lung_boxes.csv (the bad file's error
     row too), in input order, the same rows, masks, boxes and rois.json as one uninterrupted run."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from tests.bundles._runner import config_files, quiet_env
-
     ckpt, _ = trained
     files = _archive(lung_demo, tmp_path / "in", 16)
     common = {"dataset_dir": tmp_path / "in", "ckpt_dir": ckpt, "batch_size": 1}
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(B), "--config_file",
-           json.dumps(config_files(NAME, "inference.yaml", SMOKE)), "--output_dir", str(killed)]
-    for k, v in common.items():
-        cmd += [f"--{k}", str(v)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=quiet_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            table = killed / "lung_boxes.csv"
-            if table.is_file() and table.read_bytes().count(b"\n") >= 4:  # header + at least 3 rows
-                break
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed: give it more inputs"
+    kill_inference_after_rows(NAME, killed / "lung_boxes.csv", 3, SMOKE, output_dir=killed, **common)
     done, masks, rois = _results(killed)
     assert 3 <= len(done) - 1 < len(files) and rois is None
     assert {Path(r[1]).name for r in done[1:] if r[1]} <= set(masks)  # a row only once its mask is on disk
