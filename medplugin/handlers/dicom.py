@@ -83,13 +83,17 @@ def bundle_model_info(bundle_root: str | os.PathLike, ckpt_dir: str | os.PathLik
 
 
 class _Rows:
-    """The rows of ``dicom_outputs.csv``."""
+    """The rows of ``dicom_outputs.csv`` (``file``, ``object``, ``dicom_file``, ``error``): written at the end of
+    the run, or streamed as a side table of :class:`medplugin.handlers.StreamingPredictions`."""
 
     def __init__(self, output_dir: Path) -> None:
         self.path, self.rows = output_dir / CSV_NAME, []
 
+    def header(self) -> list[str]:
+        return list(_FIELDS)
+
     def add(self, file: str, kind: str, written: Path | str | None = None, error: str = "") -> None:
-        self.rows.append({"file": file, "object": kind, "dicom_file": str(written or ""), "error": error})
+        self.rows.append([file, kind, str(written or ""), error])
         if error:
             logger.warning("no DICOM %s for %s: %s", kind, file, error)
 
@@ -97,12 +101,10 @@ class _Rows:
         if not self.rows:
             return
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=_FIELDS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(self.rows)
+        csv.writer(buf).writerows([self.header(), *self.rows])
         atomic_write(self.path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
-        kinds = {k: sum(1 for r in self.rows if r["object"] == k and not r["error"]) for k in ("SR", "SC", "SEG")}
-        errors = sum(1 for r in self.rows if r["error"])
+        kinds = {k: sum(1 for r in self.rows if r[1] == k and not r[3]) for k in ("SR", "SC", "SEG")}
+        errors = sum(1 for r in self.rows if r[3])
         logger.info("DICOM results: %s (%d error(s)); listed in %s",
                     ", ".join(f"{n} {k}" for k, n in kinds.items() if n) or "none", errors, self.path)
 
@@ -285,6 +287,9 @@ class DicomResultWriter(Collector):
 class DicomSegmentationWriter(SegmentationWriter):
     """:class:`SegmentationWriter` that also files each DICOM input's mask as a binary DICOM SEG.
 
+    Streamed by :class:`medplugin.handlers.StreamingPredictions` (batch inference), ``dicom_outputs.csv`` is one of
+    its ``side_tables``: its rows reach the disk with, and just before, the inputs' table rows.
+
     The SEG is made from the mask file the writer has just written (NIfTI for DICOM input), so its frames are
     that mask: a radiograph's mask as one frame on its pixel grid, a DICOM series' mask (on the series' voxel
     grid, given with its affine) as one frame per slice of the series. A source the SEG cannot be made on gets
@@ -316,6 +321,11 @@ class DicomSegmentationWriter(SegmentationWriter):
         self.bundle_root, self.ckpt_dir = bundle_root, ckpt_dir
         self.dicom_rows = _Rows(self.output_dir)
         self.model = None
+
+    @property
+    def side_tables(self) -> list:
+        """``dicom_outputs.csv``, for :class:`medplugin.handlers.StreamingPredictions`."""
+        return [self.dicom_rows] if self.mode is not False else []
 
     def reset(self, engine: Engine | None = None) -> None:
         super().reset(engine)

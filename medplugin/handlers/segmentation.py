@@ -151,12 +151,18 @@ class SegmentationWriter(Collector):
       a 2D mask with axes x = column, y = row and a NIfTI input's affine or a DICOM's pixel spacing; a 3D mask on
       the input file's grid and affine);
     - ``boxes/<name>.json``: the item's record (:func:`region_record` plus ``file``, ``mask``, ``error``);
-    - ``rois.json`` (``{"class_names", "images" | "exams": [records]}``) and the table ``csv_name`` (file, mask,
-      voxels, area_fraction, volume_mm3 or area_mm2, x, y, width, height (2D), voxel and mm box, error).
+    - the table ``csv_name`` (file, mask, voxels, area_fraction, volume_mm3 or area_mm2, x, y, width, height (2D),
+      voxel and mm box, error), one row per input, and ``rois.json`` (``{"class_names", "images" | "exams":
+      [records]}``, in the table's order), made from the table and the records on disk when the table is complete.
 
     An input that could not be read (``error`` from the dataset) gets its error and no mask; the others are
     still written. Names come from the entry's ``name`` or file stem, never from file contents; nothing is
-    written into the input folder; all files are written atomically, by the main process.
+    written into the input folder; all files are written atomically, each mask by the process that computed it.
+
+    Attached itself, the writer keeps the table's rows and writes the table and ``rois.json`` at the end of the
+    run (one process). Under :class:`medplugin.handlers.StreamingPredictions` (batch inference) the rows go to
+    disk batch by batch, after the masks and records of their batch: an input's row is what marks its result
+    complete (``--resume true`` skips it); the ranks of a multi-process run each write their own masks.
 
     Args:
         output_dir: the run's output folder.
@@ -167,6 +173,8 @@ class SegmentationWriter(Collector):
         csv_name: name of the table.
         transform: the preprocessing to invert; default the engine's dataset ``transform``.
         image_key: batch key of the preprocessed image (its record of the preprocessing).
+        spatial_dims: 2 (images) or 3 (exams): the table's columns; needed before the first mask when streaming
+            (``None``: from the first mask written).
     """
 
     def __init__(
@@ -179,6 +187,7 @@ class SegmentationWriter(Collector):
         csv_name: str = "predictions.csv",
         transform: Callable | None = None,
         image_key: str = "image",
+        spatial_dims: int | None = None,
     ) -> None:
         if keep_components is not None and int(keep_components) < 1:
             raise ValueError(f"keep_components must be None or an int >= 1, got {keep_components!r}.")
@@ -188,16 +197,22 @@ class SegmentationWriter(Collector):
         self.keep_components, self.fill_holes = keep_components, bool(fill_holes)
         self.csv_name = csv_name
         self.transform = transform
-        self.records: list[dict] = []
-        self._dims: int | None = None
+        if spatial_dims not in (None, 2, 3):
+            raise ValueError(f"spatial_dims must be None, 2 or 3, got {spatial_dims!r}.")
+        self.spatial_dims = spatial_dims
+        self.rows: list[list] = []
+        self._dims: int | None = spatial_dims
+
+    @property
+    def path(self) -> Path:
+        """The table."""
+        return self.output_dir / self.csv_name
 
     def reset(self, engine: Engine | None = None) -> None:
-        self.records.clear()
+        self.rows.clear()
 
     def collect(self, engine: Engine) -> None:
-        """Write the masks of this iteration's items and keep their records."""
-        if not is_main_process():
-            return
+        """Write the masks of this iteration's items and keep their table rows."""
         transform = self.transform or _dataset_transform(engine)
         for b, o in iter_samples(engine):
             path = str(b.get("path") or b.get("image_path") or "")
@@ -210,7 +225,7 @@ class SegmentationWriter(Collector):
                     msg = str(e).splitlines()[0] if str(e) else ""
                     rec["error"] = f"{path}: cannot write its mask ({type(e).__name__}: {msg})"
                     logger.warning("%s", rec["error"])
-            self.records.append(rec)
+            self.rows.append(self._row(rec))
 
     def save(self, path: str, name: str, pred, image, transform: Callable | None) -> dict:
         """Write the mask of one input; returns its record."""
@@ -259,43 +274,78 @@ class SegmentationWriter(Collector):
             logger.warning("%s: empty mask", path)
         return rec
 
-    def write(self, engine: Engine | None = None) -> None:
-        """Write ``rois.json`` and the table."""
-        if not is_main_process():
-            return
-        two_d = self._dims == 2
-        write_json(self.output_dir / "rois.json",
-                   {"class_names": self.class_names, "images" if two_d else "exams": self.records})
-        size_key = "area_mm2" if two_d else "volume_mm3"
-        fields = [
-            "file",
-            "mask",
-            "voxels",
-            "area_fraction",
-            size_key,
-            *(["x", "y", "width", "height"] if two_d else []),
-            "bbox_voxel_start",
-            "bbox_voxel_end",
-            "bbox_mm_min",
-            "bbox_mm_max",
-            "error",
-        ]
+    def header(self) -> list[str]:
+        """The table's columns."""
+        if self._dims is None:
+            raise ValueError("SegmentationWriter: give spatial_dims (2 or 3) to stream its table.")
+        return ["file", "mask", "voxels", "area_fraction", "area_mm2" if self._dims == 2 else "volume_mm3",
+                *(["x", "y", "width", "height"] if self._dims == 2 else []), "bbox_voxel_start", "bbox_voxel_end",
+                "bbox_mm_min", "bbox_mm_max", "error"]
+
+    def _row(self, rec: dict) -> list:
+        """One input's table row from its record (the columns of :meth:`header`, of the record's dimension; an input
+        without a mask before the dimension is known: file, mask and error, widened by :meth:`write`)."""
+        if "voxels" not in rec:
+            blank = len(self.header()) - 3 if self._dims else 0
+            return [rec["file"], rec.get("mask", ""), *[""] * blank, rec.get("error", "")]
+        two_d = "bbox" in rec
+        bv, bm, box = rec.get("bbox_voxel") or {}, rec.get("bbox_mm") or {}, rec.get("bbox") or {}
+
+        def _v(v) -> str:
+            return "" if v is None else v
 
         def _j(v) -> str:
             return " ".join(map(str, v)) if v else ""
 
+        return [rec["file"], rec.get("mask", ""), _v(rec.get("voxels", "")), _v(rec.get("area_fraction", "")),
+                _v(rec.get("area_mm2" if two_d else "volume_mm3", "")),
+                *([box.get(k, "") for k in ("x", "y", "width", "height")] if two_d else []),
+                _j(bv.get("start")), _j(bv.get("end")), _j(bm.get("min")), _j(bm.get("max")), rec.get("error", "")]
+
+    def write(self, engine: Engine | None = None) -> None:
+        """Write the table and ``rois.json`` (the writer attached itself, one process)."""
+        if not is_main_process():
+            return
+        if self._dims is None:
+            self._dims = 3  # nothing written: every input failed
+        header = self.header()
+        rows = [r if len(r) == len(header) else [*r[:2], *[""] * (len(header) - 3), r[-1]] for r in self.rows]
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        for r in self.records:
-            bv, bm, box = r.get("bbox_voxel") or {}, r.get("bbox_mm") or {}, r.get("bbox") or {}
-            w.writerow({**{k: ("" if r.get(k) is None else r.get(k, "")) for k in fields}, **{k: box.get(k, "") for k in
-                        ("x", "y", "width", "height")}, "bbox_voxel_start": _j(bv.get("start")),
-                        "bbox_voxel_end": _j(bv.get("end")), "bbox_mm_min": _j(bm.get("min")),
-                        "bbox_mm_max": _j(bm.get("max"))})
-        atomic_write(self.output_dir / self.csv_name, lambda tmp: Path(tmp).write_text(buf.getvalue()))
-        n_err = sum(1 for r in self.records if r["error"])
-        logger.info("wrote %d masks (%d errors) to %s", len(self.records) - n_err, n_err, self.output_dir)
+        csv.writer(buf).writerows([header, *rows])
+        atomic_write(self.path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+        self.write_summary()
+
+    def write_summary(self) -> None:
+        """Write ``rois.json``: the record of each input of the complete table, in its order (read from the
+        ``boxes/`` records, one at a time)."""
+        import json
+
+        if self._dims is None:
+            self._dims = 3
+        key = "images" if self._dims == 2 else "exams"
+        n = n_err = 0
+
+        def _w(tmp: str) -> None:
+            nonlocal n, n_err
+            with open(self.path, newline="", encoding="utf-8") as table, open(tmp, "w") as f:
+                f.write(f'{{\n  "class_names": {json.dumps(self.class_names)},\n  "{key}": [')
+                for row in csv.DictReader(table):
+                    mask = row.get("mask") or ""
+                    box = self.output_dir / "boxes" / f"{_mask_name(mask)}.json"
+                    rec = json.loads(box.read_text()) if mask and box.is_file() else {
+                        "file": row["file"], "mask": mask, "error": row.get("error", "")}
+                    f.write(("," if n else "") + "\n    " + json.dumps(rec))
+                    n, n_err = n + 1, n_err + bool(rec.get("error"))
+                f.write("\n  ]\n}\n")
+
+        atomic_write(self.output_dir / "rois.json", _w)
+        logger.info("%d masks (%d errors) in %s", n - n_err, n_err, self.output_dir)
+
+
+def _mask_name(mask: str) -> str:
+    """The name of a written mask file (``masks/<name>.png`` or ``masks/<name>.nii.gz``)."""
+    name = Path(mask).name
+    return name[:-7] if name.endswith(".nii.gz") else Path(name).stem
 
 
 class SegmentationReportWriter(Collector):

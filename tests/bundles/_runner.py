@@ -103,3 +103,27 @@ def kill_after_first_checkpoint(cmd: list[str], bundle_root: Path, timeout: floa
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
     return proc.returncode, out
+
+
+def kill_inference_after_rows(name: str, table: Path, rows: int, *overlays: Path, timeout: float = 300,
+                              **overrides) -> None:
+    """Run bundle ``name``'s ``inference.yaml`` (with ``overlays`` and ``--key value`` overrides) and SIGKILL it the
+    moment its result ``table`` holds ``rows`` rows after the header. Fails if the run ends before that."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(bundle_dir(name)), "--config_file",
+           json.dumps(config_files(name, "inference.yaml", *overlays))]
+    for k, v in overrides.items():
+        cmd += [f"--{k}", str(v)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=quiet_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if table.is_file() and table.read_bytes().count(b"\n") >= rows + 1:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed: give it more inputs"

@@ -19,6 +19,7 @@ from tests.bundles._runner import (
     REPO,
     SMOKE,
     bundle_dir,
+    kill_inference_after_rows,
     monai_bundle,
     run_bundle,
     torchrun_bundle,
@@ -322,3 +323,68 @@ def test_demo_job_learns_the_lungs_and_segments_real_radiographs(tmp_path):
         assert 0.08 < float(rows[name]["area_fraction"]) < 0.5, name
         cx = int(rows[name]["x"]) + int(rows[name]["width"]) / 2
         assert w / 3 < cx < 2 * w / 3, name
+
+
+def _archive(lung_demo: Path, dst: Path, n: int, size: int = 384) -> list[str]:
+    """``n`` radiographs (the demo's, enlarged to ``size`` px, so that each mask takes a moment to write) and a
+    truncated one: the input paths in input order."""
+    from PIL import Image
+
+    dst.mkdir()
+    pngs = sorted((lung_demo / "CXR_png").glob("*.png"))
+    for i in range(n):
+        with Image.open(pngs[i % len(pngs)]) as im:
+            im.resize((size + i, size), Image.BILINEAR).save(dst / f"cxr_{i:02d}.png")
+    (dst / "cxr_03_broken.png").write_bytes((dst / "cxr_03.png").read_bytes()[:200])
+    return sorted(str(p) for p in dst.iterdir())
+
+
+def _results(out: Path) -> tuple[list[list[str]], dict[str, bytes], str | None]:
+    """The table (the run folder's name taken out of the mask paths), the mask files and rois.json (``None`` before
+    the run's end) of a run."""
+    with (out / "lung_boxes.csv").open(newline="") as f:
+        table = [[c.replace(str(out), "<out>") for c in r] for r in csv.reader(f)]
+    masks = {p.name: p.read_bytes() for p in sorted((out / "masks").iterdir())}
+    rois = out / "rois.json"
+    return table, masks, rois.read_text().replace(str(out), "<out>") if rois.is_file() else None
+
+
+@pytest.mark.slow
+def test_inference_killed_and_resumed_gives_one_result_per_input_equal_to_an_uninterrupted_run(trained, lung_demo,
+                                                                                                tmp_path):
+    """SIGKILL after a few images, then --resume true: every input once in lung_boxes.csv (the bad file's error
+    row too), in input order, the same rows, masks, boxes and rois.json as one uninterrupted run."""
+    ckpt, _ = trained
+    files = _archive(lung_demo, tmp_path / "in", 16)
+    common = {"dataset_dir": tmp_path / "in", "ckpt_dir": ckpt, "batch_size": 1}
+    killed = tmp_path / "killed"
+    kill_inference_after_rows(NAME, killed / "lung_boxes.csv", 3, SMOKE, output_dir=killed, **common)
+    done, masks, rois = _results(killed)
+    assert 3 <= len(done) - 1 < len(files) and rois is None
+    assert {Path(r[1]).name for r in done[1:] if r[1]} <= set(masks)  # a row only once its mask is on disk
+
+    run_bundle(NAME, "inference.yaml", SMOKE, output_dir=killed, resume="true", **common)
+    whole = tmp_path / "whole"
+    run_bundle(NAME, "inference.yaml", SMOKE, output_dir=whole, **common)
+    resumed, fresh = _results(killed), _results(whole)
+    assert [r[0] for r in resumed[0][1:]] == files  # every input exactly once, in input order
+    assert resumed == fresh  # rows, mask files and rois.json
+    assert len(fresh[1]) == 16 and "truncated" in fresh[0][5][-1]  # a mask per good image; the bad one's error
+    assert sorted(p.name for p in (killed / "boxes").iterdir()) == sorted(p.name for p in (whole / "boxes").iterdir())
+    assert not list(killed.rglob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_torchrun_inference_gives_the_one_process_masks_and_table(trained, lung_demo, tmp_path):
+    """multi_gpu_inference.yaml, two processes (gloo): each rank writes the masks of its shard, rank 0 joins one
+    lung_boxes.csv in input order and writes rois.json; all as one process writes them, no part file left."""
+    ckpt, _ = trained
+    files = _archive(lung_demo, tmp_path / "in", 5, size=64)
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=tmp_path / "in", ckpt_dir=ckpt, output_dir=one)
+    torchrun_bundle(NAME, ("inference.yaml", "multi_gpu_inference.yaml"), SMOKE, dataset_dir=tmp_path / "in",
+                    ckpt_dir=ckpt, output_dir=two)
+    r1, r2 = _results(one), _results(two)
+    assert [r[0] for r in r2[0][1:]] == files
+    assert r2 == r1 and len(r1[1]) == 5
+    assert files_under(two) == files_under(one)  # no part files; boxes, masks, table, rois.json, run.log

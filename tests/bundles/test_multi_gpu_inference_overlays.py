@@ -1,6 +1,7 @@
 """Every multi_gpu_inference.yaml merges onto its bundle's inference.yaml with every reference resolved, shards the
-inputs without duplicates, and keeps the resumable, streamed prediction writer that joins the ranks' rows.
-(The OCT overlay also runs under torchrun in tests/bundles/test_resume_inference.py.)"""
+inputs without duplicates, and keeps the resumable, streamed result table that joins the ranks' rows.
+(The OCT overlay also runs under torchrun in tests/bundles/test_resume_inference.py, the lung segmentation overlay in
+tests/bundles/test_lung_xray_segmentation.py.)"""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from monai.bundle import ConfigParser
 
 from tests.bundles._runner import bundle_dir
 
-BUNDLES = ["chest_xray_classification", "knee_mri_classification", "retina_fundus_classification",
-           "retina_oct_classification"]
+BUNDLES = ["chest_xray_classification", "knee_mri_classification", "knee_mri_segmentation", "lung_xray_segmentation",
+           "retina_fundus_classification", "retina_oct_classification"]
 
 
 @pytest.mark.parametrize("name", BUNDLES)

@@ -4,19 +4,14 @@ one uninterrupted run."""
 from __future__ import annotations
 
 import csv
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
 from medplugin.networks import classifier
-from tests.bundles._runner import REPO, SMOKE, bundle_dir, config_files, quiet_env, run_bundle, torchrun_bundle
+from tests.bundles._runner import SMOKE, kill_inference_after_rows, run_bundle, torchrun_bundle
 
 NAME = "retina_oct_classification"
 
@@ -47,22 +42,7 @@ def test_inference_killed_and_resumed_gives_one_row_per_input_equal_to_an_uninte
     common = {"dataset_dir": src, "ckpt_dir": ckpt, "batch_size": 1}
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(bundle_dir(NAME)), "--config_file",
-           json.dumps(config_files(NAME, "inference.yaml", SMOKE)), "--output_dir", str(killed)]
-    for k, v in common.items():
-        cmd += [f"--{k}", str(v)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=quiet_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            csv_path = killed / "predictions.csv"
-            if csv_path.is_file() and csv_path.read_bytes().count(b"\n") >= 5:  # header + at least 4 rows
-                break
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed: give it more inputs"
+    kill_inference_after_rows(NAME, killed / "predictions.csv", 4, SMOKE, output_dir=killed, **common)
     partial = _rows(killed / "predictions.csv")
     assert 4 <= len(partial) - 1 < 25
 

@@ -1,8 +1,10 @@
-"""Resumable batch inference: rows streamed batch by batch, a torn last row cut off, finished inputs skipped."""
+"""Resumable batch inference: rows streamed batch by batch, a torn last row cut off, finished inputs skipped; side
+tables (dicom_outputs.csv) kept in step with the main table; a segmentation table streamed."""
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 
 import pytest
@@ -14,6 +16,7 @@ from medplugin.handlers import (
     InferenceProgress,
     MultiLabelPredictionWriter,
     PredictionWriter,
+    SegmentationWriter,
     StreamingPredictions,
     pending_inputs,
 )
@@ -135,3 +138,66 @@ def test_the_parts_of_a_killed_multi_process_run_are_joined_before_resuming_in_o
     assert [e["path"] for e in pending_inputs(entries, tmp_path, resume=True)] == ["/in/3", "/in/4", "/in/5"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv"]
     assert [r[0] for r in _rows(tmp_path / "predictions.csv")] == ["file", "/in/0", "/in/1", "/in/2"]
+
+
+class _WithSideTable(PredictionWriter):
+    """A prediction writer that also lists one object per input in a side table (as DicomSegmentationWriter lists
+    its SEGs in dicom_outputs.csv)."""
+
+    def __init__(self, output_dir, class_names):
+        from medplugin.handlers.dicom import _Rows
+
+        super().__init__(output_dir, class_names)
+        self.objects = _Rows(self.path.parent)
+        self.side_tables = [self.objects]
+
+    def collect(self, engine):
+        super().collect(engine)
+        for p in engine.state.batch["path"]:
+            self.objects.add(p, "SEG", f"/out/dicom/{p[-1]}.dcm")
+
+
+def test_side_tables_are_joined_in_the_tables_order_and_lose_the_rows_of_inputs_run_again(tmp_path):
+    """A killed two-process run: its part files are joined; the side row of /in/4 (written, then killed before its
+    main row) is dropped and written again once; a kill's temporary file is removed."""
+    head, side = b"file,prediction,prob_a,prob_b,error\r\n", b"file,object,dicom_file,error\r\n"
+    (tmp_path / "predictions.rank0.csv").write_bytes(head + b"/in/0,b,0.25,0.75,\r\n/in/2,b,0.25,0.75,\r\n")
+    (tmp_path / "predictions.rank1.csv").write_bytes(head + b"/in/1,,,,bad file\r\n")
+    (tmp_path / "dicom_outputs.rank0.csv").write_bytes(side + b"/in/0,SEG,/out/dicom/0.dcm,\r\n/in/2,SEG,/out/dicom/2."
+                                                              b"dcm,\r\n/in/4,SEG,/out/dicom/4.dcm,\r\n/in/6,SE")
+    (tmp_path / "dicom_outputs.rank1.csv").write_bytes(side + b"/in/1,SEG,,bad file\r\n")
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / ".4.png.k2j3.tmp").write_bytes(b"\x89PNG half")
+    entries = [{"path": f"/in/{i}"} for i in range(6)]
+    todo = pending_inputs(entries, tmp_path, resume=True)
+    assert [e["path"] for e in todo] == ["/in/3", "/in/4", "/in/5"] and not list(tmp_path.rglob("*.tmp"))
+
+    stream = StreamingPredictions(_WithSideTable(str(tmp_path), CLASSES))
+    engine = _engine([])
+    stream.attach(engine)
+    engine.run(_batches([e["path"] for e in todo]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dicom_outputs.csv", "masks", "predictions.csv"]
+    assert [r[0] for r in _rows(tmp_path / "predictions.csv")[1:]] == [f"/in/{i}" for i in range(6)]
+    objects = _rows(tmp_path / "dicom_outputs.csv")
+    assert objects[0] == ["file", "object", "dicom_file", "error"]
+    assert [r[0] for r in objects[1:]] == [f"/in/{i}" for i in range(6)]  # each once, in input order
+    assert objects[2] == ["/in/1", "SEG", "", "bad file"] and objects[5] == ["/in/4", "SEG", "/out/dicom/4.dcm", ""]
+
+
+def test_a_segmentation_table_streams_with_its_columns_before_the_first_mask(tmp_path):
+    stream = StreamingPredictions(SegmentationWriter(str(tmp_path), ["background", "lung"], csv_name="lung_boxes.csv",
+                                                     spatial_dims=2))
+    engine = _engine([])
+    stream.attach(engine)
+    engine.run(_batches(["/in/a.bad", "/in/b.bad"]))  # unreadable inputs: rows with their errors, no mask
+    rows = _rows(tmp_path / "lung_boxes.csv")
+    assert rows[0] == ["file", "mask", "voxels", "area_fraction", "area_mm2", "x", "y", "width", "height",
+                       "bbox_voxel_start", "bbox_voxel_end", "bbox_mm_min", "bbox_mm_max", "error"]
+    assert rows[1:] == [[p, *[""] * 12, "bad file"] for p in ("/in/a.bad", "/in/b.bad")]
+    assert json.loads((tmp_path / "rois.json").read_text()) == {
+        "class_names": ["background", "lung"],
+        "images": [{"file": p, "mask": "", "error": "bad file"} for p in ("/in/a.bad", "/in/b.bad")]}
+    engine = _engine([])
+    StreamingPredictions(SegmentationWriter(str(tmp_path / "x"))).attach(engine)
+    with pytest.raises(ValueError, match="give spatial_dims"):
+        engine.run(_batches(["/in/c.bad"]))
