@@ -72,6 +72,6 @@ def test_each_process_takes_the_gpu_of_its_local_rank_on_every_node(monkeypatch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert process_device() == torch.device("cpu")
     overlays = sorted((Path(__file__).resolve().parent.parent / "bundles").glob("*/configs/multi_gpu_*.yaml"))
-    assert len(overlays) == 16
+    assert len(overlays) == 18  # train, evaluate and inference overlays of six bundles
     for f in overlays:
         assert 'device: "$medplugin.utils.process_device()"' in f.read_text(), f
