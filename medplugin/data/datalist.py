@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from medplugin.errors import BadInputError
-from medplugin.io.image2d import looks_like_image
+from medplugin.io.image2d import IMAGE_SUFFIXES, looks_like_image
 from medplugin.utils import safe_name
 
 __all__ = ["read_datalist", "index_images", "index_knee_inputs", "index_knee_volumes", "open_text", "CsvReader",
@@ -113,6 +113,7 @@ def read_datalist(
 
 
 NOT_AN_IMAGE = "not an image file (JPEG, PNG, BMP, TIFF or DICOM expected); skipped"
+NOT_AN_EXAM = "an image file, not a knee exam (NIfTI, MRNet .npy or a folder per DICOM series expected); skipped"
 
 
 def index_images(dataset_dir: str | os.PathLike | None, datalist: str | os.PathLike | None = None) -> list[dict]:
@@ -158,7 +159,10 @@ def index_knee_inputs(dataset_dir: str | os.PathLike | None, datalist: str | os.
     A folder holding DICOM files (``DICM`` at byte 128) is one exam (one series). ``datalist`` (a JSON list or
     datalist, or a text file with one path a line) names the exams instead (as :func:`index_images`). Files are
     not opened beyond the DICOM check: unreadable ones produce an error row at inference time. Entries are
-    ``{"image", "path", "name"}``; ``name`` is the path relative to ``dataset_dir`` made safe for file names.
+    ``{"image", "path", "name"}``; ``name`` is the path relative to ``dataset_dir`` made safe for file names. A 2-D
+    image file (JPEG, PNG, BMP, TIFF) or a DICOM file directly in ``dataset_dir`` (outside a series folder) is not
+    an exam: it gets an entry whose ``error`` says so (an error row, as :func:`index_images` gives a file that is
+    not an image), so it is never dropped silently.
 
     Raises:
         BadInputError: no folder, or nothing to infer on.
@@ -166,7 +170,7 @@ def index_knee_inputs(dataset_dir: str | os.PathLike | None, datalist: str | os.
     if datalist:
         return index_images(dataset_dir, datalist)
     base = _input_folder(dataset_dir)
-    items = []
+    items, flat = [], []
     for p in sorted(base.rglob("*")):
         if p.name.startswith("."):
             continue
@@ -174,11 +178,18 @@ def index_knee_inputs(dataset_dir: str | os.PathLike | None, datalist: str | os.
             items.append(p)
         elif p.is_dir() and any(f.is_file() and _has_dicm(f) for f in p.iterdir()):
             items.append(p)
+        elif p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or (p.parent == base and _has_dicm(p))):
+            flat.append(p)  # a photograph, a radiograph, a lone DICOM file: never dropped silently, an error row
     if not items:
         raise BadInputError(base, "no NIfTI (.nii, .nii.gz), MRNet .npy files or DICOM series folders found")
     entries = _named(items, base, lambda rel: strip_suffix(rel[:-4] if rel.lower().endswith(".npy") else rel,
                                                             (".nii.gz", ".nii")))
-    logger.info("inference on %d exam(s)", len(entries))
+    if flat:
+        logger.warning("%d image file(s) under %s are not knee exams; each gets an error row", len(flat), base)
+        for e in _named(flat, base, lambda rel: str(Path(rel).with_suffix("")) + "_not_an_exam"):
+            e["error"] = f"{e['path']}: {NOT_AN_EXAM}"
+            entries.append(e)
+    logger.info("inference on %d exam(s)", len(entries) - len(flat))
     return entries
 
 

@@ -154,7 +154,8 @@ def check_file_shape(path: str | os.PathLike, spec: ScopeSpec, header: Any = Non
     """What a file's own header says of its dimensions, for an input whose image could not be loaded (e.g. a
     NIfTI volume or a multi-frame DICOM given to a 2-D model, which its 2-D reader refuses): a reason when it
     has more (or fewer) spatial dimensions than ``spec.spatial_dims``. NIfTI is read with nibabel (header
-    only), DICOM from ``header`` (Number of Frames), MRNet ``.npy`` memory-mapped; other files give no reason.
+    only), DICOM from ``header`` (Number of Frames), MRNet ``.npy`` memory-mapped, JPEG/PNG/BMP/TIFF with PIL
+    (header only; a multi-page TIFF is a stack); other files give no reason.
     """
     if spec.spatial_dims is None or not os.path.isfile(path):
         return []
@@ -169,6 +170,11 @@ def check_file_shape(path: str | os.PathLike, spec: ScopeSpec, header: Any = Non
             shape = tuple(int(s) for s in np.load(path, mmap_mode="r", allow_pickle=False).shape)
         elif header is not None and "Rows" in header:
             shape = (int(header.get("NumberOfFrames", 1) or 1), int(header.Rows), int(header.Columns))
+        elif low.endswith((".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")):
+            from PIL import Image
+
+            with Image.open(path) as im:  # the header only: no pixels decoded
+                shape = (int(getattr(im, "n_frames", 1) or 1), int(im.height), int(im.width))
     except Exception:  # noqa: BLE001 - an unreadable header: the reader's error row says why
         return []
     if shape is None:

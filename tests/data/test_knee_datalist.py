@@ -49,3 +49,24 @@ def test_inference_index_finds_nifti_npy_and_dicom_series_folders(tmp_path):
         index_knee_inputs(tmp_path / "empty")
     with pytest.raises(BadInputError, match="input folder not found"):
         index_knee_inputs(tmp_path / "missing")
+
+
+def test_inference_index_gives_images_that_are_not_exams_an_error_row(tmp_path):
+    """A photograph, a radiograph or a lone DICOM file beside the exams is never dropped silently: an entry whose
+    error names the file and says it is not a knee exam (the gate flags its dimensions at inference)."""
+    (tmp_path / "series").mkdir()
+    (tmp_path / "series" / "IM1").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 10)
+    (tmp_path / "x.nii.gz").write_bytes(b"1")
+    (tmp_path / "photo.JPG").write_bytes(b"\xff\xd8")
+    (tmp_path / "lone").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 10)  # a DICOM file outside a series folder
+    (tmp_path / "notes.txt").write_text("not an exam")
+    entries = index_knee_inputs(tmp_path)
+    assert [e["name"] for e in entries] == ["series", "x", "lone_not_an_exam", "photo_not_an_exam"]
+    assert [e.get("error", "") for e in entries[:2]] == ["", ""]
+    for e in entries[2:]:
+        assert e["error"].startswith(f"{e['path']}: an image file, not a knee exam (NIfTI, MRNet .npy or a folder per")
+    only_photos = tmp_path / "photos"
+    only_photos.mkdir()
+    (only_photos / "a.png").write_bytes(b"\x89PNG")
+    with pytest.raises(BadInputError, match="no NIfTI"):  # nothing to infer on: the run stops, as for no files
+        index_knee_inputs(only_photos)

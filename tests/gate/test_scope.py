@@ -140,3 +140,22 @@ def test_scope_check_transform_after_loading(tmp_path):
     assert tuple(out["image"].shape[1:]) in ((1955, 1841), (1841, 1955))  # the image itself is left alone
     ok = pipeline({"image": sample_file("RG1_UNCR.dcm")})
     assert ok["in_scope"] is True and ok["out_of_scope_reason"] == "" and ok["refused"] is False
+
+
+def test_the_shape_of_a_file_its_reader_refused_comes_from_its_own_header(tmp_path):
+    """A photograph or a radiograph given to the knee classifier (its volume reader refuses them): the gate still
+    says why from the file's header alone, JPEG/PNG by PIL, DICOM by Rows/Columns/Number of Frames."""
+    from PIL import Image
+
+    from medplugin.gate import check_file_shape
+
+    knee = InputGate({"dicom": {"Modality": ["MR"]}, "image": {"spatial_dims": 3}})
+    Image.fromarray(np.zeros((40, 56, 3), np.uint8)).save(tmp_path / "photo.jpg")
+    Image.fromarray(np.zeros((30, 20), np.uint8)).save(tmp_path / "gray.png")
+    assert knee.check_file(tmp_path / "photo.jpg").reasons == (
+        "a 2-D image of shape (1, 40, 56), expected a 3-D volume",)
+    assert check_file_shape(tmp_path / "gray.png", knee.spec) == [
+        "a 2-D image of shape (1, 30, 20), expected a 3-D volume"]
+    assert knee.check_file(sample_file("RG1_UNCR.dcm")).reasons == (
+        "Modality is CR, expected MR", "a 2-D image of shape (1, 1955, 1841), expected a 3-D volume")
+    assert check_file_shape(tmp_path / "photo.jpg", ScopeSpec(spatial_dims=2)) == []  # a 2-D model: in shape
