@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -355,3 +356,32 @@ def test_demo_job_learns_the_planted_findings_and_its_cams_point_at_them(tmp_pat
     images = sorted((tmp_path / "chestxray14" / "images_001" / "images").glob("*.png"))
     rows = list(csv.DictReader((tmp_path / "runs" / "inference" / "predictions.csv").open()))
     assert len(rows) == len(images) > 0 and all(r["error"] == "" for r in rows)
+
+
+def test_the_gate_flags_inputs_the_chest_classifier_was_not_made_for(trained, tmp_path):
+    """Issue 16: one inference run over a real chest CR (in scope), a real MR slice, the CR as a lateral view, a
+    colour photograph and a knee volume: each outsider is flagged with the tag or property and its value, and
+    under ``gate: warn`` still scored; the knee volume, which a 2-D reader cannot take, gets an error row naming
+    the file and the reason as well as the gate's shape reason."""
+    from tests.bundles import _gate as gate
+
+    ckpt, _ = trained
+    src = tmp_path / "in"
+    gate.chest_cr(src / "cr.dcm")
+    gate.mr_slice(src / "mr.dcm")
+    gate.chest_cr(src / "lateral.dcm", ViewPosition="LL")
+    gate.colour_photograph(src / "photo.jpg")
+    gate.knee_volume(src / "knee.nii.gz")
+    out = tmp_path / "inf"
+    run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=ckpt, output_dir=out)
+    rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
+    assert sorted(rows) == ["cr.dcm", "knee.nii.gz", "lateral.dcm", "mr.dcm", "photo.jpg"]
+    probs = [f"prob_{f}" for f in FINDINGS]
+    gate.assert_in_scope(rows["cr.dcm"], probs)
+    gate.assert_flagged(rows["mr.dcm"], ["Modality is MR, expected CR or DX"], probs)
+    gate.assert_flagged(rows["lateral.dcm"], ["ViewPosition is LL, expected PA or AP"], probs)
+    (colour,) = gate.gate_reasons(rows["photo.jpg"])[0]  # the mean channel difference varies with the JPEG decoder
+    assert re.fullmatch(r"a colour image \(channels differ by [0-9.]+ on average\), expected grayscale", colour)
+    gate.assert_flagged(rows["photo.jpg"], [colour], probs)
+    volume = ["a 3-D volume of shape (12, 64, 64), expected a 2-D image"]
+    gate.assert_refused_unreadable(rows["knee.nii.gz"], volume, "expected a 2D NIfTI image (x, y), got shape (12, 64")

@@ -271,3 +271,33 @@ def test_demo_job_learns_acl_tears_and_its_cam_finds_the_ligament(tmp_path):
     # several times stronger inside the band than outside it
     assert np.mean(hot_on_acl) >= 0.75, hot_on_acl
     assert np.mean(np.asarray(torn_ratios) > 2) >= 0.75, torn_ratios
+
+
+def test_the_gate_flags_inputs_the_knee_classifier_was_not_made_for(trained, knee_nifti, tmp_path):
+    """Issue 16: one inference run over a knee exam of its own kind (in scope), a real chest CR as a one-file DICOM
+    series (Modality CR, and a 2-D image: flagged, and under ``gate: warn`` still scored, as the series reader
+    takes one slice), a lone chest CR file and a colour photograph (not exams: error rows naming the file and the
+    reason, and the gate's reasons from the files' own headers)."""
+    from tests.bundles import _gate as gate
+
+    ckpt, _ = trained
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(knee_nifti / "exams" / "knee_000.nii.gz", src / "knee.nii.gz")
+    gate.chest_cr(src / "cr" / "IM1.dcm")
+    gate.chest_cr(src / "radiograph.dcm")
+    gate.colour_photograph(src / "photo.jpg")
+    out = tmp_path / "inf"
+    run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=ckpt, output_dir=out, **TINY)
+    rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
+    assert sorted(rows) == ["cr", "knee.nii.gz", "photo.jpg", "radiograph.dcm"]
+    probs = [f"prob_{c}" for c in CLASSES]
+    gate.assert_in_scope(rows["knee.nii.gz"], probs)
+    # the series reader takes the one file as a one-slice volume (channel first, as it loads it): 2-D
+    cr_reasons = ["Modality is CR, expected MR", "a 2-D image of shape (1841, 1, 1955), expected a 3-D volume"]
+    gate.assert_flagged(rows["cr"], cr_reasons, probs)
+    not_an_exam = "not a knee exam"
+    lone = ["Modality is CR, expected MR", "a 2-D image of shape (1, 1955, 1841), expected a 3-D volume"]  # (frames,
+    gate.assert_refused_unreadable(rows["radiograph.dcm"], lone, not_an_exam)  # rows, columns) from its header
+    photo = ["a 2-D image of shape (1, 600, 512), expected a 3-D volume"]
+    gate.assert_refused_unreadable(rows["photo.jpg"], photo, not_an_exam)

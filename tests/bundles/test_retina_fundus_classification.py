@@ -198,3 +198,31 @@ def test_demo_command_writes_the_eyepacs_layout_the_bundle_indexes(tmp_path):
     dl = index_fundus(tmp_path / "eyepacs", task="referable")
     assert len(dl["test"]) == 20 and sum(len(v) for v in dl.values()) == 100
     assert {e["label"] for e in dl["training"]} == {0, 1}
+
+
+def test_the_gate_flags_inputs_the_fundus_classifier_was_not_made_for(trained, fundus_demo, tmp_path):
+    """Issue 16: one inference run over a fundus photograph of its own kind (in scope), a real MR slice (Modality
+    MR, and grayscale), a real grayscale chest radiograph (JPEG: no header, the content rule flags it) and a knee
+    volume: each outsider is flagged with the tag or property and its value and, under ``gate: warn``, still
+    scored; the knee volume, which a 2-D reader cannot take, gets an error row naming the file and the reason as
+    well as the gate's reason."""
+    from tests.bundles import _gate as gate
+
+    ckpt, _ = trained
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(sorted((fundus_demo / "test").glob("*.jpeg"))[0], src / "fundus.jpeg")
+    gate.mr_slice(src / "mr.dcm")
+    shutil.copy(REPO / "tests" / "data" / "real" / "person1951_bacteria_4882.jpeg", src / "radiograph.jpeg")
+    gate.knee_volume(src / "knee.nii.gz")
+    out = tmp_path / "inf"
+    run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=ckpt, output_dir=out)
+    rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
+    assert sorted(rows) == ["fundus.jpeg", "knee.nii.gz", "mr.dcm", "radiograph.jpeg"]
+    probs = [f"prob_{c}" for c in CLASSES]
+    gate.assert_in_scope(rows["fundus.jpeg"], probs)
+    grayscale = "a grayscale image, expected a colour image"
+    gate.assert_flagged(rows["mr.dcm"], ["Modality is MR, expected OP or XC", grayscale], probs)
+    gate.assert_flagged(rows["radiograph.jpeg"], [grayscale], probs)
+    volume = ["a 3-D volume of shape (12, 64, 64), expected a 2-D image"]
+    gate.assert_refused_unreadable(rows["knee.nii.gz"], volume, "expected a 2D NIfTI image (x, y), got shape (12, 64")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -153,3 +154,33 @@ def test_demo_job_learns_the_synthetic_task(tmp_path):
     assert m["n"] == 64 and m["accuracy"] >= 0.95
     rows = list(csv.DictReader((tmp_path / "runs" / "inference" / "predictions.csv").open()))
     assert len(rows) == 64 and all(r["error"] == "" for r in rows)
+
+
+def test_the_gate_flags_inputs_the_oct_classifier_was_not_made_for(trained, oct_demo, tmp_path):
+    """Issue 16: one inference run over a B-scan of its own kind (in scope), a real MR slice (Modality MR), the same
+    slice relabelled Modality OPT (in scope by its header), a colour photograph and a knee volume: each outsider is
+    flagged with the tag or property and its value and, under ``gate: warn``, still scored; the knee volume, which
+    a 2-D reader cannot take, gets an error row naming the file and the reason as well as the gate's reason."""
+    from tests.bundles import _gate as gate
+
+    ckpt, _ = trained
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(sorted((oct_demo / "test" / "CNV").glob("*.jpeg"))[0], src / "bscan.jpeg")
+    gate.mr_slice(src / "mr.dcm")
+    gate.mr_slice(src / "opt.dcm", Modality="OPT")
+    gate.colour_photograph(src / "photo.jpg")
+    gate.knee_volume(src / "knee.nii.gz")
+    out = tmp_path / "inf"
+    run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=ckpt, output_dir=out)
+    rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
+    assert sorted(rows) == ["bscan.jpeg", "knee.nii.gz", "mr.dcm", "opt.dcm", "photo.jpg"]
+    probs = [f"prob_{c}" for c in ("CNV", "DME", "DRUSEN", "NORMAL")]
+    gate.assert_in_scope(rows["bscan.jpeg"], probs)
+    gate.assert_flagged(rows["mr.dcm"], ["Modality is MR, expected OPT"], probs)
+    assert gate.gate_reasons(rows["opt.dcm"])[0] == [] and rows["opt.dcm"]["prob_CNV"] != ""  # OPT: in scope by header
+    (colour,) = gate.gate_reasons(rows["photo.jpg"])[0]  # the mean channel difference varies with the JPEG decoder
+    assert re.fullmatch(r"a colour image \(channels differ by [0-9.]+ on average\), expected grayscale", colour)
+    gate.assert_flagged(rows["photo.jpg"], [colour], probs)
+    volume = ["a 3-D volume of shape (12, 64, 64), expected a 2-D image"]
+    gate.assert_refused_unreadable(rows["knee.nii.gz"], volume, "expected a 2D NIfTI image (x, y), got shape (12, 64")
