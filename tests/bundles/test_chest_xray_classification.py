@@ -356,6 +356,15 @@ def test_demo_job_learns_the_planted_findings_and_its_cams_point_at_them(tmp_pat
     images = sorted((tmp_path / "chestxray14" / "images_001" / "images").glob("*.png"))
     rows = list(csv.DictReader((tmp_path / "runs" / "inference" / "predictions.csv").open()))
     assert len(rows) == len(images) > 0 and all(r["error"] == "" for r in rows)
+    # the input gate (its OOD threshold fitted on the validation images at the end of training) keeps >= 95 % of the
+    # held-out test films in scope
+    meta = json.loads((tmp_path / "models" / "model.json").read_text())
+    assert meta["ood"].get("threshold") is not None, meta["ood"]
+    test_names = set((tmp_path / "chestxray14" / "test_list.txt").read_text().split())
+    held_out = [r for r in rows if Path(r["file"]).name in test_names]
+    assert len(held_out) >= 20
+    assert sum(r["in_scope"] == "true" for r in held_out) >= 0.95 * len(held_out), [
+        r["out_of_scope_reason"] for r in held_out if r["in_scope"] != "true"]
 
 
 def test_the_gate_flags_inputs_the_chest_classifier_was_not_made_for(trained, tmp_path):

@@ -234,6 +234,7 @@ def test_demo_job_learns_acl_tears_and_its_cam_finds_the_ligament(tmp_path):
     assert m["n"] == 16 and m["macro_auc"] >= 0.9, m
     rows = list(csv.DictReader((tmp_path / "runs" / "inference" / "predictions.csv").open()))
     assert len(rows) == 16 and all(r["error"] == "" for r in rows)
+    assert sum(r["in_scope"] == "true" for r in rows) >= 0.95 * len(rows)  # the held-out exams: the input gate passes
 
     # Grad-CAM of the class the trained model predicts, on the demo's NIfTI-layout phantoms (all four conditions)
     # whose ligament masks are known, computed with the bundle's own preprocessing and put back on the file grid.
