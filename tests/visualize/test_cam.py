@@ -170,3 +170,18 @@ def test_gradcam_peak_lies_on_the_planted_dot_not_half_a_stride_off(dot):
     maps, _ = CapturedGradCAM(_box_net(), "3")(x, class_idx=1)
     rows, cols = np.nonzero(maps[0, 0].numpy() >= float(maps.max()))
     assert abs(rows.mean() - dot[0]) <= 1.0 and abs(cols.mean() - dot[1]) <= 1.0, (rows, cols)
+
+
+@pytest.mark.parametrize("cells,size", [((4, 5), (32, 40)), ((3, 4, 5), (12, 32, 40))])
+def test_grid_of_evenly_tiling_cells_gives_the_plain_resize(cells, size):
+    """Cells centred on their tiles (offset (stride - 1) / 2) are what bilinear/trilinear ``align_corners=False``
+    assumes: the two agree, in 2D and 3D, borders included."""
+    from medplugin.visualize.cam import grad_cam_maps
+
+    torch.manual_seed(0)
+    act = torch.rand(2, 3, *cells, requires_grad=True)
+    logits = act.flatten(2).mean(2)  # (2, 3): every cell counts
+    grid = tuple(((n / c - 1) / 2, n / c) for n, c in zip(size, cells))
+    kept = grad_cam_maps(logits, act, [0, 1], [2, 1], size, retain_graph=True, grid=grid)
+    plain = grad_cam_maps(logits, act, [0, 1], [2, 1], size)
+    torch.testing.assert_close(kept, plain, atol=1e-5, rtol=0)
