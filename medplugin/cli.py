@@ -55,7 +55,7 @@ def _demo_retina_fundus(out: Path, args) -> dict:
     from medplugin.data.synthetic.fundus import make_eyepacs_demo
 
     root = out / "eyepacs"
-    info = make_eyepacs_demo(root, n_patients=40, size=128, seed=args.seed, n_test_patients=10)  # 100 eyes
+    info = make_eyepacs_demo(root, n_patients=40, size=128, seed=args.seed, n_test_patients=20)  # 120 eyes
     return {"dataset_dir": str(root), "inference_dir": str(root / "test"), **info}
 
 

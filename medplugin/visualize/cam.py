@@ -7,13 +7,21 @@ forward pass, and removed; the network is never left changed.
 
 from __future__ import annotations
 
+import math
+import weakref
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ActivationCapture", "CapturedGradCAM", "grad_cam_maps", "normalize_maps", "flat_map_warning"]
+__all__ = [
+    "ActivationCapture", "CapturedGradCAM", "cell_centres", "grad_cam_maps", "normalize_maps", "flat_map_warning",
+]
+
+Grid = tuple[tuple[float, float], ...]
+"""Per spatial axis ``(offset, step)``: the centre of a feature map's cell ``j`` lies on input pixel
+``offset + step * j`` (pixel ``p`` covers ``[p - 0.5, p + 0.5]``)."""
 
 
 def flat_map_warning(feature_size: Sequence[int], layer, input_shape: Sequence[int]) -> str | None:
@@ -104,6 +112,7 @@ def grad_cam_maps(
     classes: Sequence[int],
     output_size: Sequence[int] | None = None,
     retain_graph: bool = False,
+    grid: Grid | None = None,
 ) -> torch.Tensor:
     """Grad-CAM maps of ``(samples[k], classes[k])`` pairs from logits and the activation of the same forward pass.
 
@@ -119,6 +128,11 @@ def grad_cam_maps(
         classes: class of each pair.
         output_size: spatial size to upsample the maps to (the input size); ``None`` keeps the feature size.
         retain_graph: keep the graph after the last backward (for later calls).
+        grid: where the layer's cells lie on the input (:func:`cell_centres`); each map is resampled so that a cell's
+            value lands on its receptive field's centre. ``None``: the cells tile the input evenly (bilinear
+            ``align_corners=False``), which is right for a grid whose cells are centred on their tiles (VGG,
+            DenseNet within a pixel or two) but puts a ResNet's map ``(stride - 1) / 2`` pixels down and right
+            of where its cells look.
 
     Returns:
         ``(K, 1, *output_size)`` maps in [0, 1], detached.
@@ -157,7 +171,9 @@ def grad_cam_maps(
             # constant map leaves float rounding (~1e-7 of its value) that min-max scaling would blow up into a
             # pattern of 0, 0.5 and 1, so flatness is decided here, before the upsampling.
             flat = maps.flatten(1).amax(1) <= maps.flatten(1).amin(1)
-            if output_size is not None and tuple(maps.shape[2:]) != tuple(output_size):
+            if output_size is not None and grid is not None and len(grid) == len(output_size) in (2, 3):
+                maps = _resample(maps, tuple(output_size), grid)
+            elif output_size is not None and tuple(maps.shape[2:]) != tuple(output_size):
                 mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(output_size)]
                 maps = F.interpolate(maps, size=tuple(output_size), mode=mode, align_corners=False)
             maps = normalize_maps(maps)
@@ -169,6 +185,98 @@ def grad_cam_maps(
         size = tuple(output_size) if output_size is not None else tuple(activation.shape[2:])
         return torch.zeros((0, 1, *size))
     return torch.stack(out)  # type: ignore[arg-type]
+
+
+def _resample(maps: torch.Tensor, size: tuple[int, ...], grid: Grid) -> torch.Tensor:
+    """``(K, 1, *cells)`` maps on the input's ``size``: input pixel ``p`` of an axis takes the (multi)linear
+    interpolation of the cells at ``(p - offset) / step``, the edge cells' values beyond them."""
+    coords = []
+    for n, cells, (offset, step) in zip(size, maps.shape[2:], grid):
+        u = (torch.arange(n, dtype=torch.float32, device=maps.device) - offset) / step  # cell coordinate
+        coords.append(u * 2 / (cells - 1) - 1 if cells > 1 else torch.zeros_like(u))  # align_corners=True frame
+    mesh = torch.meshgrid(*coords, indexing="ij")
+    g = torch.stack(mesh[::-1], dim=-1)  # grid_sample wants (x, y[, z]): the last axis first
+    g = g.unsqueeze(0).expand(maps.shape[0], *g.shape)
+    return F.grid_sample(maps, g, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+_GRIDS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, Grid | None]] = weakref.WeakKeyDictionary()
+
+
+def cell_centres(network: nn.Module, layer: str | nn.Module, input_shape: Sequence[int]) -> Grid | None:
+    """Where the cells of ``layer``'s output lie on an input of ``input_shape`` ``(B, C, *spatial)``, measured.
+
+    Every cell looks at a window of the input (its receptive field) centred on ``offset + step * j``; the offset
+    depends on the padding of every convolution and pooling before the layer (a torchvision ResNet's cell ``j``
+    is centred on pixel ``stride * j``, a DenseNet's near ``stride * j + stride / 2``), not on the input size.
+    Measured on the network itself, one axis at a time: a forward and backward pass of a batch of three uniform
+    random inputs, in eval mode, shows which input pixels reach the first, second and last cell along the axis
+    (the nonzero input gradient); the first cell's far edge and the last cell's near edge give the step and the
+    offset. When
+    the receptive field is wider than the input, the axis is lengthened (doubled, up to 8 times) for the
+    measurement (up to 4 samples' or 512 x 1024 pixels' worth). Cached per network, layer and input shape; the
+    global random state is not used.
+
+    Returns:
+        one ``(offset, step)`` per spatial axis, or ``None`` when it cannot be measured (a network that does not
+        run on the lengthened input, a receptive field wider still, per-slice maps of a 2.5D network), and the
+        cells are then taken to tile the input evenly.
+    """
+    shape = tuple(int(v) for v in input_shape)
+    key = (str(layer) if not isinstance(layer, nn.Module) else id(layer), shape)
+    known = _GRIDS.setdefault(network, {})
+    if key not in known:
+        was_training = network.training
+        network.eval()
+        try:
+            with torch.enable_grad():  # also when asked inside an evaluator's no_grad context
+                grid = [_axis_centres(network, layer, shape, axis) for axis in range(len(shape) - 2)]
+        finally:
+            network.train(was_training)
+        known[key] = None if any(g is None for g in grid) else tuple(grid)  # type: ignore[misc]
+    return known[key]
+
+
+def _axis_centres(network: nn.Module, layer, shape: tuple[int, ...], axis: int) -> tuple[float, float] | None:
+    try:
+        param = next(network.parameters())
+        device, dtype = param.device, (param.dtype if param.is_floating_point() else torch.float32)
+    except StopIteration:
+        device, dtype = torch.device("cpu"), torch.float32
+    g = torch.Generator().manual_seed(0)
+    length = shape[2 + axis]
+    sample = math.prod(shape[1:])
+    budget = max(4 * sample, shape[1] * 2**19)  # elements of one probe input: at most 4 samples, or 512 x 1024 px
+    for _ in range(4):
+        probe = (3, *shape[1:2 + axis], length, *shape[3 + axis:])
+        if math.prod(probe[1:]) > budget:  # a larger probe would cost more than it is worth (3D volumes)
+            return None
+        x = torch.rand(probe, generator=g).to(device=device, dtype=dtype).requires_grad_(True)
+        try:
+            with ActivationCapture(network, layer) as cap:
+                network(x)
+        except RuntimeError:  # too large for the device, or a network tied to its input size
+            return None
+        act = cap.activation
+        if act is None or act.shape[0] != 3 or act.dim() != x.dim():
+            return None
+        n = act.shape[2 + axis]
+        if n >= 2:
+            target = 0
+            for k, j in enumerate((0, 1, n - 1)):
+                target = target + act[k].select(1 + axis, j).sum()
+            (gx,) = torch.autograd.grad(target, x)
+            reach = gx.detach().abs().sum(1) > 0  # (3, *spatial)
+            other = tuple(d for d in range(reach.dim() - 1) if d != axis)
+            idx = [(reach[k].to(torch.uint8).amax(dim=other) if other else reach[k]).nonzero().flatten()
+                   for k in range(3)]
+            if all(i.numel() for i in idx):
+                end0, end1, start_last = int(idx[0].max()), int(idx[1].max()), int(idx[2].min())
+                step = float(end1 - end0)
+                if end1 < length - 1 and start_last > 0 and step > 0:  # unclipped by the border
+                    return (end0 + start_last - step * (n - 1)) / 2, step
+        length *= 2
+    return None
 
 
 class CapturedGradCAM:
@@ -210,6 +318,7 @@ class CapturedGradCAM:
             logits = self.network(x, *args, **kwargs)
         if cap.activation is not None:
             self._last = (logits, cap.activation, tuple(x.shape[2:]))
+            self._shape = tuple(x.shape)
         return logits.detach()
 
     @property
@@ -250,8 +359,9 @@ class CapturedGradCAM:
                 raise ValueError(f"samples and classes differ in length: {len(samples)} samples, {len(classes)} "
                                  "classes (class_idx needs one class per sample).")
             classes = [p if c is None else int(c) for c, p in zip(classes, predicted)]
+        grid = cell_centres(self.network, self.layer, self._shape) if activation.shape[0] == logits.shape[0] else None
         try:
-            return grad_cam_maps(logits, activation, samples, classes, size, retain_graph=keep)
+            return grad_cam_maps(logits, activation, samples, classes, size, retain_graph=keep, grid=grid)
         finally:
             if not keep:
                 self.release()

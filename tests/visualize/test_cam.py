@@ -128,3 +128,60 @@ def test_inferer_warns_once_when_the_cam_layer_is_one_cell(caplog):
         maps = inferer.cams()
     assert not [r for r in caplog.records if r.name == "medplugin.inferers"]
     assert all(m.max() > 0 for m in maps)
+
+
+def _box_net(pool: nn.Module | None = None):
+    """Two stride-2 box filters (3x3, padding 1), or ``pool`` between them: a cell of layer "3" sums a window of
+    the input centred on pixel 4 * j (box convolutions) or 4 * j + 1.5 (2x2 average pooling)."""
+    first = pool or nn.Conv2d(1, 1, 3, stride=2, padding=1, bias=False)
+    second = nn.Conv2d(1, 1, 3, stride=2, padding=1, bias=False) if pool is None else nn.AvgPool2d(2)
+    net = nn.Sequential(first, nn.ReLU(), second, nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(1, 2))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.fill_(1 / 9)
+        net[-1].weight.copy_(torch.tensor([[-1.0], [1.0]]))
+        net[-1].bias.zero_()
+    return net.eval()
+
+
+def test_cells_are_measured_where_their_receptive_fields_are_centred():
+    from medplugin.networks import classifier
+    from medplugin.visualize import cell_centres
+
+    assert cell_centres(_box_net(), "3", (1, 1, 32, 40)) == ((0.0, 4.0), (0.0, 4.0))
+    assert cell_centres(_box_net(nn.AvgPool2d(2)), "3", (1, 1, 32, 32)) == ((1.5, 4.0), (1.5, 4.0))
+    net = classifier("resnet18", in_channels=1, num_classes=2, pretrained="none")
+    net.train()
+    state = torch.random.get_rng_state()
+    assert cell_centres(net, "layer2", (2, 1, 64, 64)) == ((0.0, 8.0), (0.0, 8.0))
+    # layer4's field (435 px) is wider than a 64 px input: measured on a lengthened one
+    assert cell_centres(net, "layer4", (2, 1, 64, 64)) == ((0.0, 32.0), (0.0, 32.0))
+    assert net.training and torch.equal(torch.random.get_rng_state(), state)  # mode and random state untouched
+
+
+@pytest.mark.parametrize("dot", [(8, 12), (20, 4), (13, 18)])
+def test_gradcam_peak_lies_on_the_planted_dot_not_half_a_stride_off(dot):
+    """A stride-4 map upsampled as if its cells tiled the input evenly puts a ResNet-like cell (centred on pixel
+    4 * j) 1.5 px down and right of where it looks; the measured grid puts the peak on the dot (within the
+    half-cell a dot between two cells' centres is from the nearer one)."""
+    x = torch.zeros(1, 1, 32, 32)
+    x[0, 0, dot[0], dot[1]] = 1.0
+    maps, _ = CapturedGradCAM(_box_net(), "3")(x, class_idx=1)
+    rows, cols = np.nonzero(maps[0, 0].numpy() >= float(maps.max()))
+    assert abs(rows.mean() - dot[0]) <= 1.0 and abs(cols.mean() - dot[1]) <= 1.0, (rows, cols)
+
+
+@pytest.mark.parametrize("cells,size", [((4, 5), (32, 40)), ((3, 4, 5), (12, 32, 40))])
+def test_grid_of_evenly_tiling_cells_gives_the_plain_resize(cells, size):
+    """Cells centred on their tiles (offset (stride - 1) / 2) are what bilinear/trilinear ``align_corners=False``
+    assumes: the two agree, in 2D and 3D, borders included."""
+    from medplugin.visualize.cam import grad_cam_maps
+
+    torch.manual_seed(0)
+    act = torch.rand(2, 3, *cells, requires_grad=True)
+    logits = act.flatten(2).mean(2)  # (2, 3): every cell counts
+    grid = tuple(((n / c - 1) / 2, n / c) for n, c in zip(size, cells))
+    kept = grad_cam_maps(logits, act, [0, 1], [2, 1], size, retain_graph=True, grid=grid)
+    plain = grad_cam_maps(logits, act, [0, 1], [2, 1], size)
+    torch.testing.assert_close(kept, plain, atol=1e-5, rtol=0)

@@ -310,13 +310,20 @@ class FundusFOVCrop(Transform):
         # boundary pixels are the last pixels inside: the rim lies half a pixel further out
         return float(cy * step), float(cx * step), float((r + 0.5) * step)
 
+    @staticmethod
+    def crop_square(cy: float, cx: float, r: float) -> tuple[int, int, int]:
+        """``(top, left, side)`` in input pixels of the square cropped around the FOV circle ``(cy, cx, r)``; the
+        crop is resized from ``side`` to ``spatial_size``, so input pixel ``(y, x)`` lands on output pixel
+        ``((y - top + 0.5) * S / side - 0.5, (x - left + 0.5) * S / side - 0.5)`` (pixel centres)."""
+        side = max(int(np.ceil(2 * r)), 1)
+        return int(round(cy - side / 2.0 + 0.5)), int(round(cx - side / 2.0 + 0.5)), side
+
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor | tuple[NdarrayOrTensor, NdarrayOrTensor]:
         """Crop ``img`` (C, H, W) to its FOV; returns (3, S, S) float32 (and the mask if ``return_mask``)."""
         rgb = as_rgb(img)
         cy, cx, r = self.find_fov(rgb)
         _, h, w = rgb.shape
-        side = max(int(np.ceil(2 * r)), 1)
-        top, left = int(round(cy - side / 2.0 + 0.5)), int(round(cx - side / 2.0 + 0.5))
+        top, left, side = self.crop_square(cy, cx, r)
         crop = np.zeros((3, side, side), np.float32)
         r0, r1 = max(top, 0), min(top + side, h)
         c0, c1 = max(left, 0), min(left + side, w)
