@@ -7,7 +7,6 @@ forward pass, and removed; the network is never left changed.
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Sequence
 
@@ -204,78 +203,95 @@ _GRIDS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, Grid | None]] = weakref
 
 
 def cell_centres(network: nn.Module, layer: str | nn.Module, input_shape: Sequence[int]) -> Grid | None:
-    """Where the cells of ``layer``'s output lie on an input of ``input_shape`` ``(B, C, *spatial)``, measured.
+    """Where the cells of ``layer``'s output lie on an input of ``input_shape`` ``(B, C, *spatial)``.
 
     Every cell looks at a window of the input (its receptive field) centred on ``offset + step * j``; the offset
-    depends on the padding of every convolution and pooling before the layer (a torchvision ResNet's cell ``j``
-    is centred on pixel ``stride * j``, a DenseNet's near ``stride * j + stride / 2``), not on the input size.
-    Measured on the network itself, one axis at a time: a forward and backward pass of a batch of three uniform
-    random inputs, in eval mode, shows which input pixels reach the first, second and last cell along the axis
-    (the nonzero input gradient); the first cell's far edge and the last cell's near edge give the step and the
-    offset. When
-    the receptive field is wider than the input, the axis is lengthened (doubled, up to 8 times) for the
-    measurement (up to 4 samples' or 512 x 1024 pixels' worth). Cached per network, layer and input shape; the
-    global random state is not used.
+    depends on the kernel and padding of every convolution and pooling before the layer (a torchvision ResNet's cell
+    ``j`` is centred on pixel ``stride * j``, a DenseNet's third block's on ``16 * j + 6``), not on the input size.
+    Read off the network itself: one forward pass of a zero input (eval mode, no random numbers) records the
+    autograd graph, and the path from the layer's output back to the input is walked; each convolution and pooling
+    on it maps a cell ``j`` to the centre ``stride * j + (kernel - 1) * dilation / 2 - padding`` of its window.
+    Branches (a ResNet's downsampling shortcut, a DenseNet's concatenations) share that geometry, so one path
+    tells. Cached per network, layer and input shape.
 
     Returns:
-        one ``(offset, step)`` per spatial axis, or ``None`` when it cannot be measured (a network that does not
-        run on the lengthened input, a receptive field wider still, per-slice maps of a 2.5D network), and the
-        cells are then taken to tile the input evenly.
+        one ``(offset, step)`` per spatial axis, or ``None`` (the cells are then taken to tile the input evenly)
+        when the path holds an operation whose geometry is not known here (an upsampling, an adaptive pooling),
+        or the layer's maps are per-slice maps of a 2.5D network.
     """
     shape = tuple(int(v) for v in input_shape)
     key = (str(layer) if not isinstance(layer, nn.Module) else id(layer), shape)
     known = _GRIDS.setdefault(network, {})
     if key not in known:
-        was_training = network.training
-        network.eval()
-        try:
-            with torch.enable_grad():  # also when asked inside an evaluator's no_grad context
-                grid = [_axis_centres(network, layer, shape, axis) for axis in range(len(shape) - 2)]
-        finally:
-            network.train(was_training)
-        known[key] = None if any(g is None for g in grid) else tuple(grid)  # type: ignore[misc]
+        known[key] = _graph_grid(network, layer, shape)
     return known[key]
 
 
-def _axis_centres(network: nn.Module, layer, shape: tuple[int, ...], axis: int) -> tuple[float, float] | None:
+def _graph_grid(network: nn.Module, layer, shape: tuple[int, ...]) -> Grid | None:
     try:
         param = next(network.parameters())
         device, dtype = param.device, (param.dtype if param.is_floating_point() else torch.float32)
     except StopIteration:
         device, dtype = torch.device("cpu"), torch.float32
-    g = torch.Generator().manual_seed(0)
-    length = shape[2 + axis]
-    sample = math.prod(shape[1:])
-    budget = max(4 * sample, shape[1] * 2**19)  # elements of one probe input: at most 4 samples, or 512 x 1024 px
-    for _ in range(4):
-        probe = (3, *shape[1:2 + axis], length, *shape[3 + axis:])
-        if math.prod(probe[1:]) > budget:  # a larger probe would cost more than it is worth (3D volumes)
-            return None
-        x = torch.rand(probe, generator=g).to(device=device, dtype=dtype).requires_grad_(True)
-        try:
-            with ActivationCapture(network, layer) as cap:
-                network(x)
-        except RuntimeError:  # too large for the device, or a network tied to its input size
-            return None
+    was_training = network.training
+    network.eval()
+    try:
+        x = torch.zeros((1, *shape[1:]), device=device, dtype=dtype, requires_grad=True)
+        with torch.enable_grad(), ActivationCapture(network, layer) as cap:
+            network(x)
         act = cap.activation
-        if act is None or act.shape[0] != 3 or act.dim() != x.dim():
+    except RuntimeError:  # a network tied to another batch size or device: the cells tile the input evenly
+        return None
+    finally:
+        network.train(was_training)
+    if act is None or act.shape[0] != 1 or act.dim() != x.dim() or act.grad_fn is None:
+        return None
+    return _walk(act.grad_fn, x, len(shape) - 2)
+
+
+def _op_geometry(node, dims: int) -> list[tuple[float, float]] | None:
+    """``(stride, offset)`` per axis of one autograd node: a convolution or pooling maps its output cell ``j`` to
+    input centre ``stride * j + offset``; ``[]`` for an operation that moves nothing (pointwise, concatenation,
+    addition, normalisation); ``None`` for one whose geometry is unknown (interpolation, adaptive pooling)."""
+    name = type(node).__name__
+    if name.startswith("Convolution"):
+        if getattr(node, "_saved_transposed", False):
             return None
-        n = act.shape[2 + axis]
-        if n >= 2:
-            target = 0
-            for k, j in enumerate((0, 1, n - 1)):
-                target = target + act[k].select(1 + axis, j).sum()
-            (gx,) = torch.autograd.grad(target, x)
-            reach = gx.detach().abs().sum(1) > 0  # (3, *spatial)
-            other = tuple(d for d in range(reach.dim() - 1) if d != axis)
-            idx = [(reach[k].to(torch.uint8).amax(dim=other) if other else reach[k]).nonzero().flatten()
-                   for k in range(3)]
-            if all(i.numel() for i in idx):
-                end0, end1, start_last = int(idx[0].max()), int(idx[1].max()), int(idx[2].min())
-                step = float(end1 - end0)
-                if end1 < length - 1 and start_last > 0 and step > 0:  # unclipped by the border
-                    return (end0 + start_last - step * (n - 1)) / 2, step
-        length *= 2
+        kernel = tuple(node._saved_weight.shape[2:]) if hasattr(node, "_saved_weight") else None
+        stride, padding, dilation = node._saved_stride, node._saved_padding, node._saved_dilation
+    elif "Pool" in name and "Adaptive" not in name:
+        kernel, stride = tuple(node._saved_kernel_size), tuple(node._saved_stride) or tuple(node._saved_kernel_size)
+        padding = tuple(node._saved_padding)
+        dilation = tuple(getattr(node, "_saved_dilation", ())) or (1,) * len(kernel)
+    elif any(t in name for t in ("Upsample", "Interpolat", "Adaptive", "Unfold", "Fold", "Pixel", "Roll", "Flip")):
+        return None
+    else:
+        return []
+    if kernel is None or not (len(kernel) == len(stride) == len(padding) == len(dilation) == dims):
+        return None
+    return [(float(s), (k - 1) * d / 2 - p) for k, s, p, d in zip(kernel, stride, padding, dilation)]
+
+
+def _walk(start, x: torch.Tensor, dims: int) -> Grid | None:
+    """Depth-first from the layer's node to the input's, composing the geometry of the nodes on the first path
+    found (see :func:`cell_centres`)."""
+    stack = [(start, ((0.0, 1.0),) * dims)]  # node, (offset, step) of the layer's cells in that node's output
+    seen: set[int] = set()
+    while stack:
+        node, grid = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if type(node).__name__ == "AccumulateGrad":
+            if node.variable is x:
+                return tuple((float(o), float(s)) for o, s in grid)
+            continue
+        geometry = _op_geometry(node, dims)
+        if geometry is None:
+            continue  # this path cannot be followed; another may
+        if geometry:
+            grid = tuple((st * o + off, st * s) for (o, s), (st, off) in zip(grid, geometry))
+        stack.extend((nxt, grid) for nxt, _ in node.next_functions)
     return None
 
 

@@ -155,9 +155,12 @@ def test_cells_are_measured_where_their_receptive_fields_are_centred():
     net.train()
     state = torch.random.get_rng_state()
     assert cell_centres(net, "layer2", (2, 1, 64, 64)) == ((0.0, 8.0), (0.0, 8.0))
-    # layer4's field (435 px) is wider than a 64 px input: measured on a lengthened one
-    assert cell_centres(net, "layer4", (2, 1, 64, 64)) == ((0.0, 32.0), (0.0, 32.0))
+    assert cell_centres(net, "layer4", (2, 1, 64, 64)) == ((0.0, 32.0), (0.0, 32.0))  # its field is wider than 64 px
     assert net.training and torch.equal(torch.random.get_rng_state(), state)  # mode and random state untouched
+    dense = classifier("densenet121", in_channels=1, num_classes=14, pretrained="none")
+    # a DenseNet's transitions (2x2 average pooling) move the centres: 4j, 8j + 2, 16j + 6, 32j + 14
+    assert cell_centres(dense, "features.denseblock3", (1, 1, 96, 96)) == ((6.0, 16.0), (6.0, 16.0))
+    assert cell_centres(dense, "features.denseblock4", (1, 1, 224, 224)) == ((14.0, 32.0), (14.0, 32.0))
 
 
 @pytest.mark.parametrize("dot", [(8, 12), (20, 4), (13, 18)])
