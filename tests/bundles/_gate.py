@@ -82,3 +82,21 @@ def assert_refused_unreadable(row: dict, expected: list[str], error_says: str) -
     assert row["in_scope"] == "false" and rules == expected and ood == [], (row["file"], row["out_of_scope_reason"])
     assert Path(row["file"]).name in row["error"] and error_says in row["error"], row["error"]
     assert all(v == "" for k, v in row.items() if k.startswith("prob_")), row
+
+
+def gated_inference(name: str, ckpt: Path, tmp_path: Path, inputs: dict) -> dict[str, dict]:
+    """Write each of ``inputs`` (file name -> a function writing that file, or a file to copy) into one folder,
+    run the bundle's real inference (smoke overlay) over it once, and return its predictions.csv rows by file
+    name (each input exactly once)."""
+    import csv
+
+    from tests.bundles._runner import SMOKE, run_bundle
+
+    src, out = tmp_path / "in", tmp_path / "inf"
+    src.mkdir(parents=True)
+    for file_name, make in inputs.items():
+        shutil.copy(make, src / file_name) if isinstance(make, Path) else make(src / file_name)
+    run_bundle(name, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=ckpt, output_dir=out)
+    rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
+    assert sorted(rows) == sorted(inputs), sorted(rows)
+    return rows

@@ -375,16 +375,9 @@ def test_the_gate_flags_inputs_the_chest_classifier_was_not_made_for(trained, tm
     from tests.bundles import _gate as gate
 
     ckpt, _ = trained
-    src = tmp_path / "in"
-    gate.chest_cr(src / "cr.dcm")
-    gate.mr_slice(src / "mr.dcm")
-    gate.chest_cr(src / "lateral.dcm", ViewPosition="LL")
-    gate.colour_photograph(src / "photo.jpg")
-    gate.knee_volume(src / "knee.nii.gz")
-    out = tmp_path / "inf"
-    run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=ckpt, output_dir=out)
-    rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
-    assert sorted(rows) == ["cr.dcm", "knee.nii.gz", "lateral.dcm", "mr.dcm", "photo.jpg"]
+    rows = gate.gated_inference(NAME, ckpt, tmp_path, {
+        "cr.dcm": gate.chest_cr, "mr.dcm": gate.mr_slice, "lateral.dcm": lambda p: gate.chest_cr(p, ViewPosition="LL"),
+        "photo.jpg": gate.colour_photograph, "knee.nii.gz": gate.knee_volume})
     probs = [f"prob_{f}" for f in FINDINGS]
     gate.assert_in_scope(rows["cr.dcm"], probs)
     gate.assert_flagged(rows["mr.dcm"], ["Modality is MR, expected CR or DX"], probs)

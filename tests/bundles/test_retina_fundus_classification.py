@@ -227,16 +227,10 @@ def test_the_gate_flags_inputs_the_fundus_classifier_was_not_made_for(trained, f
     from tests.bundles import _gate as gate
 
     ckpt, _ = trained
-    src = tmp_path / "in"
-    src.mkdir()
-    shutil.copy(sorted((fundus_demo / "test").glob("*.jpeg"))[0], src / "fundus.jpeg")
-    gate.mr_slice(src / "mr.dcm")
-    shutil.copy(REPO / "tests" / "data" / "real" / "person1951_bacteria_4882.jpeg", src / "radiograph.jpeg")
-    gate.knee_volume(src / "knee.nii.gz")
-    out = tmp_path / "inf"
-    run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=ckpt, output_dir=out)
-    rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
-    assert sorted(rows) == ["fundus.jpeg", "knee.nii.gz", "mr.dcm", "radiograph.jpeg"]
+    rows = gate.gated_inference(NAME, ckpt, tmp_path, {
+        "fundus.jpeg": sorted((fundus_demo / "test").glob("*.jpeg"))[0], "mr.dcm": gate.mr_slice,
+        "radiograph.jpeg": REPO / "tests" / "data" / "real" / "person1951_bacteria_4882.jpeg",
+        "knee.nii.gz": gate.knee_volume})
     probs = [f"prob_{c}" for c in CLASSES]
     gate.assert_in_scope(rows["fundus.jpeg"], probs)
     grayscale = "a grayscale image, expected a colour image"

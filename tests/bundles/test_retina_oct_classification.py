@@ -188,17 +188,10 @@ def test_the_gate_flags_inputs_the_oct_classifier_was_not_made_for(trained, oct_
     from tests.bundles import _gate as gate
 
     ckpt, _ = trained
-    src = tmp_path / "in"
-    src.mkdir()
-    shutil.copy(sorted((oct_demo / "test" / "CNV").glob("*.jpeg"))[0], src / "bscan.jpeg")
-    gate.mr_slice(src / "mr.dcm")
-    gate.mr_slice(src / "opt.dcm", Modality="OPT")
-    gate.colour_photograph(src / "photo.jpg")
-    gate.knee_volume(src / "knee.nii.gz")
-    out = tmp_path / "inf"
-    run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=ckpt, output_dir=out)
-    rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
-    assert sorted(rows) == ["bscan.jpeg", "knee.nii.gz", "mr.dcm", "opt.dcm", "photo.jpg"]
+    rows = gate.gated_inference(NAME, ckpt, tmp_path, {
+        "bscan.jpeg": sorted((oct_demo / "test" / "CNV").glob("*.jpeg"))[0], "mr.dcm": gate.mr_slice,
+        "opt.dcm": lambda p: gate.mr_slice(p, Modality="OPT"), "photo.jpg": gate.colour_photograph,
+        "knee.nii.gz": gate.knee_volume})
     probs = [f"prob_{c}" for c in ("CNV", "DME", "DRUSEN", "NORMAL")]
     gate.assert_in_scope(rows["bscan.jpeg"], probs)
     gate.assert_flagged(rows["mr.dcm"], ["Modality is MR, expected OPT"], probs)
