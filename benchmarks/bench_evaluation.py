@@ -43,7 +43,7 @@ def _run(cmd: list[str]) -> float:
 def run(quick: bool = False) -> list[tuple]:
     from medplugin.data.synthetic.oct import make_oct2017_demo
 
-    test_patients, reps, arch, size = (2, 1, "resnet18", 64) if quick else (8, 3, "resnet50", 224)
+    test_patients, reps, arch, size = (2, 1, "resnet18", 64) if quick else (4, 3, "resnet50", 224)
     settings = {"arch": arch, "image_size": size, "batch_size": 8, "bootstrap": 200}
     with tempfile.TemporaryDirectory(prefix="medplugin-bench-") as tmp:
         root = Path(tmp)

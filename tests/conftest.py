@@ -59,6 +59,13 @@ def pytest_collection_modifyitems(config, items):
         path = Path(str(item.fspath)).resolve()
         if any(path.is_relative_to(d) for d in INTEGRATION_DIRS) or INTEGRATION_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.integration)
+    # files with more slow tests first (their order otherwise kept): under pytest-xdist (make test-integration) the
+    # long files start at once and the short ones fill in, so the processes end together rather than one running a
+    # demo job alone at the end
+    slow: dict[str, int] = {}
+    for item in items:
+        slow[str(item.fspath)] = slow.get(str(item.fspath), 0) + bool(item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[str(item.fspath)])
 
 
 def _starts_python(args) -> bool:
