@@ -142,7 +142,10 @@ class TrainingCheckpoint:
             self.resume = False  # once: a later run() of the same trainer goes on from where it is
         if self._checkpoint is None:
             saver = DiskSaver(str(self.save_dir / SUBDIR), atomic=True, create_dir=True, require_empty=False)
-            self._checkpoint = Checkpoint(objs, saver, filename_prefix=PREFIX, n_saved=self.n_saved,
+            # n_saved=None: ignite removes the oldest checkpoint *before* writing the next, which left no checkpoint
+            # on disk while the next was written (a kill or Ctrl-C then had nothing to resume from); _prune removes
+            # the old ones once the new one is complete
+            self._checkpoint = Checkpoint(objs, saver, filename_prefix=PREFIX, n_saved=None,
                                           global_step_transform=lambda e, _: e.state.iteration)
             # registered now, when every other handler is attached, so it runs after them at the epoch's end
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._save)

@@ -123,11 +123,13 @@ def _interrupt_after_first_checkpoint(cmd: list[str], out, stderr) -> int:
         proc = subprocess.Popen(cmd, cwd=REPO, env=quiet_env(), stdout=subprocess.DEVNULL, stderr=err_file,
                                 start_new_session=True)
         try:
-            deadline = time.monotonic() + 400
-            while not list((out / "checkpoints").glob("training_checkpoint_*.pt")) and time.monotonic() < deadline:
+            deadline = time.monotonic() + 600
+            while not list((out / "checkpoints").glob("training_checkpoint_*.pt")):
                 assert proc.poll() is None, stderr.read_text()[-3000:]
+                assert time.monotonic() < deadline, "no checkpoint within 600 s"
                 time.sleep(0.5)
             time.sleep(1)  # the checkpoint written in full (atomic rename: it exists only when complete)
+            assert proc.poll() is None, "the run ended before Ctrl-C: " + stderr.read_text()[-3000:]
             os.killpg(proc.pid, signal.SIGINT)
             return proc.wait(timeout=120)
         finally:
@@ -139,7 +141,7 @@ def _interrupt_after_first_checkpoint(cmd: list[str], out, stderr) -> int:
 def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(oct_demo, tmp_path):
     """Ctrl-C after the first epoch's checkpoint: one line, no KeyboardInterrupt traceback."""
     out = tmp_path / "train"
-    args = _train_args(dataset_dir=oct_demo, ckpt_dir=tmp_path / "models", output_dir=out, num_epochs=50)
+    args = _train_args(dataset_dir=oct_demo, ckpt_dir=tmp_path / "models", output_dir=out, num_epochs=500)
     stderr = tmp_path / "stderr.txt"
     assert _interrupt_after_first_checkpoint([sys.executable, "-m", "monai.bundle", *args], out, stderr) != 0
     err = stderr.read_text()
@@ -147,7 +149,7 @@ def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(oct_demo, tmp_p
     line = err.strip().splitlines()[-1]
     assert line.startswith(f"interrupted: the last checkpoint written is {out}/checkpoints/training_checkpoint_"), line
     assert " -m monai.bundle run " in line and line.endswith(f"--resume {out}"), line
-    assert "--num_epochs 50" in line
+    assert "--num_epochs 500" in line
     # a fresh run: ignite's "resuming from iteration 0" (it takes every start for a resume) is not shown
     assert "resuming from iteration" not in err and "resuming from iteration" not in (out / "run.log").read_text()
 
@@ -158,7 +160,7 @@ def test_ctrl_c_under_torchrun_names_the_torchrun_resume_command_once(oct_demo, 
     torchrun command that resumes; no worker prints a KeyboardInterrupt traceback. (torchrun itself, the launcher
     around the bundle, then ends with its own SignalException traceback: that process is not the bundle's.)"""
     out = tmp_path / "train"
-    args = _train_args(dataset_dir=oct_demo, ckpt_dir=tmp_path / "models", output_dir=out, num_epochs=50)
+    args = _train_args(dataset_dir=oct_demo, ckpt_dir=tmp_path / "models", output_dir=out, num_epochs=500)
     args[args.index("--config_file") + 1] = json.dumps(config_files(OCT, ["train.yaml", "multi_gpu_train.yaml"],
                                                                     SMOKE))
     stderr = tmp_path / "stderr.txt"

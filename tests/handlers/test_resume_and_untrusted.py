@@ -221,3 +221,21 @@ def test_undefined_key_metric_still_leaves_a_model_and_never_replaces_a_defined_
     assert saved == [1, 2, 3, 3, 3]  # the latest while undefined, then the defined best
     assert json.loads((tmp_path / "model.json").read_text())["auc"] == 0.7
     assert "auc is undefined (NaN) at epoch" in caplog.text and "keeping the latest model" in caplog.text
+
+
+def test_a_checkpoint_is_on_disk_while_the_next_one_is_written(tmp_path, monkeypatch):
+    """ignite's Checkpoint removes the oldest file before it writes the next: with one kept, a kill or Ctrl-C during
+    that write found no checkpoint to resume from. Each write here looks at the folder as it starts."""
+    from ignite.handlers import DiskSaver
+
+    seen: list[list[str]] = []
+    write = DiskSaver.__call__
+
+    def watched(self, checkpoint, filename, metadata=None):
+        seen.append(sorted(p.name for p in (tmp_path / "checkpoints").glob("training_checkpoint_*.pt")))
+        return write(self, checkpoint, filename, metadata)
+
+    monkeypatch.setattr(DiskSaver, "__call__", watched)
+    _run(_training(tmp_path, epochs=3))
+    assert seen == [[], ["training_checkpoint_4.pt"], ["training_checkpoint_8.pt"]]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["training_checkpoint_12.pt"]  # still one kept
