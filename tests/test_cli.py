@@ -89,4 +89,5 @@ def test_the_chest_demo_plants_the_findings_the_docs_figures_are_for(tmp_path, c
         labels = {label for row in csv.DictReader(f) for label in row["Finding Labels"].split("|")}
     assert labels == {*CHEST_DEMO_FINDINGS, "No Finding"}
     docs = (REPO / "bundles" / "chest_xray_classification" / "docs" / "README.md").read_text()
-    assert "four findings planted" in docs and "plants the same four findings" in docs
+    assert "four findings (Cardiomegaly, Effusion, Mass, Pneumothorax) on 120 patients" in docs
+    assert tuple(CHEST_DEMO_FINDINGS) == ("Cardiomegaly", "Effusion", "Mass", "Pneumothorax")
