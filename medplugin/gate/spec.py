@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from medplugin.io.image2d import IMAGE_SUFFIXES, NIFTI_SUFFIXES
+
 __all__ = ["HeaderRule", "ScopeSpec", "check_file_shape", "check_header", "check_image", "read_header"]
 
 _COLOUR_TOLERANCE = 0.02  # mean |R-G|, |G-B| above this fraction of the value range: a colour image
@@ -162,7 +164,7 @@ def check_file_shape(path: str | os.PathLike, spec: ScopeSpec, header: Any = Non
     shape: tuple[int, ...] | None = None
     low = str(path).lower()
     try:
-        if low.endswith((".nii", ".nii.gz")):
+        if low.endswith(NIFTI_SUFFIXES):
             import nibabel as nib
 
             shape = tuple(int(s) for s in nib.load(str(path)).header.get_data_shape()[:3])
@@ -170,7 +172,7 @@ def check_file_shape(path: str | os.PathLike, spec: ScopeSpec, header: Any = Non
             shape = tuple(int(s) for s in np.load(path, mmap_mode="r", allow_pickle=False).shape)
         elif header is not None and "Rows" in header:
             shape = (int(header.get("NumberOfFrames", 1) or 1), int(header.Rows), int(header.Columns))
-        elif low.endswith((".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")):
+        elif low.endswith(IMAGE_SUFFIXES):
             from PIL import Image
 
             with Image.open(path) as im:  # the header only: no pixels decoded

@@ -20,7 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tests.bundles._runner import REPO, SMOKE, monai_bundle
+from tests.bundles._runner import (
+    EVALUATE,
+    MULTI_GPU_EVALUATE,
+    REPO,
+    SMOKE,
+    monai_bundle,
+    run_bundle,
+    torchrun_bundle,
+)
 
 SCHEMA = REPO / "schemas" / "meta_schema_20240725.json"
 
@@ -126,21 +134,10 @@ def check_torchrun_evaluation(bundle: Path, dataset_dir: Path, ckpt: Path, tmp_p
     and a predictions CSV with every test input exactly once, as the one-process run writes it."""
     import csv
 
-    conf = bundle / "configs"
-    runs = {}
-    for n, extra in ((1, []), (2, [conf / "multi_gpu_evaluate.yaml"])):
-        out = tmp_path / f"evaluate_{n}"
-        files = json.dumps([str(conf / "train.yaml"), str(conf / "evaluate.yaml"), *map(str, extra), str(SMOKE)])
-        launcher = ["-m", "torch.distributed.run", "--nproc_per_node=2"] if n == 2 else []
-        cmd = [sys.executable, *launcher, "-m", "monai.bundle", "run", "--bundle_root", str(bundle), "--config_file",
-               files, "--dataset_dir", str(dataset_dir), "--ckpt_dir", str(ckpt), "--output_dir", str(out)]
-        for k, v in overrides.items():
-            cmd += [f"--{k}", str(v)]
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert proc.returncode == 0, f"{n} process(es):\n{proc.stderr[-4000:]}"
-        runs[n] = out
-    one, two = runs[1], runs[2]
+    one, two = tmp_path / "evaluate_1", tmp_path / "evaluate_2"
+    common = {"dataset_dir": dataset_dir, "ckpt_dir": ckpt, **overrides}
+    run_bundle(bundle.name, EVALUATE, SMOKE, output_dir=one, **common)
+    torchrun_bundle(bundle.name, MULTI_GPU_EVALUATE, SMOKE, output_dir=two, **common)
     # float32 forward passes over other batch compositions may differ in the last bit (1e-8 in an ECE seen here)
     same_report(json.loads((two / "metrics.json").read_text()), json.loads((one / "metrics.json").read_text()),
                 rel_tol=1e-6)
