@@ -145,14 +145,19 @@ class DicomResultWriter(Collector):
         calibrated: the probabilities under ``pred_key`` are already temperature-scaled (the bundles'
             inference post-processing does it with :class:`medplugin.transforms.Temperatured`); ``False``: apply
             ``model.json``'s temperature here.
+        threshold: ``None``: calls at ``model.json``'s operating points; a number (or one per class): every call at
+            that fixed threshold instead, as the bundle's ``threshold`` setting makes predictions.csv's calls (the
+            SR then records the threshold and the criterion "fixed threshold").
     """
 
     def __init__(self, output_dir: str, class_names: Sequence[str], bundle_root: str, ckpt_dir: str | None = None,
                  dicom_output: bool | str = "auto", dicom_output_dir: str | None = None, multi_label: bool = False,
                  inferer=None, pred_key: str = "pred", path_key: str = "path",
                  finding_codes: Mapping[str, Sequence[str]] | None = None, alpha: float = 0.4, max_slices: int = 8,
-                 transform: Callable | None = None, calibrated: bool = True) -> None:
+                 transform: Callable | None = None, calibrated: bool = True,
+                 threshold: float | Sequence[float] | None = None) -> None:
         self.mode = dicom_output_mode(dicom_output)
+        self.threshold = threshold
         self.calibrated = bool(calibrated)
         self.output_dir = Path(output_dir)
         self.dir = Path(dicom_output_dir) if dicom_output_dir else self.output_dir / "dicom"
@@ -173,6 +178,13 @@ class DicomResultWriter(Collector):
 
     def reset(self, engine: Engine | None = None) -> None:
         self.model = bundle_model_info(self.bundle_root, self.ckpt_dir, self.class_names)
+        if self.threshold is not None:  # the run's fixed threshold replaces the stored points, as in predictions.csv
+            from dataclasses import replace
+
+            from medplugin.metrics.stored import stored_operating_points
+
+            self.model = replace(self.model, operating_points=stored_operating_points(None, self.class_names,
+                                                                                     self.threshold))
         meta = read_model_json(self.ckpt_dir)
         self.ood_threshold = (meta.get("ood") or {}).get("threshold")
         self.studies, self.rows = {}, _Rows(self.output_dir)
