@@ -420,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     from medplugin.compare_cli import add_compare_parser  # compare RUN_A RUN_B: paired bootstrap, DeLong
 
     add_compare_parser(sub)
+    from medplugin.pacs_cli import add_pacs_parser  # pacs BUNDLE --url --study: WADO-RS, inference, STOW-RS
+
+    add_pacs_parser(sub)
     return p
 
 

@@ -3,6 +3,7 @@
 
 Instances are retrieved as stored (``application/dicom; transfer-syntax=*``): asking for the default (Explicit
 VR Little Endian) makes a server transcode, which Orthanc's Debian build cannot do for JPEG 2000 (HTTP 500).
+``medplugin pacs`` (:mod:`medplugin.pacs_cli`) uses it to run a bundle on a study of a PACS.
 """
 
 from __future__ import annotations
@@ -37,13 +38,17 @@ class DicomWeb:
         url: the service root (QIDO-RS, WADO-RS and STOW-RS below it).
         headers: extra HTTP headers (e.g. ``{"Authorization": "Bearer ..."}``).
         timeout: seconds per request.
+        attempts: tries per request when the server is busy or unreachable, waiting 2 s, 4 s, ... between them
+            (dicomweb-client's default of 5 keeps a user waiting half a minute for an archive that is down).
     """
 
-    def __init__(self, url: str, headers: dict[str, str] | None = None, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, headers: dict[str, str] | None = None, timeout: float = 60.0,
+                 attempts: int = 3) -> None:
         if not _HAS_DICOMWEB:
             raise ImportError("the DICOMweb client needs dicomweb-client: pip install 'medplugin[dicomweb]'")
         self.url = url.rstrip("/")
         self.client = DICOMwebClient(self.url, headers=headers, timeout=timeout)
+        self.client.set_http_retry_params(retry=attempts > 1, max_attempts=max(1, int(attempts)))
 
     def search_instances(self, study_uid: str | None = None, series_uid: str | None = None,
                          modality: str | None = None) -> list[dict[str, Any]]:
@@ -64,8 +69,10 @@ class DicomWeb:
         logger.info("QIDO-RS: %d instance(s)", len(out))
         return out
 
-    def retrieve_study(self, study_uid: str, folder: str | os.PathLike) -> list[Path]:
-        """WADO-RS: write every instance of a study, as stored, to ``folder/<SOP Instance UID>.dcm``.
+    def retrieve_study(self, study_uid: str, folder: str | os.PathLike, by_series: bool = False) -> list[Path]:
+        """WADO-RS: write every instance of a study, as stored, to ``folder/<SOP Instance UID>.dcm`` (with
+        ``by_series``: ``folder/<Series Instance UID>/<SOP Instance UID>.dcm``, one folder per series, as the
+        bundles read a DICOM series).
 
         Raises:
             BadInputError: the server has no such study (naming the URL).
@@ -73,13 +80,41 @@ class DicomWeb:
         folder = Path(folder)
         paths = []
         for ds in self.client.iter_study(study_uid, media_types=AS_STORED):
-            path = folder / f"{ds.SOPInstanceUID}.dcm"
-            atomic_write(path, lambda tmp, ds=ds: _save(ds, tmp))
-            paths.append(path)
+            paths.append(self._write(ds, folder / str(ds.SeriesInstanceUID) if by_series else folder))
         if not paths:
             raise BadInputError(f"{self.url}/studies/{study_uid}", "no instances retrieved")
         logger.info("WADO-RS: %d instance(s) of one study written to %s", len(paths), folder)
         return paths
+
+    def search_series(self, study_uid: str) -> list[dict[str, Any]]:
+        """QIDO-RS: the series of a study, each a dict with ``SeriesInstanceUID``, ``Modality``, ``SeriesNumber``
+        and ``NumberOfSeriesRelatedInstances`` (``None`` where the server has none)."""
+        fields = ["SeriesInstanceUID", "Modality", "SeriesNumber", "NumberOfSeriesRelatedInstances"]
+        found = self.client.search_for_series(study_instance_uid=study_uid, fields=fields, get_remaining=True)
+        out = []
+        for item in found:
+            ds = pydicom.Dataset.from_json(item)
+            out.append({k: (str(ds.get(k)) if ds.get(k) is not None else None) for k in fields})
+        return out
+
+    def retrieve_series(self, study_uid: str, series_uid: str, folder: str | os.PathLike) -> list[Path]:
+        """WADO-RS: write every instance of one series, as stored, to ``folder/<SOP Instance UID>.dcm``.
+
+        Raises:
+            BadInputError: the server has no such series (naming the URL).
+        """
+        paths = [self._write(ds, Path(folder)) for ds in self.client.iter_series(study_uid, series_uid,
+                                                                                 media_types=AS_STORED)]
+        if not paths:
+            raise BadInputError(f"{self.url}/studies/{study_uid}/series/{series_uid}", "no instances retrieved")
+        logger.info("WADO-RS: %d instance(s) of one series written to %s", len(paths), folder)
+        return paths
+
+    @staticmethod
+    def _write(ds: Any, folder: Path) -> Path:
+        path = folder / f"{ds.SOPInstanceUID}.dcm"
+        atomic_write(path, lambda tmp: _save(ds, tmp))
+        return path
 
     def retrieve_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> Any:
         """WADO-RS: one instance, as stored, as a pydicom dataset."""
