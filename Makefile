@@ -32,10 +32,10 @@ lint: setup
 test: lint test-fast test-integration
 
 test-fast: setup
-	$(PY) -m pytest -m "$(UNIT)"
+	$(PY) -m pytest -m "$(UNIT)" -n $(JOBS)
 
 test-integration: setup
-	$(PY) -m pytest -m "not ($(UNIT))" -n $(JOBS) --dist loadfile --durations=25
+	$(PY) -m pytest -m "not ($(UNIT))" -n $(JOBS) --dist loadfile --no-loadscope-reorder --durations=25
 
 bench: setup
 	$(PY) -m benchmarks

@@ -18,7 +18,7 @@ def bundle_dir(name: str) -> Path:
 
 
 def monai_bundle(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "2", **(env or {})}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}  # threads: this process's share (conftest)
     proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO, env=env, text=True,
                           capture_output=True, timeout=timeout)
     if proc.returncode != 0:
