@@ -227,6 +227,20 @@ def ensure_env(env: Path | str | None = None, python: str | None = None) -> Path
     if env_ready(env) and py.exists():
         link_medplugin(env)
         return py
+    import fcntl
+
+    # one creator at a time (two test processes, or two terminals, asking at once): the others wait, then reuse it
+    env.parent.mkdir(parents=True, exist_ok=True)
+    with open(env.parent / f"{env.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if env_ready(env) and py.exists():
+            link_medplugin(env)
+            return py
+        return _create_env(env, py, python)
+
+
+def _create_env(env: Path, py: Path, python: str | None) -> Path:
+    """The body of :func:`ensure_env` (under its lock): create the venv, link or install torch, install the rest."""
     reqs = requirements()
     start = time.monotonic()
     dists = shareable_distributions()

@@ -183,3 +183,33 @@ def test_a_broken_link_makes_the_environment_not_ready(tmp_path):
     (env / ".medplugin-installed").write_text("other requirements\n")
     target.mkdir()
     assert not monailabel.env_ready(env)
+
+
+def test_two_callers_at_once_create_the_environment_once(tmp_path, monkeypatch):
+    """Two processes (xdist workers, two terminals) asking for a missing environment at once: one creates it while
+    the other waits on the lock beside it, then finds it ready and reuses it."""
+    import threading
+    import time
+
+    env = tmp_path / "ml-env"
+    created = []
+
+    def create(env_dir, py, python):  # what the real install leaves: the interpreter and the stamp
+        created.append(threading.current_thread().name)
+        time.sleep(0.5)  # long enough for the other caller to arrive while this one holds the lock
+        py.parent.mkdir(parents=True, exist_ok=True)
+        py.write_text("")
+        (env_dir / ".medplugin-installed").write_text(monailabel._stamp(monailabel.requirements()) + "\n")
+        return py
+
+    monkeypatch.setattr(monailabel, "_create_env", create)
+    monkeypatch.setattr(monailabel, "link_medplugin", lambda *a, **k: None)
+    results = []
+    callers = [threading.Thread(target=lambda: results.append(monailabel.ensure_env(env)), name=f"c{i}")
+               for i in range(2)]
+    for c in callers:
+        c.start()
+    for c in callers:
+        c.join(timeout=30)
+    assert len(created) == 1 and results == [env / "bin" / "python"] * 2
+    assert (tmp_path / "ml-env.lock").is_file()
