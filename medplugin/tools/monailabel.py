@@ -49,6 +49,9 @@ BUNDLE_REQUIREMENTS = (
     # compressed DICOM (JPEG lossless/extended, JPEG 2000) as in the main environment; NumPy 1 kept for
     # MONAI Label's own numpymaxflow and pydicom-seg (newer pylibjpeg-libjpeg releases would pull NumPy 2)
     "numpy<2", "pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1", "pylibjpeg-openjpeg>=2.3",
+    # dcmqi's itkimage2segimage: MONAI Label's DICOMweb datastore (--studies http://.../dicom-web) needs it and
+    # otherwise downloads it from GitHub at every start, which fails offline
+    "dcmqi",
 )
 
 

@@ -1,0 +1,106 @@
+"""MONAI Label 0.8.5 serving our bundles from a PACS: ``monailabel start_server --studies http://.../dicom-web``
+against a real Orthanc holding a real chest radiograph (CR) and a sagittal MR series.
+
+MONAI Label's DICOMweb datastore fetches a series with WADO-RS and converts it to NIfTI (SimpleITK) before the
+bundle sees it; it needs dcmqi's ``itkimage2segimage`` at start (the MONAI Label environment installs the ``dcmqi``
+wheel; otherwise MONAI Label downloads it from GitHub, which fails offline). What works: the chest classifier answers
+with every finding's score, threshold and call, the knee segmenter with a NIfTI mask on the series' grid, each equal
+to the bundle run on the NIfTI MONAI Label made. What differs: that NIfTI carries the stored pixel values without the
+DICOM display handling our own DICOM reader applies (VOI LUT, photometric interpretation), so the chest scores differ
+from the bundle's scores on the DICOM file itself (by up to about 0.01 on this radiograph with a smoke model).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+pytest.importorskip("dicomweb_client")
+
+from medplugin.io.dicomweb import DicomWeb  # noqa: E402
+from medplugin.tools import monailabel  # noqa: E402
+from medplugin.tools.review import free_port, running_server  # noqa: E402
+from tests.bundles._runner import REPO, SMOKE, run_bundle  # noqa: E402
+from tests.integration.test_monailabel import CHEST, KNEE_SEG, ML_ENV, _expected  # noqa: E402
+from tests.io._dicom_helpers import knee_series, sample_file, with_phi  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _infer(url: str, name: str, series: str, output: str) -> bytes:
+    req = urllib.request.Request(f"{url}/infer/{name}?image={series}&output={output}", data=b"", method="POST")
+    with urllib.request.urlopen(req, timeout=600) as r:
+        assert r.status == 200
+        return r.read()
+
+
+def test_monailabel_serves_the_bundles_from_an_orthanc_archive(orthanc, tmp_path):
+    import nibabel as nib
+
+    from medplugin.data.synthetic.chest_xray import make_chestxray14_demo
+    from medplugin.data.synthetic.knee import make_knee_nifti_demo
+    from medplugin.io.mrnet import _sagittal_permutation
+
+    chest = with_phi(sample_file("RG1_UNCR.dcm"), tmp_path / "src" / "chest" / "a.dcm")
+    knee = knee_series(tmp_path / "src" / "knee", n=16)
+    DicomWeb(orthanc.dicomweb_url).store([chest, *knee])
+    series = {CHEST: str(pydicom.dcmread(chest, stop_before_pixels=True).SeriesInstanceUID),
+              KNEE_SEG: str(pydicom.dcmread(knee[0], stop_before_pixels=True).SeriesInstanceUID)}
+
+    m = tmp_path / "models"  # smoke-trained models
+    cxr = make_chestxray14_demo(tmp_path / "cxr_demo" / "nih", n_patients=10, size=64, seed=0)["root"]
+    run_bundle(CHEST, "train.yaml", SMOKE, dataset_dir=cxr, ckpt_dir=m / "chest", output_dir=tmp_path / "train_chest",
+               val_fraction=0.3)
+    knees = make_knee_nifti_demo(tmp_path / "knee_demo", n=6, shape=(16, 32, 32), seed=1)["root"]
+    run_bundle(KNEE_SEG, "train.yaml", SMOKE, dataset_dir=knees, ckpt_dir=m / "knee",
+               output_dir=tmp_path / "train_knee", patch_slices=16)
+
+    py = monailabel.ensure_env(ML_ENV)
+    app = tmp_path / "app"
+    cli = [sys.executable, "-m", "medplugin.cli", "monailabel-app", "--out", str(app), "--bundles",
+           f"{CHEST},{KNEE_SEG}", "--set", "num_workers=0", "--set", "batch_size=4", "--set", "cam_images=2",
+           "--studies", orthanc.dicomweb_url, "--env", str(ML_ENV), "--bundles-dir", str(REPO / "bundles"),
+           "--weights", f"{CHEST}={m / 'chest' / 'model.pt'}", "--weights", f"{KNEE_SEG}={m / 'knee' / 'model.pt'}"]
+    proc = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"--studies {orthanc.dicomweb_url}" in proc.stdout.strip().splitlines()[-1]
+
+    port, cache = free_port(), tmp_path / "dicomweb_cache"
+    env = monailabel.server_environment(ML_ENV)
+    env.update(OMP_NUM_THREADS="1", MONAI_LABEL_SESSION_PATH=str(tmp_path / "sessions"),
+               MONAI_LABEL_DICOMWEB_CACHE_PATH=str(cache))
+    cmd = monailabel.server_command(app, orthanc.dicomweb_url, [CHEST, KNEE_SEG], port=port,
+                                    executable=str(py.parent / "monailabel"))
+    url = f"http://127.0.0.1:{port}"
+    with running_server(cmd, f"{url}/info/", tmp_path / "server.log", cwd=tmp_path, env=env, timeout=300):
+        answer = json.loads(_infer(url, CHEST, series[CHEST], "json"))
+        mask_bytes = _infer(url, KNEE_SEG, series[KNEE_SEG], "image")
+
+    # what MONAI Label gave the bundles: each series fetched from Orthanc and converted to NIfTI in its cache
+    converted = {s: next(cache.rglob(f"{s}.nii.gz")) for s in series.values()}
+
+    # the chest classifier: every finding's score, its operating point and the call made there; the scores are the
+    # bundle's on that NIfTI, and near its scores on the DICOM file (see the module's note)
+    pred = answer["prediction"]
+    assert len(pred) == 14 and all(p["call"] == int(p["score"] >= p["threshold"]) for p in pred), pred
+    scores = np.array([p["score"] for p in pred])
+    np.testing.assert_allclose(scores, _expected(app, CHEST, converted[series[CHEST]], True).numpy(), atol=1e-4)
+    np.testing.assert_allclose(scores, _expected(app, CHEST, chest, True).numpy(), atol=0.05)
+
+    # the knee segmenter: a uint8 NIfTI mask on the converted series' grid, the bundle's prediction there
+    (tmp_path / "answer.nii.gz").write_bytes(mask_bytes)
+    mask, exam = nib.load(tmp_path / "answer.nii.gz"), nib.load(converted[series[KNEE_SEG]])
+    assert mask.shape == exam.shape and sorted(mask.shape) == [16, 36, 40]
+    assert np.allclose(mask.affine, exam.affine, atol=1e-4) and mask.get_data_dtype() == np.uint8
+    data = np.asarray(mask.dataobj)
+    assert set(np.unique(data)) <= {0, 1}
+    expected = _expected(app, KNEE_SEG, converted[series[KNEE_SEG]]).argmax(0).numpy()
+    assert (data.transpose(_sagittal_permutation(exam.affine)) == expected).mean() >= 0.99
+    assert io.BytesIO(mask_bytes).read(2) == b"\x1f\x8b"  # gzip: a .nii.gz as MONAI Label writes it
