@@ -69,10 +69,8 @@ class DicomWeb:
         logger.info("QIDO-RS: %d instance(s)", len(out))
         return out
 
-    def retrieve_study(self, study_uid: str, folder: str | os.PathLike, by_series: bool = False) -> list[Path]:
-        """WADO-RS: write every instance of a study, as stored, to ``folder/<SOP Instance UID>.dcm`` (with
-        ``by_series``: ``folder/<Series Instance UID>/<SOP Instance UID>.dcm``, one folder per series, as the
-        bundles read a DICOM series).
+    def retrieve_study(self, study_uid: str, folder: str | os.PathLike) -> list[Path]:
+        """WADO-RS: write every instance of a study, as stored, to ``folder/<SOP Instance UID>.dcm``.
 
         Raises:
             BadInputError: the server has no such study (naming the URL).
@@ -80,7 +78,7 @@ class DicomWeb:
         folder = Path(folder)
         paths = []
         for ds in self.client.iter_study(study_uid, media_types=AS_STORED):
-            paths.append(self._write(ds, folder / str(ds.SeriesInstanceUID) if by_series else folder))
+            paths.append(self._write(ds, folder))
         if not paths:
             raise BadInputError(f"{self.url}/studies/{study_uid}", "no instances retrieved")
         logger.info("WADO-RS: %d instance(s) of one study written to %s", len(paths), folder)
