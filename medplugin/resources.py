@@ -43,10 +43,9 @@ def editable_project() -> Path | None:
     """
     import medplugin
 
-    try:
-        text = metadata.distribution("medplugin").read_text("direct_url.json")
-    except metadata.PackageNotFoundError:
-        return None
+    # every "medplugin" distribution on sys.path, not only the first: run from the checkout's root, the current
+    # folder comes first and holds the build's leftover medplugin.egg-info, which has no direct_url.json
+    text = next((t for d in metadata.distributions(name="medplugin") if (t := d.read_text("direct_url.json"))), None)
     if not text:
         return None
     info = json.loads(text)

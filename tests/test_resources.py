@@ -73,3 +73,22 @@ def test_without_a_folder_or_variable_the_package_or_its_editable_project_or_a_c
             resources.bundles_dir()
         with pytest.raises(FileNotFoundError, match="set MEDPLUGIN_OVERLAYS to the configs/ folder"):
             resources.overlays_dir()
+
+
+def test_the_editable_project_is_found_from_the_checkouts_root(tmp_path, monkeypatch, no_variables):
+    """``python -m medplugin.cli demo ...`` run in the checkout's root: the current folder is first on sys.path and
+    holds the ``medplugin.egg-info`` pip's editable build leaves there (no ``direct_url.json``); the editable
+    install's project must still be found (it was not: "no bundles shipped with this medplugin")."""
+    from importlib import metadata
+
+    recorded = [d for d in metadata.distributions(name="medplugin") if d.read_text("direct_url.json")]
+    if not recorded or "editable" not in recorded[0].read_text("direct_url.json"):  # a wheel install (CI: editable)
+        pytest.skip("medplugin is not an editable install here")
+    project = Path(medplugin.__file__).resolve().parent.parent
+    leftover = tmp_path / "medplugin.egg-info"
+    leftover.mkdir()
+    (leftover / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: medplugin\nVersion: 0.1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert next(iter(metadata.distributions(name="medplugin")))._path == leftover  # found first, as in the checkout
+    assert resources.editable_project() == project
+    assert resources.bundles_dir() == project / "bundles"
