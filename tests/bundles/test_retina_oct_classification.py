@@ -204,3 +204,41 @@ def test_the_gate_flags_inputs_the_oct_classifier_was_not_made_for(trained, oct_
     gate.assert_flagged(rows["photo.jpg"], [colour], probs)
     volume = ["a 3-D volume of shape (12, 64, 64), expected a 2-D image"]
     gate.assert_refused_unreadable(rows["knee.nii.gz"], volume, "expected a 2D NIfTI image (x, y), got shape (12, 64")
+
+
+def test_dicom_b_scans_get_an_sr_per_study_and_secondary_captures_of_the_classes_called(trained, oct_demo, tmp_path):
+    """Issue 16: synthetic B-scans stored as an OCT device stores them (Ophthalmic Tomography Images, Modality OPT,
+    patient tags planted): both eyes in one study, a third scan in another study, beside a JPEG scan. Each study gets
+    one Structured Report (dciodvfy: no error) referencing its scans, with predictions.csv's gate verdict,
+    probabilities and calls at model.json's operating points; each scan a Grad-CAM Secondary Capture per class
+    called (CNV always, its threshold set to 0); the JPEG none; no patient value in a file name, the tables or
+    the log."""
+    from pydicom.uid import generate_uid
+
+    from medplugin.data.synthetic.oct import synthetic_oct_bscan
+    from tests.bundles import _gate as gate
+    from tests.bundles._dicom_results import check_dicom_results, ophthalmic_image
+
+    ckpt, _ = trained
+    models = tmp_path / "models"
+    shutil.copytree(ckpt, models)
+    meta = json.loads((models / "model.json").read_text())
+    meta["operating_points"]["CNV"]["threshold"] = 0.0
+    (models / "model.json").write_text(json.dumps(meta))
+    src, rng = tmp_path / "in", np.random.default_rng(3)
+    study = generate_uid()
+    scans = {"right.dcm": ("CNV", study, "R"), "left.dcm": ("DME", study, "L"),
+             "other_study.dcm": ("NORMAL", None, "R")}
+    for name, (label, uid, eye) in scans.items():
+        ophthalmic_image(src / name, synthetic_oct_bscan(label, size=(64, 80), rng=rng)[0], "OPT", uid, eye)
+    shutil.copy(sorted((oct_demo / "test" / "CNV").glob("*.jpeg"))[0], src / "scan.jpeg")
+    out = tmp_path / "inf"
+    proc = run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=models, output_dir=out)
+    rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
+    assert sorted(rows) == sorted([*scans, "scan.jpeg"])
+    for name in scans:  # of the model's own kind by header (OPT) and content (grayscale, large enough)
+        assert gate.gate_reasons(rows[name])[0] == [], rows[name]
+        assert rows[name]["call_CNV"] == "1"
+    results = check_dicom_results(out, CLASSES, proc.stdout + proc.stderr, [str(src / n) for n in scans])
+    srs = {n: next(r["dicom_file"] for r in results[str(src / n)] if r["object"] == "SR") for n in scans}
+    assert srs["right.dcm"] == srs["left.dcm"] != srs["other_study.dcm"]  # one SR per study
