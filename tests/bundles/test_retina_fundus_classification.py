@@ -238,3 +238,42 @@ def test_the_gate_flags_inputs_the_fundus_classifier_was_not_made_for(trained, f
     gate.assert_flagged(rows["radiograph.jpeg"], [grayscale], probs)
     volume = ["a 3-D volume of shape (12, 64, 64), expected a 2-D image"]
     gate.assert_refused_unreadable(rows["knee.nii.gz"], volume, "expected a 2D NIfTI image (x, y), got shape (12, 64")
+
+
+def test_dicom_photographs_get_an_sr_per_study_and_secondary_captures_of_the_classes_called(trained, fundus_demo,
+                                                                                            tmp_path):
+    """Issue 16: synthetic colour fundus photographs stored as a fundus camera stores them (Ophthalmic Photography
+    8 Bit Images, Modality OP, RGB, patient tags planted): both eyes in one study, a third photograph in another
+    study, beside a JPEG photograph. Each study gets one Structured Report (dciodvfy: no error) referencing its
+    photographs, with predictions.csv's gate verdict, probabilities and calls at model.json's operating points;
+    each photograph a Grad-CAM Secondary Capture per class called (referable always, its threshold set to 0), of
+    its eye; the JPEG none; no patient value in a file name, the tables or the log."""
+    from pydicom.uid import generate_uid
+
+    from medplugin.data.synthetic.fundus import synthetic_fundus
+    from tests.bundles import _gate as gate
+    from tests.bundles._dicom_results import check_dicom_results, ophthalmic_image
+
+    ckpt, _ = trained
+    models = tmp_path / "models"
+    shutil.copytree(ckpt, models)
+    meta = json.loads((models / "model.json").read_text())
+    meta["operating_points"]["referable"]["threshold"] = 0.0
+    (models / "model.json").write_text(json.dumps(meta))
+    src, study = tmp_path / "in", generate_uid()
+    photographs = {"right.dcm": (0, study, "R", "right"), "left.dcm": (6, study, "L", "left"),
+                   "other_study.dcm": (2, None, "R", "right")}
+    for seed, (name, (lesions, uid, eye, side)) in enumerate(photographs.items()):
+        image = synthetic_fundus(64, n_dark=lesions, n_bright=lesions // 2, rng=seed, side=side)["image"]
+        ophthalmic_image(src / name, image, "OP", uid, eye)
+    shutil.copy(sorted((fundus_demo / "test").glob("*.jpeg"))[0], src / "photo.jpeg")
+    out = tmp_path / "inf"
+    proc = run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=models, output_dir=out)
+    rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
+    assert sorted(rows) == sorted([*photographs, "photo.jpeg"])
+    for name in photographs:  # of the model's own kind by header (OP) and content (colour, large enough)
+        assert gate.gate_reasons(rows[name])[0] == [], rows[name]
+        assert rows[name]["call_referable"] == "1"
+    results = check_dicom_results(out, CLASSES, proc.stdout + proc.stderr, [str(src / n) for n in photographs])
+    srs = {n: next(r["dicom_file"] for r in results[str(src / n)] if r["object"] == "SR") for n in photographs}
+    assert srs["right.dcm"] == srs["left.dcm"] != srs["other_study.dcm"]  # one SR per study
