@@ -132,7 +132,7 @@ def _sources(file: str) -> list[Path]:
 
 
 def check_dicom_results(out: Path, class_names: Sequence[str], log: str, dicom_inputs: Iterable[str],
-                        uncalled: Iterable[str] = ()) -> dict[str, list[dict]]:
+                        uncalled: Iterable[str] = ()) -> dict[str, dict]:
     """What a classification bundle's inference run ``out`` wrote for its DICOM inputs, against its predictions.csv.
 
     ``dicom_inputs`` are the inputs (predictions.csv's ``file``: a DICOM file or a series folder) that must get
@@ -146,8 +146,8 @@ def check_dicom_results(out: Path, class_names: Sequence[str], log: str, dicom_i
     positive, with its probability; no planted patient value in a file name, in a file other than the DICOM
     results, or in the ``log``.
     Returns:
-        ``dicom_outputs.csv``'s rows by input, each with ``entry``: what :func:`read_classification_sr` reads
-        of that input from its SR.
+        by input: ``{"sr": its SR file, "entry": what :func:`read_classification_sr` reads of it there,
+        "scs": its Secondary Capture files}``.
     """
     import pydicom
 
@@ -162,6 +162,7 @@ def check_dicom_results(out: Path, class_names: Sequence[str], log: str, dicom_i
     uncalled = set(uncalled)
     by_input: dict[str, list[dict]] = {f: [r for r in listed if r["file"] == f] for f in inputs}
     studies: dict[str, set[str]] = {}
+    results: dict[str, dict] = {}
     for file, objects in by_input.items():
         row = rows[file]
         assert row["error"] == "", row
@@ -197,7 +198,6 @@ def check_dicom_results(out: Path, class_names: Sequence[str], log: str, dicom_i
                 assert finding["call"] is None, (c, finding)
             else:
                 assert finding["call"] == (row[f"call_{c}"] == "1"), (c, finding, row)
-        sr["entry"] = entry
         called = [c for c in class_names if entry["findings"][c]["call"]]
         scs = [pydicom.dcmread(r["dicom_file"]) for r in objects if r["object"] == "SC"]
         assert len(scs) == len(called), (file, called, len(scs))
@@ -211,8 +211,10 @@ def check_dicom_results(out: Path, class_names: Sequence[str], log: str, dicom_i
                 f"Grad-CAM heat map of '{c}' (probability {entry['findings'][c]['probability']:.3f})")]
         assert sorted(explained) == sorted(called), ([sc.DerivationDescription for sc in scs], called)
         assert len({sc.SeriesInstanceUID for sc in scs}) <= 1  # an input's overlays: one series
+        results[file] = {"sr": Path(sr["dicom_file"]), "entry": entry,
+                         "scs": [Path(r["dicom_file"]) for r in objects if r["object"] == "SC"]}
     assert all(len(srs) == 1 for srs in studies.values()), studies  # one SR per study ...
     assert len({f for srs in studies.values() for f in srs}) == len(studies)  # ... and a study per SR
     assert phi_leaks(out, log) == []
-    return by_input
+    return results
 

@@ -275,5 +275,5 @@ def test_dicom_photographs_get_an_sr_per_study_and_secondary_captures_of_the_cla
         assert gate.gate_reasons(rows[name])[0] == [], rows[name]
         assert rows[name]["call_referable"] == "1"
     results = check_dicom_results(out, CLASSES, proc.stdout + proc.stderr, [str(src / n) for n in photographs])
-    srs = {n: next(r["dicom_file"] for r in results[str(src / n)] if r["object"] == "SR") for n in photographs}
+    srs = {n: results[str(src / n)]["sr"] for n in photographs}
     assert srs["right.dcm"] == srs["left.dcm"] != srs["other_study.dcm"]  # one SR per study

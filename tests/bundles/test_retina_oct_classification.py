@@ -240,5 +240,5 @@ def test_dicom_b_scans_get_an_sr_per_study_and_secondary_captures_of_the_classes
         assert gate.gate_reasons(rows[name])[0] == [], rows[name]
         assert rows[name]["call_CNV"] == "1"
     results = check_dicom_results(out, CLASSES, proc.stdout + proc.stderr, [str(src / n) for n in scans])
-    srs = {n: next(r["dicom_file"] for r in results[str(src / n)] if r["object"] == "SR") for n in scans}
+    srs = {n: results[str(src / n)]["sr"] for n in scans}
     assert srs["right.dcm"] == srs["left.dcm"] != srs["other_study.dcm"]  # one SR per study
