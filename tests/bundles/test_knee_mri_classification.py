@@ -304,12 +304,15 @@ def test_the_gate_flags_inputs_the_knee_classifier_was_not_made_for(trained, kne
 
 def test_dicom_series_get_an_sr_per_study_and_secondary_capture_montages_of_the_classes_called(trained, knee_nifti,
                                                                                                 tmp_path):
-    """Issue 16: two sagittal MR series of the synthetic knee (one file per slice in shuffled order, one study
-    each, patient tags planted), each a folder as the knee inference reads an exam, beside a NIfTI exam. Each
-    study gets one Structured Report (dciodvfy: no error) whose result references every slice of its series, with
-    predictions.csv's gate verdict, probabilities and calls at model.json's operating points; each series a
-    Grad-CAM Secondary Capture montage per class called (complete_rupture always, its threshold set to 0),
-    referencing every slice; the NIfTI exam none; no patient value in a file name, the tables or the log."""
+    """Issue 16: three sagittal MR series of the synthetic knee (one file per slice in shuffled order, patient tags
+    planted), each a folder as the knee inference reads an exam: two series of one study, one of another, beside a
+    NIfTI exam. Each study gets one Structured Report (dciodvfy: no error) recording each of its series once,
+    referencing every slice, with predictions.csv's gate verdict, probabilities and calls at model.json's
+    operating points; each series a Grad-CAM Secondary Capture montage per class called (complete_rupture always,
+    its threshold set to 0), referencing every slice; the NIfTI exam none; no patient value in a file name, the
+    tables or the log."""
+    import pydicom
+
     from tests.bundles import _gate as gate
     from tests.bundles._dicom_results import check_dicom_results
     from tests.io._dicom_helpers import knee_series
@@ -321,16 +324,20 @@ def test_dicom_series_get_an_sr_per_study_and_secondary_capture_montages_of_the_
     meta["operating_points"]["complete_rupture"]["threshold"] = 0.0
     (models / "model.json").write_text(json.dumps(meta))
     src = tmp_path / "in"
-    knee_series(src / "exam1", voxel_values=False)
-    knee_series(src / "exam2", n=8, rows=32, cols=32, voxel_values=False)
+    first = knee_series(src / "exam1", voxel_values=False)
+    study = str(pydicom.dcmread(first[0], stop_before_pixels=True).StudyInstanceUID)
+    knee_series(src / "exam1_pd", n=8, rows=32, cols=32, voxel_values=False, study_instance_uid=study)
+    knee_series(src / "exam2", voxel_values=False)
     shutil.copy(knee_nifti / "exams" / "knee_000.nii.gz", src / "knee.nii.gz")
     out = tmp_path / "inf"
     proc = run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=models, output_dir=out, **TINY)
     rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
-    assert sorted(rows) == ["exam1", "exam2", "knee.nii.gz"]
-    for name in ("exam1", "exam2"):  # of the model's own kind by header (MR) and content (a volume)
+    series = ["exam1", "exam1_pd", "exam2"]
+    assert sorted(rows) == [*series, "knee.nii.gz"]
+    for name in series:  # of the model's own kind by header (MR) and content (a volume)
         assert gate.gate_reasons(rows[name])[0] == [], rows[name]
         assert rows[name]["call_complete_rupture"] == "1"
-    results = check_dicom_results(out, CLASSES, proc.stdout + proc.stderr, [str(src / "exam1"), str(src / "exam2")])
-    assert [len(results[str(src / n)]["entry"]["sop_instance_uids"]) for n in ("exam1", "exam2")] == [6, 8]
-    assert results[str(src / "exam1")]["sr"] != results[str(src / "exam2")]["sr"]  # one SR per study
+    results = {Path(k).name: v for k, v in check_dicom_results(out, CLASSES, proc.stdout + proc.stderr,
+                                                                 [str(src / n) for n in series]).items()}
+    assert [len(results[n]["entry"]["sop_instance_uids"]) for n in series] == [6, 8, 6]  # every slice
+    assert results["exam1"]["sr"] == results["exam1_pd"]["sr"] != results["exam2"]["sr"]  # one SR per study

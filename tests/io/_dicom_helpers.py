@@ -45,12 +45,14 @@ def with_phi(source: str | Path, dest: Path, **changes) -> Path:
     return dest
 
 
-def knee_series(folder: Path, n: int = 6, rows: int = 40, cols: int = 36, voxel_values: bool = True) -> list[Path]:
+def knee_series(folder: Path, n: int = 6, rows: int = 40, cols: int = 36, voxel_values: bool = True,
+                study_instance_uid: str | None = None) -> list[Path]:
     """A valid sagittal MR series of the synthetic knee, files in shuffled order (``write_dicom_series``), with a
     Frame of Reference added (MR requires one) and pixel values that name their voxel:
     ``value = slice * rows * cols + row * cols + column``, slice counted along the slice normal. Accession
     Number (Type 2) stays absent, as in some real files: the writers must cope. ``voxel_values=False`` keeps the
-    synthetic knee's own pixels (an exam for a classifier to look at).
+    synthetic knee's own pixels (an exam for a classifier to look at); ``study_instance_uid`` files the series
+    in that study (default a new one).
     """
     import pydicom
     from pydicom.uid import generate_uid
@@ -64,6 +66,8 @@ def knee_series(folder: Path, n: int = 6, rows: int = 40, cols: int = 36, voxel_
         ds = pydicom.dcmread(f)
         k = int(ds.InstanceNumber) - 1  # write_dicom_series puts slice k at x = 3k: k is the position order
         ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_of_reference, ""
+        if study_instance_uid:
+            ds.StudyInstanceUID = study_instance_uid
         ds.StudyDate, ds.StudyTime, ds.PatientSex, ds.StudyID = "20240102", "101500", "F", "KNEE1"
         if voxel_values:
             ds.PixelData = (np.arange(rows * cols, dtype=np.uint16).reshape(rows, cols) + k * rows * cols).tobytes()
