@@ -216,8 +216,9 @@ def cell_centres(network: nn.Module, layer: str | nn.Module, input_shape: Sequen
 
     Returns:
         one ``(offset, step)`` per spatial axis, or ``None`` (the cells are then taken to tile the input evenly)
-        when the path holds an operation whose geometry is not known here (an upsampling, an adaptive pooling),
-        or the layer's maps are per-slice maps of a 2.5D network.
+        when the path holds an operation whose geometry is not known here (an upsampling, an adaptive pooling).
+        For a 2.5D network (a 2-D backbone run on every slice of ``(1, [C,] S, H, W)``, maps ``(S, K, h, w)``)
+        the grid of the two in-plane axes.
     """
     shape = tuple(int(v) for v in input_shape)
     key = (str(layer) if not isinstance(layer, nn.Module) else id(layer), shape)
@@ -244,9 +245,13 @@ def _graph_grid(network: nn.Module, layer, shape: tuple[int, ...]) -> Grid | Non
         return None
     finally:
         network.train(was_training)
-    if act is None or act.shape[0] != 1 or act.dim() != x.dim() or act.grad_fn is None:
+    if act is None or act.grad_fn is None:
         return None
-    return _walk(act.grad_fn, x, len(shape) - 2)
+    if act.shape[0] == 1 and act.dim() == x.dim():
+        return _walk(act.grad_fn, x, len(shape) - 2)
+    if act.dim() == 4 and len(shape) in (4, 5):  # 2.5D: one 2-D map per slice, (S, K, h, w): the in-plane grid
+        return _walk(act.grad_fn, x, 2)
+    return None
 
 
 def _op_geometry(node, dims: int) -> list[tuple[float, float]] | None:
@@ -375,7 +380,9 @@ class CapturedGradCAM:
                 raise ValueError(f"samples and classes differ in length: {len(samples)} samples, {len(classes)} "
                                  "classes (class_idx needs one class per sample).")
             classes = [p if c is None else int(c) for c, p in zip(classes, predicted)]
-        grid = cell_centres(self.network, self.layer, self._shape) if activation.shape[0] == logits.shape[0] else None
+        grid = cell_centres(self.network, self.layer, self._shape)
+        if grid is not None and activation.shape[0] != logits.shape[0]:  # 2.5D: one map per slice, in-plane cells
+            grid = ((0.0, 1.0), *grid) if len(grid) == 2 and len(size) == 3 else None
         try:
             return grad_cam_maps(logits, activation, samples, classes, size, retain_graph=keep, grid=grid)
         finally:

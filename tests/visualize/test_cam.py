@@ -175,6 +175,39 @@ def test_gradcam_peak_lies_on_the_planted_dot_not_half_a_stride_off(dot):
     assert abs(rows.mean() - dot[0]) <= 1.0 and abs(cols.mean() - dot[1]) <= 1.0, (rows, cols)
 
 
+class _PerSlice(nn.Module):
+    """A 2.5D network as MRNet is one: the box net's convolutions run on every slice of ``(B, 1, S, H, W)``, the
+    strongest slice decides."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = _box_net()
+
+    def forward(self, x):
+        b, s = x.shape[0], x.shape[2]
+        f = self.net[:4](x.reshape(b * s, 1, *x.shape[3:]))  # (B * S, 1, h, w): one map per slice
+        return self.net[-1](f.amax((2, 3)).reshape(b, s).amax(1, keepdim=True))
+
+
+@pytest.mark.parametrize("dot", [(2, 8, 12), (0, 20, 4), (3, 13, 18)])
+def test_a_2p5d_maps_peak_lies_on_the_planted_dot_in_its_slice(dot):
+    """Per-slice maps of a 2.5D network are put on the input by the backbone's measured in-plane grid, as 2-D maps
+    are (they were resized as if the cells tiled each slice evenly: a knee demo's map at layer3, stride 16, landed
+    7.5 px down and right of the ligament it looked at), one map per slice."""
+    from medplugin.networks.mrnet import MRNet
+    from medplugin.visualize import cell_centres
+
+    assert cell_centres(MRNet("resnet18", 2), "backbone.layer3", (1, 1, 10, 64, 64)) == ((0.0, 16.0), (0.0, 16.0))
+    assert cell_centres(_PerSlice(), "net.3", (1, 1, 4, 32, 32)) == ((0.0, 4.0), (0.0, 4.0))
+    x = torch.zeros(1, 1, 4, 32, 32)
+    x[0, 0, dot[0], dot[1], dot[2]] = 1.0
+    maps, _ = CapturedGradCAM(_PerSlice(), "net.3")(x, class_idx=1)
+    assert maps.shape == (1, 1, 4, 32, 32)
+    slices, rows, cols = np.nonzero(maps[0, 0].numpy() >= float(maps.max()))
+    assert set(slices) == {dot[0]}
+    assert abs(rows.mean() - dot[1]) <= 1.0 and abs(cols.mean() - dot[2]) <= 1.0, (rows, cols)
+
+
 @pytest.mark.parametrize("cells,size", [((4, 5), (32, 40)), ((3, 4, 5), (12, 32, 40))])
 def test_grid_of_evenly_tiling_cells_gives_the_plain_resize(cells, size):
     """Cells centred on their tiles (offset (stride - 1) / 2) are what bilinear/trilinear ``align_corners=False``
