@@ -50,8 +50,8 @@ BUNDLE_REQUIREMENTS = (
     # MONAI Label's own numpymaxflow and pydicom-seg (newer pylibjpeg-libjpeg releases would pull NumPy 2)
     "numpy<2", "pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1", "pylibjpeg-openjpeg>=2.3",
     # dcmqi's itkimage2segimage: MONAI Label's DICOMweb datastore (--studies http://.../dicom-web) needs it and
-    # otherwise downloads it from GitHub at every start, which fails offline
-    "dcmqi",
+    # otherwise downloads it from GitHub at every start, which fails offline; highdicom 0.22 (the last on pydicom 2)
+    "dcmqi", "highdicom>=0.22,<0.23",  # for the DICOM SEG answers of medplugin.tools.monailabel_dicom
 )
 
 
