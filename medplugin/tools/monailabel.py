@@ -12,10 +12,9 @@ The environment's folder is ``--env`` / the ``env`` argument, else ``$MEDPLUGIN_
 ``.venv-monailabel`` in the current folder (:func:`default_env`). The bundles come from
 :func:`medplugin.resources.bundles_dir`.
 
-:func:`assemble_app` writes an app folder in the layout of MONAI Label's stock ``monaibundle`` sample app
-(``main.py``, ``lib/``, ``model/<bundle>``) with our bundles copied into ``model/``; its ``main.py`` is the stock
-app (kept as ``stock_main.py``) plus the uncertainty strategies of :mod:`medplugin.tools.monailabel_activelearning`.
-:func:`server_command` gives the offline ``monailabel start_server`` line for it.
+:func:`assemble_app` writes an app folder in the layout of MONAI Label's stock ``monaibundle`` sample app (``main.py``,
+``lib/``, ``model/<bundle>``: our bundles), its ``main.py`` the stock one (kept as ``stock_main.py``) plus medplugin's
+mixins (:data:`APP_MAIN`); :func:`server_command` gives the offline ``monailabel start_server`` line for it.
 """
 
 from __future__ import annotations
@@ -274,14 +273,15 @@ DATASTORE_FILE_EXT = ("*.nii.gz", "*.nii", "*.nrrd", "*.jpg", "*.jpeg", "*.png",
 OVERLAYS = {"train": "monailabel_train.yaml", "inference": "monailabel_inference.yaml"}
 
 
-# the app's main.py: the stock app (kept unchanged as stock_main.py) with medplugin's uncertainty strategies added.
-# MONAI Label takes the class of main.py whose direct bases include one named MONAILabelApp.
+# the app's main.py: the stock app (kept as stock_main.py) with medplugin's mixins. MONAI Label takes the class of
+# main.py whose direct bases include one named MONAILabelApp.
 APP_MAIN = '''"""MONAI Label app of medplugin's bundles, written by `medplugin monailabel-app`.
 
-MONAI Label's stock monaibundle app (stock_main.py, unchanged) plus medplugin's uncertainty-driven active learning:
-start the server with --conf uncertainty_models <bundle,...|all> for a scoring method and a strategy
-<bundle>_uncertainty per bundle (see medplugin.tools.monailabel_activelearning). Classification answers carry each
-class's call at the model's operating point (see medplugin.tools.monailabel_decisions).
+MONAI Label's stock monaibundle app (stock_main.py, unchanged) plus medplugin's uncertainty-driven active learning
+(--conf uncertainty_models <bundle,...|all>: a scoring method and a strategy <bundle>_uncertainty per bundle, see
+medplugin.tools.monailabel_activelearning), each class's call at the model's operating point in classification
+answers (medplugin.tools.monailabel_decisions), a DICOM SEG as segmentation answer for DICOM sources
+(medplugin.tools.monailabel_dicom).
 """
 
 import stock_main
@@ -289,10 +289,11 @@ from monailabel.interfaces.app import MONAILabelApp
 
 from medplugin.tools.monailabel_activelearning import UncertaintyAppMixin
 from medplugin.tools.monailabel_decisions import DecisionAppMixin
+from medplugin.tools.monailabel_dicom import DicomSegAppMixin
 
 
-class MyApp(DecisionAppMixin, UncertaintyAppMixin, stock_main.MyApp, MONAILabelApp):
-    """The stock monaibundle app with the uncertainty scoring methods and strategies, and decisions in the answers."""
+class MyApp(DicomSegAppMixin, DecisionAppMixin, UncertaintyAppMixin, stock_main.MyApp, MONAILabelApp):
+    """The stock monaibundle app with the uncertainty strategies, decisions and DICOM SEGs in the answers."""
 '''
 
 
@@ -395,9 +396,8 @@ def assemble_app(out: Path | str, bundles: Sequence[str] | None = None, override
     (``configs/monailabel_train.yaml`` / ``monailabel_inference.yaml``, when the bundle ships one), the
     weights' settings from ``model.json`` (architecture, input size) and ``overrides``.
     A bundle without weights is still copied: MONAI Label lists it for training only (after a training,
-    restart the server to infer with it). The stock ``main.py`` is kept as ``stock_main.py``; the app's ``main.py``
-    adds the uncertainty strategies of :mod:`medplugin.tools.monailabel_activelearning` to it (off unless the server
-    is started with ``--conf uncertainty_models ...``).
+    restart the server to infer with it). The stock ``main.py`` is kept as ``stock_main.py``; the app's
+    ``main.py`` (:data:`APP_MAIN`) adds medplugin's mixins to it.
 
     Returns:
         ``{"app_dir", "models", "without_weights"}``.

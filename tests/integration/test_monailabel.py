@@ -307,6 +307,35 @@ def _expected(app: Path, name: str, image: Path, multi_label: bool = False) -> n
     return (torch.sigmoid(logits) if multi_label else torch.softmax(logits, 1))[0]
 
 
+def _check_seg_answer(body: bytes, sources: Path | list[Path], out: Path, segments: list[str],
+                      model: str) -> np.ndarray:
+    """An answer that must be a binary DICOM SEG on ``sources`` (one radiograph, or a series' files): dciodvfy
+    finds no error, it files with the source's study and patient in a series of its own, names the bundle and
+    ``segments``, references every source instance; returns its frames re-assembled on the sources (pydicom
+    alone: :func:`medplugin.io.dicom_results.read_segmentation_mask`)."""
+    import pydicom
+
+    from medplugin.io.dicom_results import read_segmentation_mask
+    from tests.io._dicom_helpers import dciodvfy
+
+    assert body[128:132] == b"DICM"
+    out.write_bytes(body)
+    seg = pydicom.dcmread(out)
+    files = sources if isinstance(sources, list) else [sources]
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.Modality == "SEG"  # Segmentation Storage
+    assert seg.SegmentationType == "BINARY" and int(seg.NumberOfFrames) == len(files) * len(segments)
+    assert seg.StudyInstanceUID == first.StudyInstanceUID and seg.SeriesInstanceUID != first.SeriesInstanceUID
+    assert seg.PatientID == first.PatientID and seg.PatientName == first.PatientName
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == segments
+    assert seg.ManufacturerModelName == model
+    errors, _ = dciodvfy(out)
+    assert errors == [], errors
+    refs = {str(i.ReferencedSOPInstanceUID) for s in seg.ReferencedSeriesSequence for i in s.ReferencedInstanceSequence}
+    assert refs == {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    return read_segmentation_mask(out, [str(f) for f in files] if isinstance(sources, list) else str(sources))
+
+
 @pytest.mark.parametrize("name", PRESENT)
 def test_infer_answers_for_every_bundle(server, name):
     url, app, studies, cases, _, _ = server
@@ -325,7 +354,7 @@ def test_infer_answers_for_every_bundle(server, name):
             np.testing.assert_allclose(scores, _expected(app, name, img, c.multi_label).numpy(), atol=1e-4)
             for p in pred:  # issue 15: each class's call at the operating point stored in model.json
                 assert 0.0 <= p["threshold"] <= 1.0 and p["call"] == int(p["score"] >= p["threshold"]), p
-        elif img.suffix in (".png", ".dcm"):  # the mask, as a PNG (DICOM) on the radiograph's pixel grid
+        elif img.suffix in (".png", ".dcm"):  # the mask on the radiograph's pixel grid: a PNG, or a DICOM SEG
             status, body = _post(f"{url}/infer/{name}?image={sid}&output=image")
             assert status == 200
             if img.suffix == ".png":
@@ -335,13 +364,9 @@ def test_infer_answers_for_every_bundle(server, name):
                 mask = np.asarray(Image.open(io.BytesIO(body)))
                 with Image.open(img) as im:
                     assert mask.shape == (im.height, im.width)
-            else:
-                import pydicom
-
-                assert body[128:132] == b"DICM"
-                mask = pydicom.dcmread(io.BytesIO(body)).pixel_array
-                src = pydicom.dcmread(img, stop_before_pixels=True)
-                assert mask.shape == (src.Rows, src.Columns)
+            else:  # issue 16: a valid binary DICOM SEG on the study's radiograph, by medplugin's SEG writer
+                mask = _check_seg_answer(body, studies / f"{sid}.dcm", studies.parent / "answer_seg.dcm",
+                                         ["Lungs"], name)
             assert mask.dtype == np.uint8
             assert set(np.unique(mask)) <= set(range(len(c.class_names)))
             probs = _expected(app, name, img)

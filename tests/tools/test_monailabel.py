@@ -69,8 +69,8 @@ def test_server_line_passes_more_conf_pairs(tmp_path):
 
 def test_the_app_is_the_stock_app_with_the_uncertainty_strategies(tmp_path):
     """main.py keeps the stock app (as stock_main.py, byte for byte) and adds the mixins (uncertainty strategies,
-    calls in classification answers); MONAI Label takes the class of main.py whose direct bases include one named
-    MONAILabelApp."""
+    calls in classification answers, DICOM SEG answers for DICOM sources); MONAI Label takes the class of main.py
+    whose direct bases include one named MONAILabelApp."""
     import ast
 
     stock = tmp_path / "env" / "monailabel" / "sample-apps" / "monaibundle"
@@ -85,11 +85,12 @@ def test_the_app_is_the_stock_app_with_the_uncertainty_strategies(tmp_path):
     tree = ast.parse((out / "main.py").read_text())
     classes = [n for n in tree.body if isinstance(n, ast.ClassDef)]
     assert [c.name for c in classes] == ["MyApp"]
-    assert [ast.unparse(b) for b in classes[0].bases] == ["DecisionAppMixin", "UncertaintyAppMixin", "stock_main.MyApp",
-                                                          "MONAILabelApp"]
+    assert [ast.unparse(b) for b in classes[0].bases] == ["DicomSegAppMixin", "DecisionAppMixin", "UncertaintyAppMixin",
+                                                          "stock_main.MyApp", "MONAILabelApp"]
     imports = {ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
     assert "from medplugin.tools.monailabel_activelearning import UncertaintyAppMixin" in imports
     assert "from medplugin.tools.monailabel_decisions import DecisionAppMixin" in imports
+    assert "from medplugin.tools.monailabel_dicom import DicomSegAppMixin" in imports
 
 
 @pytest.mark.parametrize("args, message", [
