@@ -4,10 +4,12 @@ against a real Orthanc holding a real chest radiograph (CR) and a sagittal MR se
 MONAI Label's DICOMweb datastore fetches a series with WADO-RS and converts it to NIfTI (SimpleITK) before the
 bundle sees it; it needs dcmqi's ``itkimage2segimage`` at start (the MONAI Label environment installs the ``dcmqi``
 wheel; otherwise MONAI Label downloads it from GitHub, which fails offline). What works: the chest classifier answers
-with every finding's score, threshold and call, the knee segmenter with a NIfTI mask on the series' grid, each equal
-to the bundle run on the NIfTI MONAI Label made. What differs: that NIfTI carries the stored pixel values without the
-DICOM display handling our own DICOM reader applies (VOI LUT, photometric interpretation), so the chest scores differ
-from the bundle's scores on the DICOM file itself (by up to about 0.01 on this radiograph with a smoke model).
+with every finding's score, threshold and call, the knee segmenter with a DICOM SEG on the MR series (medplugin's SEG
+writer, one frame per slice; a NIfTI mask on the series' grid when the request asks for ``result_extension``
+``.nii.gz``), each equal to the bundle run on the NIfTI MONAI Label made. What differs: that NIfTI carries the stored
+pixel values without the DICOM display handling our own DICOM reader applies (VOI LUT, photometric interpretation),
+so the chest scores differ from the bundle's scores on the DICOM file itself (by up to about 0.01 on this radiograph
+with a smoke model).
 """
 
 from __future__ import annotations
@@ -28,14 +30,22 @@ from medplugin.io.dicomweb import DicomWeb  # noqa: E402
 from medplugin.tools import monailabel  # noqa: E402
 from medplugin.tools.review import free_port, running_server  # noqa: E402
 from tests.bundles._runner import REPO, SMOKE, run_bundle  # noqa: E402
-from tests.integration.test_monailabel import CHEST, KNEE_SEG, ML_ENV, _expected  # noqa: E402
-from tests.io._dicom_helpers import knee_series, sample_file, with_phi  # noqa: E402
+from tests.integration.test_monailabel import CHEST, KNEE_SEG, ML_ENV, _check_seg_answer, _expected  # noqa: E402
+from tests.io._dicom_helpers import knee_series, sample_file, voxel_value, with_phi  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
-def _infer(url: str, name: str, series: str, output: str) -> bytes:
-    req = urllib.request.Request(f"{url}/infer/{name}?image={series}&output={output}", data=b"", method="POST")
+def _infer(url: str, name: str, series: str, output: str, params: dict | None = None) -> bytes:
+    """POST /infer/<name>; ``params`` go in the multipart form field MONAI Label reads them from."""
+    body, headers = b"", {}
+    if params is not None:
+        boundary = "medplugin-params"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{json.dumps(params)}\r\n"
+                f"--{boundary}--\r\n").encode()
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    req = urllib.request.Request(f"{url}/infer/{name}?image={series}&output={output}", data=body, method="POST",
+                                 headers=headers)
     with urllib.request.urlopen(req, timeout=600) as r:
         assert r.status == 200
         return r.read()
@@ -81,7 +91,9 @@ def test_monailabel_serves_the_bundles_from_an_orthanc_archive(orthanc, tmp_path
     url = f"http://127.0.0.1:{port}"
     with running_server(cmd, f"{url}/info/", tmp_path / "server.log", cwd=tmp_path, env=env, timeout=300):
         answer = json.loads(_infer(url, CHEST, series[CHEST], "json"))
-        mask_bytes = _infer(url, KNEE_SEG, series[KNEE_SEG], "image")
+        seg_bytes = _infer(url, KNEE_SEG, series[KNEE_SEG], "image")
+        # MONAI Label's own result_extension parameter still gives its NIfTI answer
+        mask_bytes = _infer(url, KNEE_SEG, series[KNEE_SEG], "image", {"result_extension": ".nii.gz"})
 
     # what MONAI Label gave the bundles: each series fetched from Orthanc and converted to NIfTI in its cache
     converted = {s: next(cache.rglob(f"{s}.nii.gz")) for s in series.values()}
@@ -94,13 +106,32 @@ def test_monailabel_serves_the_bundles_from_an_orthanc_archive(orthanc, tmp_path
     np.testing.assert_allclose(scores, _expected(app, CHEST, converted[series[CHEST]], True).numpy(), atol=1e-4)
     np.testing.assert_allclose(scores, _expected(app, CHEST, chest, True).numpy(), atol=0.05)
 
-    # the knee segmenter: a uint8 NIfTI mask on the converted series' grid, the bundle's prediction there
+    # the knee segmenter (issue 16): a binary multi-frame DICOM SEG on the MR series, one frame per slice, each
+    # referencing its slice; its frames are the bundle's prediction on MONAI Label's NIfTI, put onto the series'
+    # slices through the voxel values knee_series gives (each names its series voxel: no geometry involved)
+    exam = nib.load(converted[series[KNEE_SEG]])
+    perm = _sagittal_permutation(exam.affine)
+    predicted = _expected(app, KNEE_SEG, converted[series[KNEE_SEG]]).argmax(0).numpy()  # the loader's layout
+    on_nifti = predicted.transpose(np.argsort(perm))  # back to the NIfTI's voxel order
+    values = np.asarray(exam.dataobj).astype(np.int64)
+    assert sorted(values.ravel().tolist()) == list(range(16 * 40 * 36))  # every series voxel once
+    k, rest = np.divmod(values, 40 * 36)
+    rows, cols = np.divmod(rest, 36)
+    on_series = np.zeros((16, 40, 36), np.uint8)
+    on_series[k, rows, cols] = on_nifti
+    assert voxel_value(3, 5, 7) == 3 * 40 * 36 + 5 * 36 + 7  # the layout decoded above
+    frames = _check_seg_answer(seg_bytes, sorted(knee), tmp_path / "answer_seg.dcm", ["ACL region"], KNEE_SEG)
+    assert frames.shape == (16, 40, 36) and set(np.unique(frames)) <= {0, 1}
+    assert (frames == on_series).mean() >= 0.99
+    seg = pydicom.dcmread(tmp_path / "answer_seg.dcm", stop_before_pixels=True)
+    assert seg.FrameOfReferenceUID == pydicom.dcmread(knee[0], stop_before_pixels=True).FrameOfReferenceUID
+
+    # asked for a NIfTI: a uint8 NIfTI mask on the converted series' grid, the bundle's prediction there
     (tmp_path / "answer.nii.gz").write_bytes(mask_bytes)
-    mask, exam = nib.load(tmp_path / "answer.nii.gz"), nib.load(converted[series[KNEE_SEG]])
+    mask = nib.load(tmp_path / "answer.nii.gz")
     assert mask.shape == exam.shape and sorted(mask.shape) == [16, 36, 40]
     assert np.allclose(mask.affine, exam.affine, atol=1e-4) and mask.get_data_dtype() == np.uint8
     data = np.asarray(mask.dataobj)
     assert set(np.unique(data)) <= {0, 1}
-    expected = _expected(app, KNEE_SEG, converted[series[KNEE_SEG]]).argmax(0).numpy()
-    assert (data.transpose(_sagittal_permutation(exam.affine)) == expected).mean() >= 0.99
+    assert (data.transpose(perm) == predicted).mean() >= 0.99
     assert io.BytesIO(mask_bytes).read(2) == b"\x1f\x8b"  # gzip: a .nii.gz as MONAI Label writes it
