@@ -463,3 +463,82 @@ def test_environment_uses_the_main_torch_and_its_own_pydicom():
     assert nms == [0]
     # the server runs the caller's medplugin package (through the env's link), not a copy or another checkout
     assert Path(medplugin_file).resolve() == monailabel.imported_medplugin() / "__init__.py"
+
+
+ANSWER_RULES = r"""
+import json, sys
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from medplugin.io.dicom_results import ModelInfo, read_segmentation_mask
+from medplugin.tools.monailabel_dicom import (SERIES_KEY, DicomSegInferTask, answer_mask, request_sources,
+                                              write_answer_seg)
+cr, nii, folder, out = sys.argv[1:5]
+lungs = [{"label": "Lungs", "property_type": ["39607008", "SCT", "Lung"]}]
+task = object.__new__(DicomSegInferTask)  # only the rules, no bundle loaded
+def why(data, kind=InferType.SEGMENTATION, **config):
+    task.type, task.bundle_config = kind, ConfigParser({"segments": lungs, "dicom_output": "auto", **config})
+    return task._seg_wanted(data)
+res = {"why": {
+    "plain": why({}), "dcm": why({"result_extension": ".dcm"}), "nifti": why({"result_extension": ".nii.gz"}),
+    "label_info": why({"label_info": [{"name": "lung"}]}), "save_label": why({"save_label": True}),
+    "off": why({}, dicom_output=False), "no_segments": why({}, segments=[]),
+    "classification": why({}, InferType.CLASSIFICATION)}}
+res["sources"] = {"cr": request_sources({"image_path": cr}), "nii": request_sources({"image_path": nii}),
+                  "series": request_sources({"image_path": nii, SERIES_KEY: folder}),
+                  "none": request_sources({})}
+affine = np.diag([2.0, 3.0, 1.0, 1.0])
+plain, from_meta = answer_mask({"pred": MetaTensor(torch.ones(2, 3), affine=torch.eye(4))}, "pred"), answer_mask(
+    {"pred": torch.ones(2, 3), "pred_meta_dict": {"affine": affine}}, "pred")
+res["affines"] = [plain[1].tolist(), from_meta[1].tolist(), from_meta[0].shape]
+import pydicom
+rows, cols = (int(v) for v in (lambda d: (d.Rows, d.Columns))(pydicom.dcmread(cr, stop_before_pixels=True)))
+xy = (np.random.default_rng(0).random((cols, rows)) > 0.5).astype(np.uint8)  # ITK's (x, y) order
+model = ModelInfo("lung_xray_segmentation", "0.3.0")
+res["xy"] = bool((read_segmentation_mask(write_answer_seg([cr], xy, None, lungs, model, out), cr) == xy.T).all())
+res["xy_channel"] = bool((read_segmentation_mask(write_answer_seg([cr], xy[None], None, lungs, model, out), cr)
+                          == xy.T).all())
+try:
+    write_answer_seg([cr], np.zeros((2, cols, rows)), None, lungs, model, out)
+except ValueError as e:
+    res["volume_on_one_image"] = str(e)
+print(json.dumps(res))
+"""
+
+
+def test_dicom_seg_answers_only_where_a_seg_is_asked_for(tmp_path):
+    """medplugin.tools.monailabel_dicom in the MONAI Label environment: a segmentation answer for a DICOM source is a
+    SEG unless the request asks for something else (another result_extension, MONAI Label's own dicom_seg output, a
+    label to store) or the bundle opts out; the sources are the .dcm study, or the series folder the app mixin names;
+    a one-image mask is taken in ITK's (x, y) order, as MONAI Label's writer takes it."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    py = monailabel.ensure_env(ML_ENV)
+    cr = get_testdata_file("RG1_UNCR.dcm")
+    folder = tmp_path / "series"
+    folder.mkdir()
+    shutil.copy(cr, folder / "1.2.3.dcm")
+    nii = tmp_path / "1.2.3.nii.gz"
+    nii.write_bytes(b"\x1f\x8b")  # a NIfTI (by its name; never read)
+    script = tmp_path / "rules.py"
+    script.write_text(ANSWER_RULES)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # medplugin through the env's own link
+    proc = subprocess.run([str(py), str(script), cr, str(nii), str(folder), str(tmp_path)], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["why"] == {"plain": "", "dcm": "", "nifti": "result_extension .nii.gz asked for",
+                          "label_info": "MONAI Label's own dicom_seg output asked for",
+                          "save_label": "the answer is saved as the study's label",
+                          "off": "the bundle's dicom_output is false",
+                          "no_segments": "the bundle config has no segments",
+                          "classification": "not a segmentation"}
+    assert res["sources"] == {"cr": [cr], "nii": None, "series": [str(folder / "1.2.3.dcm")], "none": None}
+    assert res["affines"] == [np.eye(4).tolist(), np.diag([2.0, 3.0, 1.0, 1.0]).tolist(), [2, 3]]
+    assert res["xy"] and res["xy_channel"]
+    src = pydicom.dcmread(cr, stop_before_pixels=True)
+    want = f"a one-image source needs a 2-D mask, got shape (2, {src.Columns}, {src.Rows})."
+    assert res["volume_on_one_image"] == want
