@@ -26,15 +26,20 @@ def _code(value: str, scheme: str, meaning: str):
 
 
 def ophthalmic_image(dest: Path, pixels: np.ndarray, modality: str, study_instance_uid: str | None = None,
-                     laterality: str = "R", patient: dict | None = None) -> Path:
+                     laterality: str = "R", patient: dict | None = None,
+                     pixel_spacing: tuple[float, float] = (0.0039, 0.0117), spacing_per_frame: bool = False) -> Path:
     """Write ``pixels`` as the DICOM object an ophthalmic device stores, with :data:`PHI` (or ``patient``) planted.
 
     ``modality`` ``"OPT"``: a B-scan (``(rows, columns)`` uint8) as a one-frame Ophthalmic Tomography Image (enhanced
-    multi-frame: functional groups, dimensions); ``"OP"``: a colour fundus photograph (``(rows, columns, 3)`` uint8
-    RGB) as an Ophthalmic Photography 8 Bit Image. Each is a new series of ``study_instance_uid`` (a new study
-    when ``None``), of the eye ``laterality``. dciodvfy finds the OP object free of errors; of the OPT object it
-    reports only that the Ophthalmic Tomography Image module lists the Concatenation attributes as Type 1, which
-    the Multi-frame Functional Groups module forbids outside a concatenation.
+    multi-frame: functional groups, dimensions), or a volume of B-scans (``(frames, rows, columns)``) as one
+    multi-frame Ophthalmic Tomography Image, as an OCT device stores a scan of the eye (B-scan ``k`` at in-stack
+    position ``k``, 0.0117 mm from the last); its ``pixel_spacing`` (row, column mm) sits in the Pixel Measures
+    functional group, shared by all frames or, with ``spacing_per_frame``, repeated in each frame's own groups.
+    ``"OP"``: a colour fundus photograph (``(rows, columns, 3)`` uint8 RGB) as an Ophthalmic Photography 8 Bit
+    Image. Each is a new series of ``study_instance_uid`` (a new study when ``None``), of the eye ``laterality``.
+    dciodvfy finds the OP object free of errors; of the OPT object it reports only that the Ophthalmic Tomography
+    Image module lists the Concatenation attributes as Type 1, which the Multi-frame Functional Groups module
+    forbids outside a concatenation.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
@@ -49,9 +54,11 @@ def ophthalmic_image(dest: Path, pixels: np.ndarray, modality: str, study_instan
     if modality not in ("OPT", "OP"):
         raise ValueError(f"modality must be OPT or OP, got {modality!r}.")
     pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
-    if pixels.ndim != (2 if tomography else 3):
+    if pixels.ndim not in ((2, 3) if tomography else (3,)):
         raise ValueError(f"an {modality} image needs {'(rows, columns)' if tomography else '(rows, columns, 3)'} "
                          f"pixels, got shape {pixels.shape}.")
+    volume = tomography and pixels.ndim == 3
+    frames = pixels.shape[0] if volume else 1
     sop = OphthalmicTomographyImageStorage if tomography else OphthalmicPhotography8BitImageStorage
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop, generate_uid()
@@ -79,8 +86,8 @@ def ophthalmic_image(dest: Path, pixels: np.ndarray, modality: str, study_instan
                     "IntraOcularPressure", "PupilDilated", "LightPathFilterTypeStackCodeSequence"):
         setattr(ds, keyword, None)  # Type 2: present, not known
     ds.DetectorType = "CCD"
-    ds.NumberOfFrames = 1
-    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.NumberOfFrames = frames
+    ds.Rows, ds.Columns = pixels.shape[1:3] if volume else pixels.shape[:2]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     if tomography:
         ds.AcquisitionDeviceTypeCodeSequence = Sequence([_code(*OCT_SCANNER)])
@@ -93,23 +100,33 @@ def ophthalmic_image(dest: Path, pixels: np.ndarray, modality: str, study_instan
         index.DimensionIndexPointer, index.FunctionalGroupPointer = 0x00209057, 0x00209111  # in-stack position
         index.DimensionOrganizationUID = dimensions
         ds.DimensionIndexSequence = Sequence([index])
-        shared, frame = Dataset(), Dataset()
-        shared.PixelMeasuresSequence = Sequence([Dataset()])
-        shared.PixelMeasuresSequence[0].PixelSpacing = [0.0039, 0.0117]
-        shared.PixelMeasuresSequence[0].SliceThickness = 0.0117
+        def measures() -> Sequence:
+            item = Dataset()
+            item.PixelSpacing, item.SliceThickness = list(pixel_spacing), 0.0117
+            return Sequence([item])
+
+        shared = Dataset()
+        if not spacing_per_frame:
+            shared.PixelMeasuresSequence = measures()
         shared.FrameAnatomySequence = Sequence([Dataset()])
         shared.FrameAnatomySequence[0].AnatomicRegionSequence = Sequence([_code(*EYE)])
         shared.FrameAnatomySequence[0].FrameLaterality = laterality
         shared.PlaneOrientationSequence = Sequence([Dataset()])
         shared.PlaneOrientationSequence[0].ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
-        frame.FrameContentSequence = Sequence([Dataset()])
-        content = frame.FrameContentSequence[0]
-        content.StackID, content.InStackPositionNumber, content.DimensionIndexValues = "1", 1, [1]
-        content.FrameAcquisitionDateTime = content.FrameReferenceDateTime = "20240102101600"
-        content.FrameAcquisitionDuration = 10.0
-        frame.PlanePositionSequence = Sequence([Dataset()])
-        frame.PlanePositionSequence[0].ImagePositionPatient = [0.0, 0.0, 0.0]
-        ds.SharedFunctionalGroupsSequence, ds.PerFrameFunctionalGroupsSequence = Sequence([shared]), Sequence([frame])
+        per_frame = []
+        for k in range(1, frames + 1):
+            frame = Dataset()
+            frame.FrameContentSequence = Sequence([Dataset()])
+            content = frame.FrameContentSequence[0]
+            content.StackID, content.InStackPositionNumber, content.DimensionIndexValues = "1", k, [k]
+            content.FrameAcquisitionDateTime = content.FrameReferenceDateTime = "20240102101600"
+            content.FrameAcquisitionDuration = 10.0
+            frame.PlanePositionSequence = Sequence([Dataset()])
+            frame.PlanePositionSequence[0].ImagePositionPatient = [0.0, 0.0117 * (k - 1), 0.0]
+            if spacing_per_frame:
+                frame.PixelMeasuresSequence = measures()
+            per_frame.append(frame)
+        ds.SharedFunctionalGroupsSequence, ds.PerFrameFunctionalGroupsSequence = Sequence([shared]), Sequence(per_frame)
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     else:
         ds.AcquisitionDeviceTypeCodeSequence = Sequence([_code(*FUNDUS_CAMERA)])
