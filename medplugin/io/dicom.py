@@ -5,7 +5,7 @@ The reader turns a DICOM file into the picture a radiologist would see on a view
 
 Intensity pipeline of :func:`read_dicom_image` (grayscale, DICOM PS3.4 Annex N order):
 
-1. decode the stored values (first frame of a multi-frame object, with a logged warning);
+1. decode the stored values (of a multi-frame object, only the frame asked for: see below);
 2. Modality LUT: *Modality LUT Sequence*, else *Rescale Slope/Intercept*
    (:func:`pydicom.pixels.apply_modality_lut`);
 3. VOI: the *VOI LUT Sequence* when present, else the first *Window Center/Width* pair
@@ -20,6 +20,13 @@ Intensity pipeline of :func:`read_dicom_image` (grayscale, DICOM PS3.4 Annex N o
 
 Colour images (RGB, YBR_* are converted to RGB by pydicom, PALETTE COLOR through its lookup table) are
 returned as (H, W, 3), scaled by their nominal maximum ``2**bits - 1`` to 0..255, without VOI.
+
+A multi-frame object of more than one frame (e.g. an OCT volume: every B-scan of an eye in one Ophthalmic
+Tomography Image) is not one 2-D image: it is refused with a :class:`BadInputError` that names the file, the
+frame count and what to do, unless the caller asks for one frame (``frame=k``). Reading its first frame instead
+would have a 2-D model score one B-scan of the volume as if it were the whole input. A multi-frame object of one
+frame (e.g. an enhanced single B-scan) is read as it is. Pixel Spacing of an enhanced object comes from its
+functional groups (shared first, then the frame's own).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import numpy as np
 from monai.utils import optional_import
 
 from medplugin.errors import BadInputError
+from medplugin.io._frames import pixel_spacing_value
 
 pydicom, _HAS_PYDICOM = optional_import("pydicom")
 pixels, _HAS_PIXELS = optional_import("pydicom.pixels")
@@ -176,9 +184,9 @@ def _sop_class(ds: Any) -> Any:
     return uid
 
 
-def _pixel_spacing(ds: Any) -> list[float] | None:
-    for kw in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(kw)
+def _pixel_spacing(ds: Any, frame: int = 1) -> list[float] | None:
+    """*Pixel Spacing* (top level, else the frame's functional groups), else *Imager Pixel Spacing*."""
+    for value in (pixel_spacing_value(ds, frame), ds.get("ImagerPixelSpacing")):
         if value is None:
             continue
         try:
@@ -316,7 +324,15 @@ def _colour_to_display(ds: Any, arr: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def read_dicom_image(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
+def _multiframe_reason(ds: Any, frames: int, sop_name: str) -> str:
+    """Why a multi-frame object is refused as one 2-D image, and what to do (OCT volumes in their own words)."""
+    oct_volume = str(ds.get("Modality") or "").upper() == "OPT" or "Ophthalmic Tomography" in sop_name
+    unit, per = ("B-scan", "image") if oct_volume else ("image", "file")
+    return (f"a multi-frame image of {frames} frames ({sop_name}): a 2-D model takes one {unit} per {per}, not "
+            f"{frames} (only the first would be scored); export the {unit}s as single-frame images (one file each)")
+
+
+def read_dicom_image(path: str | os.PathLike, frame: int | None = None) -> tuple[np.ndarray, dict]:
     """Read a DICOM radiograph (or any single-frame grayscale or colour DICOM image) for display.
 
     See the module docstring for the exact intensity rule: Modality LUT, then the VOI LUT or the first window
@@ -324,11 +340,13 @@ def read_dicom_image(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     Compressed transfer syntaxes (JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, RLE) are decoded through
     the installed pydicom pixel-data plugins (pylibjpeg, pillow, gdcm, ...).
 
-    Multi-frame objects: only the first frame is read, with a logged warning (no error, so that a 1-frame
-    "multi-frame" or an enhanced object with one useful frame still loads).
+    Multi-frame objects: one of a single frame is read as it is; one of several frames is refused (see the
+    module docstring) unless ``frame`` names the frame to read.
 
     Args:
         path: the DICOM file.
+        frame: the frame to read, counted from 1 as DICOM counts them; ``None`` (default): the file must hold one
+            image (one frame).
 
     Returns:
         ``(image, meta)``: ``image`` a float32 array in 0..255, (H, W) for MONOCHROME1/2, (H, W, 3) for colour;
@@ -336,13 +354,15 @@ def read_dicom_image(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
         ``rows``, ``columns``, ``pixel_spacing`` (``[row, column]`` mm from *Pixel Spacing*, else *Imager
         Pixel Spacing*, else ``None``), ``transfer_syntax`` (its name), ``sop_class`` (its name), ``bits_stored``,
         ``frames`` (frames in the file) and ``voi`` (``"window"``, ``"voi_lut"``, ``"minmax"`` or ``None`` for
-        colour).
+        colour). ``pixel_spacing`` is the read frame's (an enhanced object keeps it in its functional groups).
 
     Raises:
         BadInputError: naming the file when it is missing, empty, not DICOM, truncated or corrupt, holds no
             Pixel Data, holds a non-image object (RT dose, segmentation, parametric map), has pixel data no
-            installed plugin can decode (the message names the transfer syntax and what is missing) or has
-            dimensions other than (rows, columns[, 3]).
+            installed plugin can decode (the message names the transfer syntax and what is missing), has
+            dimensions other than (rows, columns[, 3]), or holds several frames and no ``frame`` was given (the
+            message names the frame count and what to do).
+        ValueError: ``frame`` is not a frame of the file.
         ImportError: when pydicom is not installed.
     """
     _require_pydicom()
@@ -404,10 +424,14 @@ def read_dicom_image(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
         )
 
     _check_decodable(path, ds, ts)
-    if frames > 1:
-        logger.warning("%s: multi-frame DICOM with %d frames; reading only the first frame", path, frames)
+    if frame is None and frames > 1:
+        raise BadInputError(path, _multiframe_reason(ds, frames, sop_name))
+    if frame is not None and (isinstance(frame, bool) or not isinstance(frame, (int, np.integer))
+                              or not 1 <= frame <= frames):
+        raise ValueError(f"frame must be a frame number from 1 to {frames} for {path}, got {frame!r}.")
+    frame = int(frame or 1)
     try:
-        arr = pixels.pixel_array(ds, index=0) if frames > 1 else pixels.pixel_array(ds)
+        arr = pixels.pixel_array(ds, index=frame - 1) if frames > 1 else pixels.pixel_array(ds)
     except Exception as e:  # noqa: BLE001 - decoders raise many types for damaged data
         reason = _redact(f"{type(e).__name__}: {e}", ds)
         raise BadInputError(
@@ -429,7 +453,7 @@ def read_dicom_image(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
         "photometric_interpretation": pi,
         "rows": rows,
         "columns": cols,
-        "pixel_spacing": _pixel_spacing(ds),
+        "pixel_spacing": _pixel_spacing(ds, frame),
         "transfer_syntax": ts_name,
         "sop_class": _uid_name(sop),
         "bits_stored": _int_or_none(ds.get("BitsStored")),

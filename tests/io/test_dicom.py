@@ -207,17 +207,6 @@ def test_rgb_and_palette_colour():
     assert image.shape == (100, 100, 3) and meta["photometric_interpretation"] == "YBR_FULL"
 
 
-def test_multiframe_reads_first_frame_with_warning(caplog):
-    path = _testfile("emri_small.dcm")
-    with caplog.at_level(logging.WARNING, logger="medplugin.io.dicom"):
-        image, meta = read_dicom_image(path)
-    assert image.shape == (64, 64) and meta["frames"] == 10
-    assert "multi-frame" in caplog.text and "first frame" in caplog.text
-    first = pydicom.dcmread(path).pixel_array[0].astype(np.float64)
-    expected = (first - first.min()) * 255.0 / (first.max() - first.min())
-    np.testing.assert_allclose(image, expected, atol=1e-3)
-
-
 # --- errors ------------------------------------------------------------------------------------------------
 
 
@@ -337,8 +326,11 @@ def test_patient_data_never_in_meta_errors_or_logs(tmp_path, caplog):
     _, meta = read_dicom_image(ok)
     texts = [json.dumps(meta)]
     multi = _with_secrets(_testfile("emri_small.dcm"), tmp_path / "multi.dcm")
-    _, meta = read_dicom_image(multi)
+    _, meta = read_dicom_image(multi, frame=2)
     texts.append(json.dumps(meta))
+    with pytest.raises(BadInputError) as err:  # several frames and none asked for
+        read_dicom_image(multi)
+    texts.append(str(err.value))
     bad_window = _with_secrets(_testfile("CT_small.dcm"), tmp_path / "w.dcm", WindowCenter=1, WindowWidth=0)
     read_dicom_image(bad_window)
     for changes in ({"PixelData": None}, {"Rows": 0}, {"SamplesPerPixel": 3}):
