@@ -213,6 +213,36 @@ def test_secondary_capture_of_a_cam_overlay(chest_cr, tmp_path, caplog):
     assert needles_in(out, caplog.text) == []
 
 
+@pytest.mark.parametrize("per_frame", [False, True], ids=["shared", "per-frame"])
+def test_secondary_capture_of_an_oct_b_scan_keeps_the_pixel_spacing_of_its_functional_groups(tmp_path, per_frame):
+    """A B-scan as an OCT device stores it (a one-frame enhanced Ophthalmic Tomography Image) has its Pixel Spacing
+    only in its functional groups (shared, or the frame's own): the Grad-CAM Secondary Capture on its grid carries
+    it (dciodvfy: no error), with the eye and the source reference; an overlay of another size claims none; an OCT
+    volume of several B-scans in one file is refused, naming the file and its frame count."""
+    from tests.bundles._dicom_results import ophthalmic_image
+
+    oct_model = ModelInfo("retina_oct_classification", "0.3.0", operating_points={"CNV": {"threshold": 0.5}})
+    scan = np.tile(np.linspace(0, 250, 48, dtype=np.uint8), (40, 1))
+    src = ophthalmic_image(tmp_path / "in" / "bscan.dcm", scan, "OPT", laterality="L", pixel_spacing=(0.0039, 0.0117),
+                           spacing_per_frame=per_frame)
+    header = pydicom.dcmread(src, stop_before_pixels=True)
+    assert "PixelSpacing" not in header  # only in the functional groups, as a device writes it
+    overlay = np.zeros((40, 48, 3), np.uint8)
+    overlay[5:12, 6:20, 0] = 255
+    out = tmp_path / "out"
+    path = write_cam_secondary_capture(src, overlay, "CNV", oct_model, out, probability=0.8)
+    _valid(path)
+    ds = _filed_with(path, src)
+    assert [float(v) for v in ds.PixelSpacing] == [0.0039, 0.0117]
+    assert np.array_equal(ds.pixel_array, overlay) and ds.Laterality == "L"
+    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == header.SOPInstanceUID
+    other = write_cam_secondary_capture(src, np.ascontiguousarray(overlay[:20]), "CNV", oct_model, out)
+    assert "PixelSpacing" not in pydicom.dcmread(other, stop_before_pixels=True)  # not the source grid
+    volume = ophthalmic_image(tmp_path / "in" / "volume.dcm", np.stack([scan, scan[::-1], scan]), "OPT")
+    with pytest.raises(BadInputError, match=r"volume\.dcm: a multi-frame image \(3 frames\)"):
+        write_cam_secondary_capture(volume, overlay, "CNV", oct_model, out)
+
+
 def _lungs(rows: int, cols: int) -> np.ndarray:
     """Two lungs of different size, so that a flip or a transpose would show."""
     yy, xx = np.mgrid[:rows, :cols]

@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 
 import medplugin
 from medplugin.errors import BadInputError
+from medplugin.io._frames import pixel_spacing_value
 from medplugin.utils import atomic_write
 
 try:  # a declared dependency; imported here so that `medplugin.io` still imports in an environment without it
@@ -157,11 +158,17 @@ def _header_copy(ds: Dataset) -> Dataset:
     """The part of a source's header the results may take: identifiers, geometry, and the Patient and General
     Study modules' Type 1/2 elements (what the standard requires a result to copy). Nothing else can reach a
     result (highdicom would otherwise copy e.g. the Patient module's Type 3 elements, or the acquisition
-    equipment's institution and station as Contributing Equipment). Elements are shared; ``ds`` is untouched."""
+    equipment's institution and station as Contributing Equipment). Elements are shared; ``ds`` is untouched.
+    An enhanced (multi-frame layout) source keeps its Pixel Spacing in its functional groups: the copy gets it at
+    the top level, from the shared groups, else the first frame's (:func:`read_source` takes one-frame images)."""
     out = Dataset()
     for keyword in _KEPT:
         if keyword in ds:
             out.add(ds[keyword])
+    if "PixelSpacing" not in out:
+        spacing = pixel_spacing_value(ds, frame=1)
+        if spacing is not None:
+            out.PixelSpacing = spacing
     if getattr(ds, "file_meta", None) is not None:
         out.file_meta = ds.file_meta
     for attr in ("is_little_endian", "is_implicit_VR"):  # pydicom 2 needs the encoding of a read dataset

@@ -98,7 +98,8 @@ def write_cam_secondary_capture(
         source: the image the overlay was made from; or several (e.g. the slices of a series behind a montage),
             the first giving patient, study and orientation.
         overlay: ``(rows, columns, 3)`` uint8 RGB, e.g. :func:`medplugin.visualize.overlay_cam` of the source
-            image and its map on the source grid. On the source grid, the source's Pixel Spacing is kept.
+            image and its map on the source grid. On the source grid, the source's Pixel Spacing is kept (an
+            enhanced source's from its functional groups: shared, else the frame's own).
         class_name: the class the map explains.
         model: the bundle's name and version.
         output_dir: the folder; the file is ``<SOP Instance UID>.dcm``.
