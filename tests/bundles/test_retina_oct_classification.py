@@ -185,16 +185,23 @@ def test_demo_job_learns_the_synthetic_task(tmp_path):
 
 def test_the_gate_flags_inputs_the_oct_classifier_was_not_made_for(trained, oct_demo, tmp_path):
     """Issue 16: one inference run over a B-scan of its own kind (in scope), a real MR slice (Modality MR), the same
-    slice relabelled Modality OPT (in scope by its header), a colour photograph and a knee volume: each outsider is
-    flagged with the tag or property and its value and, under ``gate: warn``, still scored; the knee volume, which
-    a 2-D reader cannot take, gets an error row naming the file and the reason as well as the gate's reason."""
+    slice relabelled Modality OPT (in scope by its header), a colour photograph, a knee volume and an OCT volume (5
+    B-scans in one multi-frame Ophthalmic Tomography Image, as a device stores them): each outsider is flagged with
+    the tag or property and its value and, under ``gate: warn``, still scored; the two volumes, which a 2-D reader
+    cannot take, get an error row naming the file and the reason (for the OCT volume its 5 frames and what to do,
+    never a score of its first B-scan) as well as the gate's reason."""
+    from medplugin.data.synthetic.oct import synthetic_oct_bscan
     from tests.bundles import _gate as gate
+    from tests.bundles._dicom_results import ophthalmic_image
 
     ckpt, _ = trained
+    rng = np.random.default_rng(5)
+    b_scans = np.stack([synthetic_oct_bscan(c, size=(64, 64), rng=rng)[0] for c in ("CNV", "DME", "NORMAL", "CNV",
+                                                                                   "DRUSEN")])
     rows = gate.gated_inference(NAME, ckpt, tmp_path, {
         "bscan.jpeg": sorted((oct_demo / "test" / "CNV").glob("*.jpeg"))[0], "mr.dcm": gate.mr_slice,
         "opt.dcm": lambda p: gate.mr_slice(p, Modality="OPT"), "photo.jpg": gate.colour_photograph,
-        "knee.nii.gz": gate.knee_volume})
+        "knee.nii.gz": gate.knee_volume, "oct_volume.dcm": lambda p: ophthalmic_image(p, b_scans, "OPT")})
     probs = [f"prob_{c}" for c in ("CNV", "DME", "DRUSEN", "NORMAL")]
     gate.assert_in_scope(rows["bscan.jpeg"], probs)
     gate.assert_flagged(rows["mr.dcm"], ["Modality is MR, expected OPT"], probs)
@@ -204,6 +211,10 @@ def test_the_gate_flags_inputs_the_oct_classifier_was_not_made_for(trained, oct_
     gate.assert_flagged(rows["photo.jpg"], [colour], probs)
     volume = ["a 3-D volume of shape (12, 64, 64), expected a 2-D image"]
     gate.assert_refused_unreadable(rows["knee.nii.gz"], volume, "expected a 2D NIfTI image (x, y), got shape (12, 64")
+    gate.assert_refused_unreadable(
+        rows["oct_volume.dcm"], ["a 3-D volume of shape (5, 64, 64), expected a 2-D image"],
+        "oct_volume.dcm: a multi-frame image of 5 frames (Ophthalmic Tomography Image Storage): a 2-D model takes one "
+        "B-scan per image, not 5 (only the first would be scored); export the B-scans as single-frame images")
 
 
 def test_dicom_b_scans_get_an_sr_per_study_and_secondary_captures_of_the_classes_called(trained, oct_demo, tmp_path):
@@ -211,11 +222,15 @@ def test_dicom_b_scans_get_an_sr_per_study_and_secondary_captures_of_the_classes
     patient tags planted): both eyes in one study, a third scan in another study, beside a JPEG scan. Each study gets
     one Structured Report (dciodvfy: no error) referencing its scans, with predictions.csv's gate verdict,
     probabilities and calls at model.json's operating points; each scan a Grad-CAM Secondary Capture per class
-    called (CNV always, its threshold set to 0); the JPEG none; no patient value in a file name, the tables or
-    the log."""
+    called (CNV always, its threshold set to 0), on the scan's grid with the Pixel Spacing its functional groups
+    hold; the JPEG none; no patient value in a file name, the tables or the log. An OCT volume (3 B-scans in one
+    multi-frame file) in the first study gets an error row naming it and its 3 frames, no score, and no entry in
+    that study's SR or in dicom_outputs.csv (never its first B-scan reported as the volume's finding)."""
+    import pydicom
     from pydicom.uid import generate_uid
 
     from medplugin.data.synthetic.oct import synthetic_oct_bscan
+    from medplugin.io.dicom_results import read_classification_sr
     from tests.bundles import _gate as gate
     from tests.bundles._dicom_results import check_dicom_results, ophthalmic_image
 
@@ -232,13 +247,24 @@ def test_dicom_b_scans_get_an_sr_per_study_and_secondary_captures_of_the_classes
     for name, (label, uid, eye) in scans.items():
         ophthalmic_image(src / name, synthetic_oct_bscan(label, size=(64, 80), rng=rng)[0], "OPT", uid, eye)
     shutil.copy(sorted((oct_demo / "test" / "CNV").glob("*.jpeg"))[0], src / "scan.jpeg")
+    volume = np.stack([synthetic_oct_bscan(c, size=(64, 80), rng=rng)[0] for c in ("CNV", "DME", "NORMAL")])
+    ophthalmic_image(src / "volume.dcm", volume, "OPT", study, "R")
     out = tmp_path / "inf"
     proc = run_bundle(NAME, "inference.yaml", SMOKE, dataset_dir=src, ckpt_dir=models, output_dir=out)
     rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
-    assert sorted(rows) == sorted([*scans, "scan.jpeg"])
+    assert sorted(rows) == sorted([*scans, "scan.jpeg", "volume.dcm"])
+    refused = rows["volume.dcm"]
+    assert refused["error"].startswith(f"{src / 'volume.dcm'}: a multi-frame image of 3 frames "), refused
+    assert "export the B-scans as single-frame images" in refused["error"], refused
+    assert all(v == "" for k, v in refused.items() if k.startswith(("prob_", "call_"))), refused
     for name in scans:  # of the model's own kind by header (OPT) and content (grayscale, large enough)
         assert gate.gate_reasons(rows[name])[0] == [], rows[name]
         assert rows[name]["call_CNV"] == "1"
     results = check_dicom_results(out, CLASSES, proc.stdout + proc.stderr, [str(src / n) for n in scans])
     srs = {n: results[str(src / n)]["sr"] for n in scans}
     assert srs["right.dcm"] == srs["left.dcm"] != srs["other_study.dcm"]  # one SR per study
+    volume_uid = str(pydicom.dcmread(src / "volume.dcm", stop_before_pixels=True).SOPInstanceUID)
+    assert not [e for e in read_classification_sr(srs["right.dcm"]) if volume_uid in e["sop_instance_uids"]]
+    for name in scans:  # a device's B-scan keeps Pixel Spacing in its functional groups: the SC keeps it
+        for sc in results[str(src / name)]["scs"]:
+            assert [float(v) for v in pydicom.dcmread(sc, stop_before_pixels=True).PixelSpacing] == [0.0039, 0.0117]
