@@ -221,7 +221,10 @@ def test_torchrun_two_processes_gloo(knee_nifti, tmp_path):
 
 @pytest.mark.slow
 def test_demo_job_learns_acl_tears_and_its_cam_finds_the_ligament(tmp_path):
-    """The demo job (MRNet layout, binary): test AUC >= 0.9; the CAM peaks in the ligament band on most exams."""
+    """The demo job (MRNet layout, binary ACL tear): test AUC >= 0.9; and the demo model's Grad-CAM shows where it
+    looked: on >= 80 % of the exams with a planted tear the map of "unhealthy", as the bundle computes it (the demo
+    overlay's cam_layer), peaks inside the ligament, or within the house's pointing-game tolerance (15 px at 224,
+    4.3 px of a 64-px slice), in its slice and in-plane."""
     import subprocess
     import sys
 
@@ -234,42 +237,57 @@ def test_demo_job_learns_acl_tears_and_its_cam_finds_the_ligament(tmp_path):
     assert len(rows) == 16 and all(r["error"] == "" for r in rows)
     assert sum(r["in_scope"] == "true" for r in rows) >= 0.95 * len(rows)  # the held-out exams: the input gate passes
 
-    # Grad-CAM of the class the trained model predicts, on the demo's NIfTI-layout phantoms (all four conditions)
-    # whose ligament masks are known, computed with the bundle's own preprocessing and put back on the file grid.
-    # (The map of a class the model rejects is empty: Grad-CAM keeps positive evidence only.)
+    # Grad-CAM on the demo's NIfTI-layout phantoms (all four conditions) whose ligament masks are known, at the
+    # bundle's cam_layer (inference.yaml with the demo overlay), with the bundle's own preprocessing, put back on
+    # the file grid. (The map of a class the model rejects is empty: Grad-CAM keeps positive evidence only.)
     import nibabel as nib
+    from monai.bundle import ConfigParser
     from monai.data import MetaTensor
     from monai.transforms import Invertd
 
-    from medplugin.networks.knee import knee_cam_layer, knee_classifier
+    from medplugin.metrics.localization import peak_in_mask
+    from medplugin.networks.knee import knee_classifier
     from medplugin.transforms import knee_classification_preprocessing
     from medplugin.visualize.cam import CapturedGradCAM as GradCAM
+    from tests.bundles._runner import config_files
 
     ckpt, nifti = tmp_path / "models", tmp_path / "knee_nifti"
     meta = json.loads((ckpt / "model.json").read_text())
     assert meta["class_names"] == ["healthy", "unhealthy"]
+    parser = ConfigParser()
+    parser.read_config(config_files(NAME, "inference.yaml", REPO / "configs" / "demo_knee_mri_classification.yaml"))
+    layer = parser.get_parsed_content("cam_layer")
     net = knee_classifier(meta["arch"], meta["backbone"], 2, transfer="scratch")
     net.load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
     prep = knee_classification_preprocessing(meta["image_size"], meta["num_slices"], *meta["normalization"])
-    cam = GradCAM(net.eval(), knee_cam_layer(meta["arch"], meta["backbone"]))
-    torn_ratios, hot_on_acl = [], []
+    cam = GradCAM(net.eval(), layer)
+    conditions = {r["exam"]: int(r["label"]) for r in csv.DictReader((nifti / "labels.csv").open())}
+    hot_on_acl, on_tear, tear_ratios = [], [], []
     for p in sorted((nifti / "exams").glob("*.nii.gz")):
         d = prep({"image": str(p)})
         with torch.no_grad():
             pred = int(net(d["image"][None]).argmax())
-        maps, _ = cam(d["image"][None], class_idx=pred)
+        torn = conditions[p.name.split(".")[0]] >= 2  # a partial or complete rupture: the demo's "ACL tear"
+        maps, _ = cam(d["image"][None], class_idx=1 if torn else pred)
         c = Invertd("cam", prep, orig_keys="image", nearest_interp=False)(  # (slice, row, col) of the loaded volume
             {"image": d["image"], "cam": MetaTensor(maps[0])})["cam"][0].numpy()
         band = nib.load(nifti / "masks" / p.name).get_fdata().transpose(2, 1, 0) > 0  # file (col, row, slice)
         assert band.shape == c.shape
-        if pred == 1:  # the evidence for a tear: how much stronger inside the band than outside
-            torn_ratios.append(c[band].mean() / max(c[~band].mean(), 1e-9))
-        hot_on_acl.append(bool(band[int(np.argmax(c.reshape(c.shape[0], -1).max(1)))].any()))
-    assert len(hot_on_acl) == 24 and len(torn_ratios) >= 6
-    # most volumes: the map peaks on a slice through the ligament; where the model sees a tear, the map is
-    # several times stronger inside the band than outside it
+        k = int(np.argmax(c.reshape(c.shape[0], -1).max(1)))  # the slice of the map's peak
+        hot_on_acl.append(bool(band[k].any()))
+        if torn:  # the evidence for a tear: in the ligament, and how much stronger there than outside it
+            tolerance = 15 / 224 * band.shape[1]
+            on_tear.append(bool(band[k].any()) and peak_in_mask(torch.as_tensor(c[k]), band[k], tolerance=tolerance))
+            tear_ratios.append(c[band].mean() / max(c[~band].mean(), 1e-9))
+    assert len(hot_on_acl) == 24 and len(on_tear) == 12
+    # every volume: the map peaks on a slice through the ligament (the predicted class's map)
     assert np.mean(hot_on_acl) >= 0.75, hot_on_acl
-    assert np.mean(np.asarray(torn_ratios) > 2) >= 0.75, torn_ratios
+    # the torn exams: the peak is in the ligament, in its slice and in-plane, and the map is several times stronger
+    # inside it than outside. (A guess of the volume's centre would score as well: the phantoms' ligament crosses
+    # the centre of the central slices. What this rules out is a map that lights the bone, the joint line or a
+    # corner: this demo's maps at layer4, 2x2 cells on a 64-px slice, missed the ligament on all 12.)
+    assert np.mean(on_tear) >= 0.8, (layer, on_tear)
+    assert np.mean(np.asarray(tear_ratios) > 2) >= 0.75, tear_ratios
 
 
 def test_the_gate_flags_inputs_the_knee_classifier_was_not_made_for(trained, knee_nifti, tmp_path):
