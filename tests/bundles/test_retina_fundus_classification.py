@@ -188,6 +188,10 @@ def test_demo_job_learns_referable_dr_and_its_cam_finds_the_lesions(tmp_path):
     m = json.loads((tmp_path / "runs" / "evaluate" / "metrics.json").read_text())
     assert m["n"] == 40 and 0 < m["referable_prevalence"] < 1
     assert m["auc"] >= 0.9, m
+    # inference on the held-out eyes: every one scored, and >= 95 % of them in scope by the input gate
+    rows = list(csv.DictReader((tmp_path / "runs" / "inference" / "predictions.csv").open()))
+    assert len(rows) == 40 and all(r["error"] == "" for r in rows)
+    assert sum(r["in_scope"] == "true" for r in rows) >= 0.95 * len(rows), [r["out_of_scope_reason"] for r in rows]
 
     # where the lesions are: the generator again, with the demo's arguments (the same files, byte for byte)
     again = tmp_path / "again"
@@ -196,8 +200,8 @@ def test_demo_job_learns_referable_dr_and_its_cam_finds_the_lesions(tmp_path):
     images = [tmp_path / "eyepacs" / "test" / f"{r['image']}.jpeg" for r in positive]
     assert len(positive) == 24 and all(p.read_bytes() == (again / "test" / p.name).read_bytes() for p in images)
     size = json.loads((tmp_path / "models" / "model.json").read_text())["image_size"]
-    maps, layer = bundle_cams(NAME, [REPO / "configs" / "demo.yaml"], tmp_path / "models", images,
-                              [CLASSES.index("referable")] * len(images))
+    overlay = REPO / "configs" / "demo_retina_fundus_classification.yaml"  # the fundus demo's own, as it ran
+    maps, layer = bundle_cams(NAME, [overlay], tmp_path / "models", images, [CLASSES.index("referable")] * len(images))
     masks = fundus_lesion_masks(images, [r["lesions"] for r in positive], size)
     hits = np.mean(peak_hits(maps, masks))
     shuffled = np.mean(peak_hits(maps, masks[1:] + masks[:1]))
