@@ -19,7 +19,7 @@ from medplugin.gate import GATE_POLICIES, GateResult, InputGate, PooledFeatures,
 from medplugin.handlers._engine import is_main_process, iter_samples
 from medplugin.utils import write_json
 
-__all__ = ["InputGateHandler", "OODStatisticsFitter", "read_model_json"]
+__all__ = ["InputGateHandler", "OODStatisticsFitter", "read_model_json", "model_companions"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,16 @@ def read_model_json(ckpt_dir: str | os.PathLike | None, filename: str = "model.j
         return {}
     path = Path(ckpt_dir) / filename
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def model_companions(model_pt: str | os.PathLike) -> list[Path]:
+    """The files that travel with ``model_pt`` when a model is copied: its ``model.json`` and the OOD statistics
+    it names (``ood.npz``), those that exist."""
+    folder = Path(model_pt).parent
+    meta = read_model_json(folder)
+    names = ["model.json"] if meta else []
+    names += [meta["ood"]["file"]] if isinstance(meta.get("ood"), dict) and meta["ood"].get("file") else []
+    return [folder / n for n in names if (folder / n).is_file()]
 
 
 def _unwrap(network: torch.nn.Module) -> torch.nn.Module:

@@ -424,6 +424,7 @@ def assemble_app(out: Path | str, bundles: Sequence[str] | None = None, override
     (out / "main.py").rename(out / "stock_main.py")
     (out / "main.py").write_text(APP_MAIN)
     without = []
+    from medplugin.handlers.gate import model_companions
     for n in names:
         src, dst = bundles_root / n, out / "model" / n
         shutil.copytree(src / "configs", dst / "configs")
@@ -435,9 +436,8 @@ def assemble_app(out: Path | str, bundles: Sequence[str] | None = None, override
         model_pt = weights.get(n, src / "models" / "model.pt")
         (dst / "models").mkdir(parents=True)
         if model_pt.is_file():
-            shutil.copy2(model_pt, dst / "models" / "model.pt")
-            if (model_pt.parent / "model.json").is_file():
-                shutil.copy2(model_pt.parent / "model.json", dst / "models" / "model.json")
+            for f in [model_pt, *model_companions(model_pt)]:  # model.json, and the OOD statistics it names
+                shutil.copy2(f, dst / "models" / ("model.pt" if f == model_pt else f.name))
         else:
             without.append(n)
             logger.warning("%s: no trained weights at %s; MONAI Label can train it but not infer with it yet",

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -62,6 +63,9 @@ def _oct_case(tmp: Path, request) -> Case:
     classes = ["CNV", "DME", "DRUSEN", "NORMAL"]
     labelled = [(p, c) for c in classes for p in sorted((oct_demo / "train" / c).glob("*.jpeg"))[:4]]
     unlabelled = [sorted((oct_demo / "test" / c).glob("*.jpeg"))[0] for c in classes]
+    from tests.bundles._gate import colour_photograph
+
+    unlabelled.append(colour_photograph(tmp / "oct_input" / "holiday_photo.jpg"))  # not a B-scan: the gate flags it
     return Case(OCT, "classification", ckpt / "model.pt", labelled, unlabelled, classes)
 
 
@@ -354,6 +358,14 @@ def test_infer_answers_for_every_bundle(server, name):
             np.testing.assert_allclose(scores, _expected(app, name, img, c.multi_label).numpy(), atol=1e-4)
             for p in pred:  # issue 15: each class's call at the operating point stored in model.json
                 assert 0.0 <= p["threshold"] <= 1.0 and p["call"] == int(p["score"] >= p["threshold"]), p
+            # issue 16: the input gate's verdict, as in predictions.csv (gate: warn, so the photograph is scored)
+            answer = json.loads(body)
+            if img.name == "holiday_photo.jpg":
+                assert answer["in_scope"] is False and not answer["refused"], answer
+                assert re.fullmatch(r"a colour image \(channels differ by [0-9.]+ on average\), expected grayscale",
+                                    answer["out_of_scope_reason"]), answer
+            else:
+                assert answer["in_scope"] is True and answer["out_of_scope_reason"] == "", (img.name, answer)
         elif img.suffix in (".png", ".dcm"):  # the mask on the radiograph's pixel grid: a PNG, or a DICOM SEG
             status, body = _post(f"{url}/infer/{name}?image={sid}&output=image")
             assert status == 200

@@ -53,16 +53,21 @@ def _infer(url: str, name: str, series: str, output: str, params: dict | None = 
 
 def test_monailabel_serves_the_bundles_from_an_orthanc_archive(orthanc, tmp_path):
     import nibabel as nib
+    from pydicom.uid import generate_uid
 
     from medplugin.data.synthetic.chest_xray import make_chestxray14_demo
     from medplugin.data.synthetic.knee import make_knee_nifti_demo
     from medplugin.io.mrnet import _sagittal_permutation
 
     chest = with_phi(sample_file("RG1_UNCR.dcm"), tmp_path / "src" / "chest" / "a.dcm")
+    # the same radiograph as a lateral view in a series of its own: the input gate must flag it from its header
+    lateral = with_phi(sample_file("RG1_UNCR.dcm"), tmp_path / "src" / "lateral" / "b.dcm", ViewPosition="LL",
+                       SeriesInstanceUID=generate_uid(), SOPInstanceUID=generate_uid())
     knee = knee_series(tmp_path / "src" / "knee", n=16)
-    DicomWeb(orthanc.dicomweb_url).store([chest, *knee])
+    DicomWeb(orthanc.dicomweb_url).store([chest, lateral, *knee])
     series = {CHEST: str(pydicom.dcmread(chest, stop_before_pixels=True).SeriesInstanceUID),
               KNEE_SEG: str(pydicom.dcmread(knee[0], stop_before_pixels=True).SeriesInstanceUID)}
+    lateral_series = str(pydicom.dcmread(lateral, stop_before_pixels=True).SeriesInstanceUID)
 
     m = tmp_path / "models"  # smoke-trained models
     cxr = make_chestxray14_demo(tmp_path / "cxr_demo" / "nih", n_patients=10, size=64, seed=0)["root"]
@@ -76,6 +81,7 @@ def test_monailabel_serves_the_bundles_from_an_orthanc_archive(orthanc, tmp_path
     app = tmp_path / "app"
     cli = [sys.executable, "-m", "medplugin.cli", "monailabel-app", "--out", str(app), "--bundles",
            f"{CHEST},{KNEE_SEG}", "--set", "num_workers=0", "--set", "batch_size=4", "--set", "cam_images=2",
+           "--set", "gate=refuse",
            "--studies", orthanc.dicomweb_url, "--env", str(ML_ENV), "--bundles-dir", str(REPO / "bundles"),
            "--weights", f"{CHEST}={m / 'chest' / 'model.pt'}", "--weights", f"{KNEE_SEG}={m / 'knee' / 'model.pt'}"]
     proc = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -91,6 +97,7 @@ def test_monailabel_serves_the_bundles_from_an_orthanc_archive(orthanc, tmp_path
     url = f"http://127.0.0.1:{port}"
     with running_server(cmd, f"{url}/info/", tmp_path / "server.log", cwd=tmp_path, env=env, timeout=300):
         answer = json.loads(_infer(url, CHEST, series[CHEST], "json"))
+        lateral_answer = json.loads(_infer(url, CHEST, lateral_series, "json"))
         seg_bytes = _infer(url, KNEE_SEG, series[KNEE_SEG], "image")
         # MONAI Label's own result_extension parameter still gives its NIfTI answer
         mask_bytes = _infer(url, KNEE_SEG, series[KNEE_SEG], "image", {"result_extension": ".nii.gz"})
@@ -105,6 +112,13 @@ def test_monailabel_serves_the_bundles_from_an_orthanc_archive(orthanc, tmp_path
     scores = np.array([p["score"] for p in pred])
     np.testing.assert_allclose(scores, _expected(app, CHEST, converted[series[CHEST]], True).numpy(), atol=1e-4)
     np.testing.assert_allclose(scores, _expected(app, CHEST, chest, True).numpy(), atol=0.05)
+    # the input gate judged each radiograph as stored (its DICOM header), not MONAI Label's NIfTI of it: the PA view
+    # is in scope, the lateral one flagged with the tag and, under the app's gate: refuse, not scored (gate: warn,
+    # where it would be, is tested with the folder datastore in test_monailabel.py)
+    assert answer["in_scope"] is True and answer["out_of_scope_reason"] == "" and not answer["refused"], answer
+    assert lateral_answer["in_scope"] is False and lateral_answer["refused"] is True, lateral_answer
+    assert lateral_answer["prediction"] == [], lateral_answer
+    assert lateral_answer["out_of_scope_reason"].startswith("ViewPosition is LL, expected "), lateral_answer
 
     # the knee segmenter (issue 16): a binary multi-frame DICOM SEG on the MR series, one frame per slice, each
     # referencing its slice; its frames are the bundle's prediction on MONAI Label's NIfTI, put onto the series'

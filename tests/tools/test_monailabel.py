@@ -93,6 +93,26 @@ def test_the_app_is_the_stock_app_with_the_uncertainty_strategies(tmp_path):
     assert "from medplugin.tools.monailabel_dicom import DicomSegAppMixin" in imports
 
 
+def test_the_app_takes_the_weights_with_model_json_and_the_ood_statistics_it_names(tmp_path):
+    """The input gate in the answers needs the model's OOD statistics: they travel with model.pt and model.json (a
+    server without them failed every OCT answer: "the OOD statistics named in model.json are missing")."""
+    stock = tmp_path / "env" / "monailabel" / "sample-apps" / "monaibundle"
+    stock.mkdir(parents=True)
+    (stock / "main.py").write_text("class MyApp(MONAILabelApp):\n    pass\n")
+    weights = tmp_path / "trained"
+    weights.mkdir()
+    (weights / "model.pt").write_bytes(b"weights")
+    (weights / "model.json").write_text(json.dumps({"arch": "resnet18", "ood": {"file": "ood_stats.npz"}}))
+    (weights / "ood_stats.npz").write_bytes(b"statistics")
+    (weights / "unrelated.txt").write_text("not the model's")
+    app = monailabel.assemble_app(tmp_path / "app", ["retina_oct_classification"], env=tmp_path / "env",
+                                  bundles_root=REPO / "bundles",
+                                  weights={"retina_oct_classification": weights / "model.pt"})
+    models = Path(app["app_dir"]) / "model" / "retina_oct_classification" / "models"
+    assert sorted(p.name for p in models.iterdir()) == ["model.json", "model.pt", "ood_stats.npz"]
+    assert (models / "ood_stats.npz").read_bytes() == b"statistics"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--bundles", "no_such_bundle"], "no_such_bundle: not a bundle MONAI Label can load"),
     (["--set", "num_workers"], "--set takes key=value"),
