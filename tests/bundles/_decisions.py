@@ -78,4 +78,7 @@ def check_inference_calls(out: Path, ckpt: Path, class_names: list[str]) -> None
     assert rows
     for r in rows:
         for c in class_names:
-            assert int(r[f"call_{c}"]) == int(float(r[f"prob_{c}"]) >= points[c]["threshold"]), (r, points[c])
+            p, t = float(r[f"prob_{c}"]), points[c]["threshold"]
+            if abs(p - t) <= 5e-7:  # the table keeps 6 decimals: a probability this close may round across it
+                continue
+            assert int(r[f"call_{c}"]) == int(p >= t), (r, points[c])
