@@ -332,15 +332,11 @@ def test_dicom_series_get_an_sr_per_study_and_secondary_capture_montages_of_the_
     import pydicom
 
     from tests.bundles import _gate as gate
-    from tests.bundles._dicom_results import check_dicom_results
+    from tests.bundles._dicom_results import check_dicom_results, model_calling
     from tests.io._dicom_helpers import knee_series
 
     ckpt, _ = trained
-    models = tmp_path / "models"
-    shutil.copytree(ckpt, models)
-    meta = json.loads((models / "model.json").read_text())
-    meta["operating_points"]["complete_rupture"]["threshold"] = 0.0
-    (models / "model.json").write_text(json.dumps(meta))
+    models = model_calling(ckpt, tmp_path / "models", "complete_rupture")
     src = tmp_path / "in"
     first = knee_series(src / "exam1", voxel_values=False)
     study = str(pydicom.dcmread(first[0], stop_before_pixels=True).StudyInstanceUID)

@@ -256,14 +256,10 @@ def test_dicom_photographs_get_an_sr_per_study_and_secondary_captures_of_the_cla
 
     from medplugin.data.synthetic.fundus import synthetic_fundus
     from tests.bundles import _gate as gate
-    from tests.bundles._dicom_results import check_dicom_results, ophthalmic_image
+    from tests.bundles._dicom_results import check_dicom_results, model_calling, ophthalmic_image
 
     ckpt, _ = trained
-    models = tmp_path / "models"
-    shutil.copytree(ckpt, models)
-    meta = json.loads((models / "model.json").read_text())
-    meta["operating_points"]["referable"]["threshold"] = 0.0
-    (models / "model.json").write_text(json.dumps(meta))
+    models = model_calling(ckpt, tmp_path / "models", "referable")
     src, study = tmp_path / "in", generate_uid()
     photographs = {"right.dcm": (0, study, "R", "right"), "left.dcm": (6, study, "L", "left"),
                    "other_study.dcm": (2, None, "R", "right")}

@@ -232,14 +232,10 @@ def test_dicom_b_scans_get_an_sr_per_study_and_secondary_captures_of_the_classes
     from medplugin.data.synthetic.oct import synthetic_oct_bscan
     from medplugin.io.dicom_results import read_classification_sr
     from tests.bundles import _gate as gate
-    from tests.bundles._dicom_results import check_dicom_results, ophthalmic_image
+    from tests.bundles._dicom_results import check_dicom_results, model_calling, ophthalmic_image
 
     ckpt, _ = trained
-    models = tmp_path / "models"
-    shutil.copytree(ckpt, models)
-    meta = json.loads((models / "model.json").read_text())
-    meta["operating_points"]["CNV"]["threshold"] = 0.0
-    (models / "model.json").write_text(json.dumps(meta))
+    models = model_calling(ckpt, tmp_path / "models", "CNV")
     src, rng = tmp_path / "in", np.random.default_rng(3)
     study = generate_uid()
     scans = {"right.dcm": ("CNV", study, "R"), "left.dcm": ("DME", study, "L"),
