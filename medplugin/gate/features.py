@@ -171,8 +171,8 @@ def fit_ood_statistics(
         val_batches: the validation data loader.
         folder: where ``model.pt`` is (``ckpt_dir``).
         image_key: the images' key.
-        label_key: class-index or one-hot labels for class-conditional means (multi-class models); ``None`` (or
-            multi-hot labels of a multi-label model) fits one pooled Gaussian.
+        label_key: class-index or one-hot labels for class-conditional means (multi-class models), multi-hot labels
+            for a multi-label model's additive means (:meth:`MahalanobisOOD.fit`); ``None`` fits one pooled Gaussian.
         classes: the class names, recorded.
         percentile: the validation percentile of the threshold.
         device: where to run the network.
@@ -183,8 +183,11 @@ def fit_ood_statistics(
     layer = layer or pooled_layer(network)
     feats, labels = collect_features(network, train_batches, image_key, label_key, device, layer)
     if labels is not None and labels.ndim == 2:
-        one_hot = np.isin(labels, (0, 1)).all() and (labels.sum(axis=1) == 1).all()
-        labels = labels.argmax(axis=1) if one_hot else None  # one-hot: class indices; multi-hot: pooled
+        binary = np.isin(labels, (0, 1)).all()
+        if binary and (labels.sum(axis=1) == 1).all():
+            labels = labels.argmax(axis=1)  # one-hot: class indices
+        elif not binary:
+            labels = None  # soft labels: one pooled Gaussian
     ood = MahalanobisOOD.fit(feats, labels, classes=classes if labels is not None else None, feature_layer=layer)
     ood.calibrate(collect_features(network, val_batches, image_key, None, device, layer)[0], percentile)
     return ood.save(folder)

@@ -45,13 +45,52 @@ def test_mahalanobis_flags_a_shifted_distribution_and_keeps_held_out_inputs():
     flagged = 1 - ood.in_distribution(shifted).mean()
     assert kept >= 0.95, kept
     assert flagged >= 0.95, flagged
-    # features between the classes, near none of them: class-conditional Gaussians (Lee et al.) flag them, one
-    # pooled Gaussian, whose centre they are, does not
+    # features between the classes, near none of them: class-conditional Gaussians (Lee et al.) flag them
     between = _gaussian_classes(rng, 1000, between=True)[0]
+    assert 1 - ood.in_distribution(between).mean() >= 0.95
+    # one pooled Gaussian (a model without labels) keeps the held-out inputs and flags the shifted ones too
     pooled = MahalanobisOOD.fit(train)
     pooled.calibrate(val)
-    assert 1 - ood.in_distribution(between).mean() >= 0.95
-    assert 1 - pooled.in_distribution(between).mean() <= 0.05
+    assert pooled.classes is None and pooled.in_distribution(test).mean() >= 0.95
+    assert 1 - pooled.in_distribution(shifted).mean() >= 0.95
+
+
+def _findings(rng: np.random.Generator, y: np.ndarray) -> np.ndarray:
+    """Features of images with the findings ``y`` (N, 3 multi-hot): a base, plus one effect per finding present
+    (fixed by seed 0), plus correlated noise."""
+    base = np.random.default_rng(0)
+    mu0, effects, mix = base.normal(0, 1, 64) + 4, base.normal(0, 1.5, (3, 64)), base.normal(0, 1, (64, 64)) / 8
+    return mu0 + y @ effects + rng.normal(size=(len(y), 64)) @ (np.eye(64) + mix)
+
+
+def test_multi_label_means_follow_the_findings_and_keep_rare_pairs_in_scope():
+    """A multi-label model's means: one per set of findings seen in training, from the additive fit, so a pair
+    with 4 training images gets a mean nearer its true one than those 4 images' average; held-out pairs stay in
+    scope and features pushed off in a new direction are flagged. Features are L2-normalised (Mahalanobis++)."""
+    rng = np.random.default_rng(5)
+    sets = [(0, 0, 0)] * 300 + [(1, 0, 0)] * 80 + [(0, 1, 0)] * 80 + [(0, 0, 1)] * 80 + [(1, 1, 0)] * 4 \
+        + [(1, 0, 1)] * 4 + [(0, 1, 1)] * 4
+    y = np.array(sets, dtype=float)
+    train = _findings(rng, y)
+    ood = MahalanobisOOD.fit(train, y, classes=["a", "b", "c"])
+    assert sorted(ood.classes) == ["a", "a|b", "a|c", "b", "b|c", "c", "none"]
+    base = np.random.default_rng(0)
+    true_ab = base.normal(0, 1, 64) + 4 + base.normal(0, 1.5, (3, 64))[:2].sum(axis=0)
+    true_ab /= np.linalg.norm(true_ab)
+    fitted = ood.means[ood.classes.index("a|b")]
+    pair = train[(y == (1, 1, 0)).all(axis=1)]
+    average = (pair / np.linalg.norm(pair, axis=1, keepdims=True)).mean(axis=0)
+    assert np.linalg.norm(fitted - true_ab) < 0.6 * np.linalg.norm(average - true_ab)
+
+    val_y = np.array([(0, 0, 0)] * 50 + [(1, 0, 0)] * 15 + [(0, 1, 0)] * 15 + [(0, 0, 1)] * 15 + [(1, 1, 0)] * 2
+                     + [(0, 1, 1)] * 2, dtype=float)
+    ood.calibrate(_findings(rng, val_y))
+    pairs = _findings(rng, np.array([(1, 1, 0), (1, 0, 1), (0, 1, 1)] * 400, dtype=float))
+    assert ood.in_distribution(pairs).mean() >= 0.95
+    away = _findings(rng, np.zeros((500, 3))) + 4 * rng.normal(size=64)
+    assert 1 - ood.in_distribution(away).mean() >= 0.95
+    with pytest.raises(ValueError, match="4 class names for 3 label columns"):
+        MahalanobisOOD.fit(train, y, classes=["a", "b", "c", "d"])
 
 
 def test_with_fewer_than_99_validation_images_the_threshold_still_flags_about_one_percent():
@@ -95,6 +134,11 @@ def test_statistics_round_trip_through_model_json_and_a_file(tmp_path):
     probe = _gaussian_classes(rng, 50, shift=0.5)[0]
     assert np.allclose(back.score(probe), ood.score(probe), rtol=1e-4)  # float32 storage
     assert back.threshold == ood.threshold and back.classes == ood.classes
+    # statistics are of L2-normalised features; a block written before that (no feature_normalization) is scored
+    # on raw features, as it was fitted
+    assert meta["ood"]["feature_normalization"] == "l2" and back.normalize
+    old = {k: v for k, v in meta["ood"].items() if k != "feature_normalization"}
+    assert not MahalanobisOOD.load(old, tmp_path).normalize
 
     gate = InputGate.from_config({}, model_json=meta, model_dir=tmp_path)
     far = gate.check(features=probe[0] + 50)
