@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tests.bundles._warm import run_monai_bundle
+
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"
 
@@ -19,8 +21,7 @@ def bundle_dir(name: str) -> Path:
 
 def monai_bundle(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}  # threads: this process's share (conftest)
-    proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO, env=env, text=True,
-                          capture_output=True, timeout=timeout)
+    proc = run_monai_bundle(args, str(REPO), env, timeout)  # forked from a warm interpreter (tests/bundles/_warm.py)
     if proc.returncode != 0:
         raise AssertionError(
             f"monai.bundle {args[0]} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
