@@ -7,7 +7,8 @@ a child for each run. The child is the run ``python -m monai.bundle ARGS`` would
 (``runpy``, as ``-m`` does) with that ``sys.argv``, the caller's working folder (first on ``sys.path``, as ``-m``
 puts it) and environment, standard output and error to their own files, fresh seeds for Python's and NumPy's
 global generators (a new process would draw them from the OS), and a normal interpreter exit (atexit handlers,
-threads joined, files flushed). Only the imports are shared, made before any of the run's code.
+threads joined, files flushed; an uncaught exception goes to ``sys.excepthook``, which medplugin's run guard
+replaces). Only the imports are shared, made before any of the run's code.
 
 A run goes cold (a real ``python -m monai.bundle`` process) when its environment differs from the zygote's in a
 variable read at start-up (``PYTHON*``, ``OMP_*``, ``MKL_*``, ``KMP_*``, ``LD_*``, ``CUDA*``, ``TORCH*``), when
@@ -53,7 +54,7 @@ for line in requests:
             f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600); os.dup2(f, fd); os.close(f)
         os.chdir(req["cwd"])
         os.environ.clear(); os.environ.update(req["env"])
-        import random, runpy, traceback
+        import random, runpy
         import numpy as np
         random.seed(); np.random.seed()
         sys.path[0] = req["cwd"]
@@ -63,8 +64,8 @@ for line in requests:
             code = 0
         except SystemExit as e:
             code = e.code
-        except BaseException:
-            traceback.print_exc()
+        except BaseException:  # as the interpreter does with an uncaught exception: the (run's own) excepthook
+            sys.excepthook(*sys.exc_info())
             code = 1
         sys.exit(code)  # a normal exit of this interpreter: atexit, threads, flushes
     answers.write(json.dumps({"pid": pid}) + "\n"); answers.flush()

@@ -47,6 +47,12 @@ def test_a_warm_run_is_a_fresh_python_m_monai_bundle(tmp_path):
     for proc in failed.values():
         assert proc.returncode == 1 and "ZeroDivisionError" in proc.stderr
     assert failed[True].stderr.strip().splitlines()[-1] == failed[False].stderr.strip().splitlines()[-1]
+    # an uncaught exception goes to the run's own sys.excepthook (medplugin's run guard installs one)
+    hook = ("$setattr(__import__('sys'), 'excepthook', lambda t, e, tb: print('hooked', t.__name__, "
+            "file=__import__('sys').stderr))")
+    hooked = {cold: _run(tmp_path, {"run": [hook, "$1 / 0"]}, cold=cold) for cold in (True, False)}
+    for proc in hooked.values():  # MONAI raises the expression's error as a RuntimeError
+        assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == "hooked RuntimeError"
 
     with pytest.raises(subprocess.TimeoutExpired):
         _run(tmp_path, {"run": ["$__import__('time').sleep(60)"]}, cold=False, timeout=3)
