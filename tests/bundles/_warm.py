@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 
 COLD_ENV = "MEDPLUGIN_TEST_COLD_RUNS"
@@ -92,8 +93,6 @@ class _Zygote:
 
     def _line(self, deadline: float | None) -> bytes | None:
         """The zygote's next answer line (``None``: none before ``deadline``), read unbuffered from its pipe."""
-        import time
-
         fd = self.proc.stdout.fileno()
         while b"\n" not in self._buf:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -112,8 +111,6 @@ class _Zygote:
 
     def run(self, args: Sequence[str], cwd: str, env: Mapping[str, str], timeout: float | None
             ) -> subprocess.CompletedProcess:
-        import time
-
         with tempfile.TemporaryDirectory(prefix="warm_run_") as tmp:
             out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
             self.proc.stdin.write((json.dumps({"args": list(args), "cwd": cwd, "env": dict(env), "stdout": out,
